@@ -1,0 +1,36 @@
+"""The one normalised token usage every provider is translated into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts in non-overlapping buckets, the same meaning for every provider.
+
+    ``input_tokens`` is *uncached* input only: OpenAI's ``prompt_tokens`` minus its
+    cached tokens, and Anthropic's ``input_tokens`` as it is. ``reasoning_tokens`` is
+    the part of ``output_tokens`` spent on reasoning (it is not billed twice).
+    """
+
+    input_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_input_tokens(self) -> int:
+        """Every prompt token, whether it was cached, written to cache or neither."""
+        return (
+            self.input_tokens
+            + self.cache_read_tokens
+            + self.cache_write_5m_tokens
+            + self.cache_write_1h_tokens
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total_input_tokens + self.output_tokens
