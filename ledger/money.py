@@ -22,7 +22,7 @@ class MoneyError(ValueError):
 
 def to_decimal(value: str | int | Decimal) -> Decimal:
     """Parse a decimal amount exactly; floats are refused because they are not exact."""
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, bool | float):
         raise MoneyError(f"money must be given as a decimal string or integer, not {value!r}")
     try:
         amount = value if isinstance(value, Decimal) else Decimal(str(value).strip())

@@ -1,0 +1,193 @@
+"""Admin API: teams, keys and prices. Every route needs the admin key."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from litestar import Controller, delete, get, post
+from litestar.di import Provide
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ledger.admin import identity
+from ledger.admin.identity import Authenticator, Principal
+from ledger.auth import provide_admin
+from ledger.db.prices import LivePrices, insert_prices, list_price_rows
+from ledger.errors import InvalidRequest
+from ledger.money import format_usd
+from ledger.pricing import PriceError, price_from_mapping
+
+
+class TeamIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    cost_centre: str | None = None
+    markup_percent: str = "0"
+
+
+class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
+    team: str
+    name: str = "default"
+
+
+def team_out(team: Any) -> dict[str, Any]:
+    return {
+        "id": team.id,
+        "name": team.name,
+        "cost_centre": team.cost_centre,
+        "markup_percent": _bps_to_percent(team.markup_bps),
+        "created_at": team.created_at.isoformat(),
+    }
+
+
+def key_out(key: Any, team_name: str) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "team": team_name,
+        "name": key.name,
+        "prefix": key.prefix,
+        "created_at": key.created_at.isoformat(),
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+
+
+class AdminController(Controller):
+    path = "/admin"
+    tags = ["admin"]
+    dependencies = {"admin": Provide(provide_admin)}
+
+    @post("/teams", operation_id="createTeam")
+    async def create_team(
+        self, data: TeamIn, admin: Principal, sessions: async_sessionmaker[AsyncSession]
+    ) -> dict[str, Any]:
+        markup_bps = _percent_to_bps(data.markup_percent)
+        async with sessions.begin() as session:
+            team = await identity.create_team(
+                session, data.name, cost_centre=data.cost_centre, markup_bps=markup_bps
+            )
+        return team_out(team)
+
+    @get("/teams", operation_id="listTeams")
+    async def list_teams(
+        self, admin: Principal, sessions: async_sessionmaker[AsyncSession]
+    ) -> dict[str, Any]:
+        async with sessions() as session:
+            teams = await identity.list_teams(session)
+        return {"data": [team_out(team) for team in teams]}
+
+    @post("/keys", operation_id="createKey")
+    async def create_key(
+        self,
+        data: KeyIn,
+        admin: Principal,
+        sessions: async_sessionmaker[AsyncSession],
+        authenticator: Authenticator,
+    ) -> dict[str, Any]:
+        """Create a team key. The key itself is in this response and nowhere else, ever."""
+        async with sessions.begin() as session:
+            team = await identity.get_team_by_name(session, data.team)
+            key, plaintext = await identity.create_key(
+                session, authenticator.secret, team, data.name
+            )
+        return {**key_out(key, team.name), "key": plaintext}
+
+    @get("/keys", operation_id="listKeys")
+    async def list_keys(
+        self, admin: Principal, sessions: async_sessionmaker[AsyncSession]
+    ) -> dict[str, Any]:
+        async with sessions() as session:
+            keys = await identity.list_keys(session)
+        return {"data": [key_out(key, team) for key, team in keys]}
+
+    @delete("/keys/{key_id:int}", operation_id="revokeKey", status_code=200)
+    async def revoke_key(
+        self,
+        key_id: int,
+        admin: Principal,
+        sessions: async_sessionmaker[AsyncSession],
+        authenticator: Authenticator,
+    ) -> dict[str, Any]:
+        async with sessions.begin() as session:
+            key = await identity.revoke_key(session, key_id)
+            team = await session.get(identity.Team, key.team_id)
+        authenticator.forget_key(key_id)
+        return key_out(key, team.name if team else "")
+
+    @post("/prices", operation_id="createPrice")
+    async def create_price(
+        self, data: dict[str, Any], admin: Principal, prices: LivePrices
+    ) -> dict[str, Any]:
+        """Add a price version (effective now unless ``effective_from`` says otherwise)."""
+        fields = dict(data)
+        fields.setdefault("effective_from", datetime.now(UTC).isoformat())
+        fields.setdefault("provider", "")
+        fields.setdefault("source", "admin API")
+        try:
+            price = price_from_mapping(fields)
+        except PriceError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        async with prices.engine.begin() as connection:
+            ids = await insert_prices(connection, [(price, "admin")], replace=True)
+        await prices.reload()
+        return {**price_out(price), "id": ids[0] if ids else None}
+
+    @get("/prices", operation_id="listPrices")
+    async def list_prices(self, admin: Principal, prices: LivePrices) -> dict[str, Any]:
+        rows = await list_price_rows(prices.engine)
+        return {"data": [price_row_out(row) for row in rows]}
+
+
+def price_out(price: Any) -> dict[str, Any]:
+    return {
+        "model": price.model,
+        "provider": price.provider,
+        "effective_from": price.effective_from.isoformat(),
+        "input_per_million_usd": format_usd(price.input),
+        "cached_input_per_million_usd": format_usd(price.cached_input),
+        "cache_write_5m_per_million_usd": format_usd(price.cache_write_5m),
+        "cache_write_1h_per_million_usd": format_usd(price.cache_write_1h),
+        "output_per_million_usd": format_usd(price.output),
+        "request_fee_usd": format_usd(price.request_fee_nanos),
+        "long_context_threshold": price.long_context_threshold,
+        "free": price.free,
+    }
+
+
+def price_row_out(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "origin": row.origin,
+        "source": row.source,
+        "model": row.model,
+        "provider": row.provider,
+        "effective_from": row.effective_from.isoformat(),
+        "input_per_million_usd": format_usd(row.input),
+        "cached_input_per_million_usd": format_usd(row.cached_input),
+        "cache_write_5m_per_million_usd": format_usd(row.cache_write_5m),
+        "cache_write_1h_per_million_usd": format_usd(row.cache_write_1h),
+        "output_per_million_usd": format_usd(row.output),
+        "request_fee_usd": format_usd(row.request_fee),
+        "long_context_threshold": row.long_context_threshold,
+        "free": row.free,
+    }
+
+
+def _percent_to_bps(value: str) -> int:
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        bps = Decimal(value) * 100
+    except InvalidOperation as exc:
+        raise InvalidRequest(
+            "markup_percent must be a decimal string", param="markup_percent"
+        ) from exc
+    if bps != bps.to_integral_value() or not 0 <= bps <= 100_000:
+        raise InvalidRequest(
+            "markup_percent must be between 0 and 1000 with at most two decimals",
+            param="markup_percent",
+        )
+    return int(bps)
+
+
+def _bps_to_percent(bps: int) -> str:
+    return f"{bps // 100}.{bps % 100:02d}"

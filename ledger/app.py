@@ -1,0 +1,204 @@
+"""The application factory: ``create_app(settings)`` wires everything the lifespan owns."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from ledger import __version__
+from ledger.admin.credentials import admin_key_hashes, ensure_admin_key, hash_key, load_hash_secret
+from ledger.admin.identity import Authenticator
+from ledger.admin.routes import AdminController
+from ledger.config import Settings
+from ledger.db.engine import create_engine, create_sessionmaker
+from ledger.db.migrate import upgrade
+from ledger.db.prices import LivePrices, sync_prices
+from ledger.db.writer import LedgerWriter
+from ledger.errors import InvalidRequest, LedgerError, NotFound
+from ledger.gateway.lifecycle import Gateway
+from ledger.gateway.routes import ROUTES as GATEWAY_ROUTES
+from ledger.gateway.routing import ModelRouter
+from ledger.http import error_response, protocol_for_path
+from ledger.providers import Provider, build_providers
+from ledger.reports.usage import UsageController
+
+logger = logging.getLogger("ledger")
+
+PRICE_REFRESH_S = 30.0
+
+
+@dataclass
+class Services:
+    """What the lifespan builds and the routes use; one per app, no module globals."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    authenticator: Authenticator
+    prices: LivePrices
+    router: ModelRouter
+    providers: dict[str, Provider]
+    writer: LedgerWriter
+    gateway: Gateway
+
+
+async def start_services(settings: Settings, *, announce: bool = True) -> Services:
+    """Open the database, migrate, load prices and keys, start the ledger writer."""
+    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    if settings.migrate_on_start:
+        await upgrade(engine)
+    secret = await load_hash_secret(engine, settings.secret_key)
+    admin_hashes = await admin_key_hashes(engine)
+    if settings.admin_key:
+        admin_hashes.add(hash_key(secret, settings.admin_key))
+    else:
+        generated = await ensure_admin_key(engine, secret)
+        if generated is not None:
+            admin_hashes.add(hash_key(secret, generated))
+            if announce:
+                _announce_admin_key(generated)
+    await sync_prices(engine, settings.price_overrides)
+    prices = LivePrices(engine)
+    await prices.reload()
+    providers = build_providers(settings)
+    if announce and settings.uses_mock_provider:
+        _warn(
+            "No providers are configured: every catalog model is served by the built-in MOCK "
+            "provider (deterministic replies, no real model). Configure [[providers]] to proxy "
+            "real APIs."
+        )
+    sessions = create_sessionmaker(engine)
+    authenticator = Authenticator(sessions, secret, admin_hashes, ttl_s=settings.key_cache_ttl_s)
+    router = ModelRouter(settings, providers, prices)
+    writer = LedgerWriter(engine, max_batch=settings.ledger_batch_max)
+    writer.start()
+    gateway = Gateway(
+        authenticator=authenticator,
+        router=router,
+        prices=prices,
+        writer=writer,
+        default_max_output_tokens=settings.default_max_output_tokens,
+    )
+    return Services(
+        settings, engine, sessions, authenticator, prices, router, providers, writer, gateway
+    )
+
+
+async def stop_services(services: Services) -> None:
+    await services.writer.stop()
+    for provider in services.providers.values():
+        await provider.transport.aclose()
+    await services.engine.dispose()
+
+
+def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
+    """Build the Ledger application for ``settings``."""
+    holder: dict[str, Services] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        services = await start_services(settings, announce=announce)
+        holder["services"] = services
+        refresher = asyncio.create_task(_refresh_prices(services.prices))
+        try:
+            yield
+        finally:
+            refresher.cancel()
+            with suppress(asyncio.CancelledError):
+                await refresher
+            await stop_services(services)
+
+    def service(name: str) -> Provide:
+        return Provide(lambda: getattr(holder["services"], name), sync_to_thread=False)
+
+    return Litestar(
+        route_handlers=[*GATEWAY_ROUTES, AdminController, UsageController, healthz],
+        lifespan=[lifespan],
+        dependencies={
+            "gateway": service("gateway"),
+            "router": service("router"),
+            "sessions": service("sessions"),
+            "authenticator": service("authenticator"),
+            "prices": service("prices"),
+            "max_body_bytes": Provide(lambda: settings.max_body_bytes, sync_to_thread=False),
+        },
+        exception_handlers={Exception: _render_exception},
+        openapi_config=OpenAPIConfig(
+            title="Ledger",
+            version=__version__,
+            description="LLM cost and token-accounting gateway.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+        cors_config=CORSConfig(allow_origins=[]),
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+    )
+
+
+@get("/healthz", operation_id="healthz", tags=["ops"], media_type=MediaType.JSON)
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+async def _refresh_prices(prices: LivePrices) -> None:
+    # Prices changed through another process's admin API reach this one within the period.
+    while True:
+        await asyncio.sleep(PRICE_REFRESH_S)
+        try:
+            await prices.reload()
+        except Exception:
+            logger.exception("could not reload prices")
+
+
+def _render_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """One place that turns any error into the caller's protocol; never a stack trace."""
+    protocol = protocol_for_path(request.url.path)
+    if isinstance(exc, LedgerError):
+        return error_response(exc, protocol)
+    if isinstance(exc, ValidationException):
+        details = "; ".join(
+            f"{e.get('key') or 'body'}: {e.get('message')}"
+            for e in (exc.extra if isinstance(exc.extra, list) else [])
+            if isinstance(e, dict)
+        )
+        return error_response(InvalidRequest(details or exc.detail), protocol)
+    if isinstance(exc, HTTPException):
+        if exc.status_code == 404:
+            return error_response(NotFound(f"No route for {request.url.path}"), protocol)
+        error = LedgerError(exc.detail, status=exc.status_code, code="http_error")
+        if exc.status_code < 500:
+            error.openai_type = error.anthropic_type = "invalid_request_error"
+        return error_response(error, protocol)
+    logger.exception("unexpected error on %s", request.url.path)
+    return error_response(
+        LedgerError("Ledger hit an internal error; the request was not completed."), protocol
+    )
+
+
+def _announce_admin_key(key: str) -> None:
+    print(
+        "\n  Ledger generated an admin key. It is shown ONCE and stored only as a hash:\n\n"
+        f"      {key}\n\n"
+        "  Set LEDGER_ADMIN_KEY to use a key of your own instead.\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _warn(message: str) -> None:
+    print(f"\nWARNING: {message}\n", file=sys.stderr, flush=True)

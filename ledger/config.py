@@ -1,0 +1,216 @@
+"""Settings: read once from ``LEDGER_*`` environment variables and an optional TOML file.
+
+The resulting :class:`Settings` object is handed down explicitly; nothing reads the
+environment after start-up. Environment variables win over the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+ProviderKind = Literal["openai", "anthropic", "mock"]
+PROVIDER_KINDS: tuple[str, ...] = ("openai", "anthropic", "mock")
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./ledger.db"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which setting and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """One upstream provider. The key is resolved from ``api_key_env`` and never printed."""
+
+    name: str
+    kind: ProviderKind
+    base_url: str = ""
+    api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    timeout_s: float = 600.0
+    connect_timeout_s: float = 10.0
+    use_count_tokens: bool = True
+
+    @property
+    def normalised_base_url(self) -> str:
+        return self.base_url.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """A model name clients send, the provider serving it and the name sent upstream."""
+
+    name: str
+    provider: str
+    upstream_model: str
+    free: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    providers: tuple[ProviderConfig, ...] = ()
+    models: tuple[ModelConfig, ...] = ()
+    price_overrides: tuple[Mapping[str, Any], ...] = ()
+    max_body_bytes: int = 32 * 1024 * 1024
+    default_max_output_tokens: int = 4096
+    migrate_on_start: bool = True
+    scheduler: bool = True
+    key_cache_ttl_s: float = 2.0
+    ledger_batch_max: int = 512
+    db_pool_size: int = 10
+    log_level: str = "INFO"
+    reporting_timezone: str = "UTC"
+    config_file: str | None = None
+
+    @property
+    def uses_mock_provider(self) -> bool:
+        return not self.providers or any(p.kind == "mock" for p in self.providers)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+_ENV_FIELDS: dict[str, type] = {
+    "database_url": str,
+    "host": str,
+    "port": int,
+    "admin_key": str,
+    "secret_key": str,
+    "max_body_bytes": int,
+    "default_max_output_tokens": int,
+    "migrate_on_start": bool,
+    "scheduler": bool,
+    "key_cache_ttl_s": float,
+    "ledger_batch_max": int,
+    "db_pool_size": int,
+    "log_level": str,
+    "reporting_timezone": str,
+}
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, config_file: str | Path | None = None
+) -> Settings:
+    """Build settings from a TOML file (``config_file`` or ``LEDGER_CONFIG``) and the environment."""
+    env = os.environ if env is None else env
+    path = config_file or env.get("LEDGER_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+    values: dict[str, Any] = {}
+    for name, kind in _ENV_FIELDS.items():
+        if name in data:
+            values[name] = _coerce(name, data[name], kind)
+        env_name = f"LEDGER_{name.upper()}"
+        if env_name in env and env[env_name] != "":
+            values[name] = _coerce(env_name, env[env_name], kind)
+    if "database_url" in values:
+        values["database_url"] = normalise_database_url(values["database_url"])
+
+    providers = tuple(_provider(p, env) for p in _table_list(data, "providers"))
+    provider_names = [p.name for p in providers]
+    if len(set(provider_names)) != len(provider_names):
+        raise ConfigError("provider names must be unique")
+    models = tuple(_model(m, set(provider_names)) for m in _table_list(data, "models"))
+    prices = tuple(_table_list(data, "prices"))
+    return Settings(
+        **values,
+        providers=providers,
+        models=models,
+        price_overrides=prices,
+        config_file=str(path) if path else None,
+    )
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept plain ``sqlite://`` and ``postgresql://`` URLs and pick the async drivers."""
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+def _table_list(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    tables = data.get(key, [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"[[{key}]] must be a list of tables")
+    return tables
+
+
+def _provider(table: Mapping[str, Any], env: Mapping[str, str]) -> ProviderConfig:
+    name = _required_str(table, "name", "providers")
+    kind = table.get("kind", name)
+    if kind not in PROVIDER_KINDS:
+        raise ConfigError(f"provider {name!r}: kind must be one of {', '.join(PROVIDER_KINDS)}")
+    base_url = str(table.get("base_url", ""))
+    if kind != "mock" and not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"provider {name!r}: base_url must be an http(s) URL")
+    api_key_env = table.get("api_key_env")
+    api_key = env.get(api_key_env) if api_key_env else None
+    return ProviderConfig(
+        name=name,
+        kind=kind,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        api_key=api_key,
+        timeout_s=_coerce(f"provider {name}.timeout_s", table.get("timeout_s", 600), float),
+        connect_timeout_s=_coerce(
+            f"provider {name}.connect_timeout_s", table.get("connect_timeout_s", 10), float
+        ),
+        use_count_tokens=_coerce(
+            f"provider {name}.use_count_tokens", table.get("use_count_tokens", True), bool
+        ),
+    )
+
+
+def _model(table: Mapping[str, Any], providers: set[str]) -> ModelConfig:
+    name = _required_str(table, "name", "models")
+    provider = _required_str(table, "provider", "models")
+    if provider not in providers:
+        raise ConfigError(f"model {name!r} names unknown provider {provider!r}")
+    return ModelConfig(
+        name=name,
+        provider=provider,
+        upstream_model=str(table.get("upstream_model") or name),
+        free=_coerce(f"model {name}.free", table.get("free", False), bool),
+    )
+
+
+def _required_str(table: Mapping[str, Any], key: str, section: str) -> str:
+    value = table.get(key)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"every [[{section}]] entry needs a non-empty string {key!r}")
+    return value
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, not {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must be a {kind.__name__}, not {value!r}") from exc

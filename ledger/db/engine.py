@@ -1,0 +1,63 @@
+"""Engine and session factory for SQLite (embedded default) and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def create_engine(url: str, *, pool_size: int = 10, null_pool: bool = False) -> AsyncEngine:
+    """Create the async engine with the per-backend settings Ledger relies on.
+
+    SQLite runs in WAL mode with a busy timeout so that readers never block the
+    single writer and concurrent processes wait instead of failing.
+    """
+    kwargs: dict[str, Any] = {}
+    if null_pool:
+        kwargs["poolclass"] = NullPool
+    elif not is_sqlite(url):
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    if not is_sqlite(url):
+        # Statement caching is per connection; PgBouncer in transaction mode cannot keep it.
+        kwargs["connect_args"] = {"statement_cache_size": 0}
+    engine = create_async_engine(url, **kwargs)
+    if is_sqlite(url):
+        event.listen(engine.sync_engine, "connect", _configure_sqlite)
+        event.listen(engine.sync_engine, "begin", _begin_sqlite)
+    return engine
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling is disabled so that BEGIN is ours (see below).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _begin_sqlite(connection: Any) -> None:
+    # A transaction that reads before it writes asks for ``sqlite_begin="IMMEDIATE"``:
+    # taking the write lock up front means it can never fail half-way with "database is
+    # locked" when another writer commits first. Plain reads stay lock-free.
+    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+    connection.exec_driver_sql(f"BEGIN {mode}")

@@ -1,0 +1,135 @@
+"""Ledger entries: the record written once per request, and the queries that read them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from ledger.db.tables import LedgerEntryRow
+
+ENTRY_STATUSES = (
+    "ok",  # the provider answered and usage was captured
+    "upstream_error",  # the provider answered with an error or broke off
+    "timeout",  # the provider did not answer in time
+    "invalid_request",  # Ledger refused the request before forwarding it
+    "blocked",  # a budget refused it
+    "client_disconnected",  # the client left before the response was complete
+    "interrupted",  # Ledger stopped before the request finished
+)
+
+
+@dataclass(slots=True)
+class LedgerEntry:
+    """The final record of one request. Built up by the gateway, written once."""
+
+    request_id: str
+    started_at: datetime
+    endpoint: str
+    ended_at: datetime | None = None
+    first_token_at: datetime | None = None
+    kind: str = "request"
+    corrects_request_id: str | None = None
+    team_id: int | None = None
+    key_id: int | None = None
+    end_user: str | None = None
+    tags: list[str] = field(default_factory=list)
+    requested_model: str | None = None
+    served_model: str | None = None
+    provider: str | None = None
+    stream: bool = False
+    status: str = "interrupted"
+    http_status: int = 500
+    input_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated_input_tokens: int | None = None
+    usage_source: str = "none"
+    cost_nanos: int = 0
+    input_cost_nanos: int = 0
+    cache_read_cost_nanos: int = 0
+    cache_write_cost_nanos: int = 0
+    output_cost_nanos: int = 0
+    request_fee_nanos: int = 0
+    price_id: int | None = None
+    error: str | None = None
+
+    @property
+    def latency_ms(self) -> int:
+        if self.ended_at is None:
+            return 0
+        return int((self.ended_at - self.started_at).total_seconds() * 1000)
+
+    def as_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["tags"] = json.dumps(self.tags) if self.tags else None
+        row["latency_ms"] = self.latency_ms
+        row["ended_at"] = self.ended_at or self.started_at
+        if row["error"] is not None:
+            row["error"] = row["error"][:2000]
+        return row
+
+
+async def insert_entries(connection: AsyncConnection, entries: Sequence[LedgerEntry]) -> None:
+    """Insert entries in one statement; the caller owns the transaction."""
+    await connection.execute(insert(LedgerEntryRow), [entry.as_row() for entry in entries])
+
+
+@dataclass(frozen=True, slots=True)
+class EntryFilter:
+    request_id: str | None = None
+    team_id: int | None = None
+    key_id: int | None = None
+    model: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _filtered(query: Select[Any], where: EntryFilter) -> Select[Any]:
+    t = LedgerEntryRow
+    if where.request_id is not None:
+        query = query.where(t.request_id == where.request_id)
+    if where.team_id is not None:
+        query = query.where(t.team_id == where.team_id)
+    if where.key_id is not None:
+        query = query.where(t.key_id == where.key_id)
+    if where.model is not None:
+        query = query.where(t.requested_model == where.model)
+    if where.status is not None:
+        query = query.where(t.status == where.status)
+    if where.since is not None:
+        query = query.where(t.started_at >= where.since)
+    if where.until is not None:
+        query = query.where(t.started_at < where.until)
+    return query
+
+
+async def list_entries(
+    session: AsyncSession, where: EntryFilter, *, limit: int, after_id: int | None = None
+) -> list[LedgerEntryRow]:
+    """Newest first; ``after_id`` continues a previous page (keyset pagination)."""
+    query = _filtered(select(LedgerEntryRow), where)
+    if after_id is not None:
+        query = query.where(LedgerEntryRow.id < after_id)
+    query = query.order_by(LedgerEntryRow.id.desc()).limit(limit)
+    return list((await session.scalars(query)).all())
+
+
+async def count_entries(session: AsyncSession, where: EntryFilter) -> int:
+    query = _filtered(select(func.count()).select_from(LedgerEntryRow), where)
+    return int((await session.scalar(query)) or 0)
+
+
+async def get_entry(session: AsyncSession, request_id: str) -> LedgerEntryRow | None:
+    return await session.scalar(
+        select(LedgerEntryRow).where(LedgerEntryRow.request_id == request_id)
+    )

@@ -1,0 +1,163 @@
+"""Price versions in the database: the catalog and overrides, loaded into memory for lookups."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ledger.db.tables import PriceRow
+from ledger.pricing import Price, PriceBook, load_catalog, price_from_mapping
+
+# Overrides win over the shipped catalog; among overrides with the same start, the
+# most deliberate one wins.
+_OVERRIDE_RANK = {"config": 1, "import": 2, "admin": 3}
+CONFIG_DEFAULT_EFFECTIVE_FROM = "1970-01-01"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PriceRegistry:
+    """The price in effect for a model at a time: overrides first, then the catalog."""
+
+    overrides: PriceBook
+    catalog: PriceBook
+
+    def price_at(self, model: str, at: datetime) -> Price | None:
+        return self.overrides.price_at(model, at) or self.catalog.price_at(model, at)
+
+    def models(self) -> list[str]:
+        names = {price.model for price in self.catalog} | {price.model for price in self.overrides}
+        return sorted(names)
+
+
+class LivePrices:
+    """The price registry in use, replaced whole when prices change (here or elsewhere)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.registry = PriceRegistry(overrides=PriceBook([]), catalog=PriceBook([]))
+
+    async def reload(self) -> None:
+        self.registry = await load_registry(self.engine)
+
+    def price_at(self, model: str, at: datetime) -> Price | None:
+        return self.registry.price_at(model, at)
+
+    def models(self) -> list[str]:
+        return self.registry.models()
+
+
+async def sync_prices(engine: AsyncEngine, config_overrides: Iterable[Mapping[str, Any]]) -> None:
+    """Make sure every catalog price and every config override has its row (idempotent)."""
+    prices = [(price, "catalog") for price in load_catalog()]
+    for table in config_overrides:
+        data = dict(table)
+        data.setdefault("effective_from", CONFIG_DEFAULT_EFFECTIVE_FROM)
+        data.setdefault("provider", "")
+        data.setdefault("source", "config file")
+        prices.append((price_from_mapping(data), "config"))
+    async with engine.begin() as connection:
+        await insert_prices(connection, prices, replace=False)
+
+
+async def insert_prices(
+    connection: AsyncConnection, prices: Iterable[tuple[Price, str]], *, replace: bool
+) -> list[int]:
+    """Insert price versions; an existing (model, start, origin) is kept, or replaced if asked."""
+    rows = [_row(price, origin) for price, origin in prices]
+    if not rows:
+        return []
+    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    ids: list[int] = []
+    for row in rows:
+        statement = insert(PriceRow).values(**row)
+        keys = ["model", "effective_from", "origin"]
+        if replace:
+            changes = {k: v for k, v in row.items() if k not in (*keys, "created_at")}
+            statement = statement.on_conflict_do_update(index_elements=keys, set_=changes)
+        else:
+            statement = statement.on_conflict_do_nothing(index_elements=keys)
+        result = await connection.execute(statement.returning(PriceRow.id))
+        inserted = result.scalar()
+        if inserted is not None:
+            ids.append(inserted)
+    return ids
+
+
+async def load_registry(engine: AsyncEngine) -> PriceRegistry:
+    async with engine.connect() as connection:
+        rows = (await connection.execute(select(PriceRow).order_by(PriceRow.id))).all()
+    catalog: list[Price] = []
+    overrides: dict[tuple[str, datetime], tuple[int, Price]] = {}
+    for row in rows:
+        price = _price(row)
+        if row.origin == "catalog":
+            catalog.append(price)
+            continue
+        rank = _OVERRIDE_RANK.get(row.origin, 0)
+        key = (price.model, price.effective_from)
+        if key not in overrides or overrides[key][0] <= rank:
+            overrides[key] = (rank, price)
+    return PriceRegistry(
+        overrides=PriceBook(price for _, price in overrides.values()), catalog=PriceBook(catalog)
+    )
+
+
+async def list_price_rows(engine: AsyncEngine) -> list[Any]:
+    async with engine.connect() as connection:
+        return list((await connection.execute(select(PriceRow).order_by(PriceRow.id))).all())
+
+
+def _row(price: Price, origin: str) -> dict[str, Any]:
+    return {
+        "model": price.model,
+        "provider": price.provider,
+        "effective_from": price.effective_from,
+        "origin": origin,
+        "source": price.source[:500],
+        "input": price.input,
+        "cached_input": price.cached_input,
+        "cache_write_5m": price.cache_write_5m,
+        "cache_write_1h": price.cache_write_1h,
+        "output": price.output,
+        "request_fee": price.request_fee_nanos,
+        "long_context_threshold": price.long_context_threshold,
+        "long_context_input": price.long_context_input,
+        "long_context_cached_input": price.long_context_cached_input,
+        "long_context_cache_write_5m": price.long_context_cache_write_5m,
+        "long_context_cache_write_1h": price.long_context_cache_write_1h,
+        "long_context_output": price.long_context_output,
+        "free": price.free,
+        "aliases": ",".join(price.aliases),
+        "created_at": datetime.now(UTC),
+    }
+
+
+def _price(row: Any) -> Price:
+    return Price(
+        model=row.model,
+        provider=row.provider,
+        effective_from=row.effective_from,
+        source=row.source,
+        input=row.input,
+        cached_input=row.cached_input,
+        cache_write_5m=row.cache_write_5m,
+        cache_write_1h=row.cache_write_1h,
+        output=row.output,
+        request_fee_nanos=row.request_fee,
+        long_context_threshold=row.long_context_threshold,
+        long_context_input=row.long_context_input,
+        long_context_cached_input=row.long_context_cached_input,
+        long_context_cache_write_5m=row.long_context_cache_write_5m,
+        long_context_cache_write_1h=row.long_context_cache_write_1h,
+        long_context_output=row.long_context_output,
+        aliases=tuple(a for a in row.aliases.split(",") if a),
+        free=row.free,
+        id=row.id,
+    )

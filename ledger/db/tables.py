@@ -1,0 +1,185 @@
+"""The schema. Alembic migrations are the only way it reaches a database.
+
+Money columns are integers of nano-USD (prices: nano-USD per million tokens), so
+SQLite and PostgreSQL store exactly the same values.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Timestamp(TypeDecorator[datetime]):
+    """An instant, stored in UTC and always handed back timezone-aware.
+
+    SQLite has no time zones and returns naive values; normalising here means no
+    caller ever compares a naive time with an aware one.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; pass an aware one")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+metadata = Base.metadata
+
+
+class Team(Base):
+    __tablename__ = "teams"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    cost_centre: Mapped[str | None] = mapped_column(String(100))
+    # Chargeback markup in basis points (1250 = 12.50 %): exact, no float.
+    markup_bps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(Timestamp())
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[int] = mapped_column(Integer, index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(32))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp())
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp())
+
+
+class AdminCredential(Base):
+    """The admin key generated at first start, kept only as its keyed hash."""
+
+    __tablename__ = "admin_credentials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(Timestamp())
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp())
+
+
+class InstanceSetting(Base):
+    """Small values every Ledger process sharing the database must agree on."""
+
+    __tablename__ = "instance_settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class PriceRow(Base):
+    """One version of a model's price; a change is a new row with a later effective date."""
+
+    __tablename__ = "prices"
+    __table_args__ = (UniqueConstraint("model", "effective_from", "origin"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), index=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    effective_from: Mapped[datetime] = mapped_column(Timestamp())
+    origin: Mapped[str] = mapped_column(String(16))  # catalog | config | admin | import
+    source: Mapped[str] = mapped_column(String(500))
+    input: Mapped[int] = mapped_column(BigInteger)
+    cached_input: Mapped[int] = mapped_column(BigInteger)
+    cache_write_5m: Mapped[int] = mapped_column(BigInteger)
+    cache_write_1h: Mapped[int] = mapped_column(BigInteger)
+    output: Mapped[int] = mapped_column(BigInteger)
+    request_fee: Mapped[int] = mapped_column(BigInteger, default=0)
+    long_context_threshold: Mapped[int | None] = mapped_column(BigInteger)
+    long_context_input: Mapped[int | None] = mapped_column(BigInteger)
+    long_context_cached_input: Mapped[int | None] = mapped_column(BigInteger)
+    long_context_cache_write_5m: Mapped[int | None] = mapped_column(BigInteger)
+    long_context_cache_write_1h: Mapped[int | None] = mapped_column(BigInteger)
+    long_context_output: Mapped[int | None] = mapped_column(BigInteger)
+    free: Mapped[bool] = mapped_column(Boolean, default=False)
+    aliases: Mapped[str] = mapped_column(Text, default="")  # comma-separated
+    created_at: Mapped[datetime] = mapped_column(Timestamp())
+
+
+class LedgerEntryRow(Base):
+    """One final, append-only record per request. Corrections are new rows."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        Index("ix_ledger_entries_started_at", "started_at"),
+        Index("ix_ledger_entries_team_started", "team_id", "started_at"),
+        Index("ix_ledger_entries_key_started", "key_id", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), default="request")
+    corrects_request_id: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(Timestamp())
+    first_token_at: Mapped[datetime | None] = mapped_column(Timestamp())
+    ended_at: Mapped[datetime] = mapped_column(Timestamp())
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    team_id: Mapped[int | None] = mapped_column(Integer)
+    key_id: Mapped[int | None] = mapped_column(Integer)
+    end_user: Mapped[str | None] = mapped_column(String(256))
+    tags: Mapped[str | None] = mapped_column(Text)  # JSON array of strings
+    endpoint: Mapped[str] = mapped_column(String(64))
+    requested_model: Mapped[str | None] = mapped_column(String(200))
+    served_model: Mapped[str | None] = mapped_column(String(200))
+    provider: Mapped[str | None] = mapped_column(String(64))
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(32))
+    http_status: Mapped[int] = mapped_column(Integer)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_5m_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_1h_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    estimated_input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    usage_source: Mapped[str] = mapped_column(String(16), default="none")
+    cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    request_fee_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    price_id: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,159 @@
+"""The errors domain code raises; one renderer per protocol turns them into HTTP bodies.
+
+Each error carries the HTTP status and the machine-readable type/code a client of
+that protocol expects, so no layer above has to guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LedgerError(Exception):
+    """Base of every error Ledger reports to a client."""
+
+    message: str
+    status: int = 500
+    openai_type: str = "api_error"
+    anthropic_type: str = "api_error"
+    code: str | None = None
+    param: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidRequest(LedgerError):
+    """The request cannot be served as sent (400)."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(
+            message,
+            status=400,
+            openai_type="invalid_request_error",
+            anthropic_type="invalid_request_error",
+            code=code,
+            param=param,
+        )
+
+
+class UnknownModel(LedgerError):
+    """The model is not configured or has no price (404, as OpenAI answers)."""
+
+    def __init__(self, message: str, *, code: str = "model_not_found"):
+        super().__init__(
+            message,
+            status=404,
+            openai_type="invalid_request_error",
+            anthropic_type="not_found_error",
+            code=code,
+            param="model",
+        )
+
+
+class AuthenticationFailed(LedgerError):
+    """No key, an unknown key, or a revoked key (401)."""
+
+    def __init__(self, message: str = "Invalid or missing API key."):
+        super().__init__(
+            message,
+            status=401,
+            openai_type="invalid_request_error",
+            anthropic_type="authentication_error",
+            code="invalid_api_key",
+        )
+
+
+class PermissionDenied(LedgerError):
+    """The key is valid but may not do this (403)."""
+
+    def __init__(self, message: str):
+        super().__init__(
+            message,
+            status=403,
+            openai_type="permission_error",
+            anthropic_type="permission_error",
+            code="permission_denied",
+        )
+
+
+class NotFound(LedgerError):
+    def __init__(self, message: str):
+        super().__init__(
+            message,
+            status=404,
+            openai_type="invalid_request_error",
+            anthropic_type="not_found_error",
+            code="not_found",
+        )
+
+
+class Conflict(LedgerError):
+    def __init__(self, message: str):
+        super().__init__(
+            message,
+            status=409,
+            openai_type="invalid_request_error",
+            anthropic_type="invalid_request_error",
+            code="conflict",
+        )
+
+
+class PayloadTooLarge(LedgerError):
+    def __init__(self, limit: int):
+        super().__init__(
+            f"Request body is larger than the limit of {limit} bytes.",
+            status=413,
+            openai_type="invalid_request_error",
+            anthropic_type="request_too_large",
+            code="request_too_large",
+        )
+
+
+class UpstreamFailed(LedgerError):
+    """The provider could not be reached or answered with something unusable."""
+
+    def __init__(self, message: str, *, status: int = 502, code: str = "upstream_error"):
+        super().__init__(
+            message,
+            status=status,
+            openai_type="api_error",
+            anthropic_type="api_error",
+            code=code,
+        )
+
+
+class UpstreamTimeout(UpstreamFailed):
+    def __init__(self, message: str = "The provider did not answer in time."):
+        super().__init__(message, status=504, code="upstream_timeout")
+
+
+class ServiceUnavailable(LedgerError):
+    def __init__(self, message: str, *, code: str = "service_unavailable"):
+        super().__init__(
+            message,
+            status=503,
+            openai_type="api_error",
+            anthropic_type="overloaded_error",
+            code=code,
+        )
+
+
+def openai_error_body(error: LedgerError) -> dict[str, object]:
+    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.openai_type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }
+
+
+def anthropic_error_body(error: LedgerError) -> dict[str, object]:
+    """Anthropic's error shape: ``{"type": "error", "error": {"type", "message"}}``."""
+    return {"type": "error", "error": {"type": error.anthropic_type, "message": error.message}}

@@ -1,0 +1,554 @@
+"""The request lifecycle, top to bottom in one place.
+
+authenticate → parse → resolve model and price → estimate → (reserve) → forward →
+capture usage → settle → record.
+
+Whatever happens after the key is known — a bad body, an unknown model, a provider
+error, a timeout, a client that leaves mid-stream, shutdown — the request ends as
+exactly one ledger entry. Nothing here knows about HTTP frameworks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import msgspec
+
+from ledger.admin.identity import Authenticator, Principal
+from ledger.db.ledger import LedgerEntry
+from ledger.db.prices import LivePrices
+from ledger.db.writer import LedgerWriter
+from ledger.errors import (
+    InvalidRequest,
+    LedgerError,
+    PermissionDenied,
+    UpstreamFailed,
+    UpstreamTimeout,
+    anthropic_error_body,
+    openai_error_body,
+)
+from ledger.gateway.requests import (
+    ANTHROPIC,
+    OPENAI,
+    ParsedRequest,
+    decode_json_object,
+    key_from_body,
+    normalise_seed_body,
+    parse_anthropic_messages,
+    parse_openai_chat,
+)
+from ledger.gateway.routing import ModelRouter, Route
+from ledger.money import format_usd
+from ledger.pricing import Price, price_cost
+from ledger.providers import UpstreamResponse, anthropic, openai
+from ledger.tokens import approximate_anthropic_prompt, count_text_tokens, estimate_prompt_tokens
+from ledger.usage import Usage
+
+logger = logging.getLogger("ledger.gateway")
+
+_TAG = re.compile(r"^[A-Za-z0-9_.:/=-]{1,64}$")
+_MAX_TAGS = 16
+_COUNT_TOKENS_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+_ERROR_BODY_LIMIT = 64 * 1024
+_COUNT_TOKENS_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayCall:
+    """One client request as the HTTP layer saw it."""
+
+    protocol: str  # openai | anthropic
+    endpoint: str  # chat | messages | count_tokens
+    raw_body: bytes
+    credential: str | None = None
+    seed_body: bool = False  # the seed API's body: model_id and key inside
+    end_user: str | None = None
+    tags: str | None = None
+    forward_headers: dict[str, str] = field(default_factory=dict)
+    body_error: LedgerError | None = None  # found while reading the body (size, type)
+
+
+@dataclass(slots=True)
+class GatewayReply:
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+
+class Gateway:
+    """Everything the lifecycle needs, wired once at start-up."""
+
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator,
+        router: ModelRouter,
+        prices: LivePrices,
+        writer: LedgerWriter,
+        default_max_output_tokens: int,
+    ) -> None:
+        self._auth = authenticator
+        self._router = router
+        self._prices = prices
+        self._writer = writer
+        self._default_max_output = default_max_output_tokens
+
+    async def handle(self, call: GatewayCall) -> GatewayReply:
+        """Serve one request. Raises :class:`LedgerError` only before the key is known."""
+        started = datetime.now(UTC)
+        body: dict[str, Any] | None = None
+        credential = call.credential
+        if credential is None and call.body_error is None:
+            try:
+                body = decode_json_object(call.raw_body)
+            except InvalidRequest:
+                body = None
+            credential = key_from_body(body) if body else None
+
+        # 1. Authenticate. Before this there is no one to charge, so no entry.
+        principal = await self._auth.authenticate(credential)
+        if principal.is_admin:
+            raise PermissionDenied(
+                "The admin key cannot make model requests; create a team key with POST /admin/keys."
+            )
+
+        entry = self._new_entry(call, principal, started)
+        priced: tuple[Route, Price] | None = None
+        try:
+            # 2. Parse what the client sent.
+            if call.body_error is not None:
+                raise call.body_error
+            if body is None:
+                body = decode_json_object(call.raw_body)
+            entry.tags = _parse_tags(call.tags)
+            request = self._parse(call, body)
+            entry.requested_model = request.model
+            entry.stream = request.stream
+            entry.end_user = call.end_user or request.end_user
+
+            # 3. Resolve the model, its provider and the price in effect now.
+            route = self._router.resolve(request.model)
+            if not route.provider.speaks(request.protocol):
+                raise InvalidRequest(_wrong_protocol_message(route, request), param="model")
+            price = self._price(route, started)
+            priced = (route, price)
+            entry.served_model = route.upstream_model
+            entry.provider = route.provider.name
+            entry.price_id = price.id
+
+            if request.endpoint == "count_tokens":
+                return await self._count_tokens(entry, call, request, route)
+
+            # 4. Estimate the prompt before any money is spent.
+            entry.estimated_input_tokens = await self._estimate(call, request, route)
+
+            # 5. Reserve budget: the budgets issue slots its check in here.
+
+            # 6. Forward.
+            upstream = await route.provider.transport.send(
+                route.provider.path(request.endpoint),
+                self._upstream_body(call, request, route),
+                _upstream_headers(call),
+                stream=request.stream,
+            )
+            if upstream.status >= 400:
+                return await self._relay_error(entry, call, upstream)
+            if request.stream:
+                return self._stream(entry, call, request, route, price, upstream)
+
+            # 7. Capture usage, 8. settle, 9. record.
+            payload_bytes = await upstream.read()
+            await upstream.aclose()
+            payload = _json_or_none(payload_bytes)
+            if payload is None:
+                raise UpstreamFailed("The provider returned a response that is not valid JSON.")
+            usage = _usage(request.protocol, payload)
+            if usage is None:
+                usage = self._estimated_usage(entry, route, _response_text(request, payload))
+                entry.usage_source = "estimated"
+            else:
+                entry.usage_source = "provider"
+            self._settle(entry, usage, price, route)
+            entry.status, entry.http_status = "ok", upstream.status
+            await self._record(entry)
+            headers = {**upstream.headers, **_ledger_headers(entry)}
+            headers["x-ledger-cost-usd"] = format_usd(entry.cost_nanos)
+            return GatewayReply(upstream.status, headers, payload_bytes)
+        except LedgerError as error:
+            entry.status = _status_for(error)
+            entry.http_status = error.status
+            entry.error = error.message
+            if isinstance(error, UpstreamFailed) and priced is not None:
+                # The provider may have billed for the prompt: never record such a failure as $0.
+                route, price = priced
+                self._settle(
+                    entry, Usage(input_tokens=entry.estimated_input_tokens or 0), price, route
+                )
+                entry.usage_source = "estimated"
+            await self._record(entry)
+            return self._error_reply(call.protocol, error, entry)
+        except BaseException:
+            entry.status = "interrupted"
+            entry.error = "Ledger stopped before the request finished."
+            with anyio.CancelScope(shield=True):
+                await self._record(entry)
+            raise
+
+    # -- steps --------------------------------------------------------------------------
+
+    def _new_entry(self, call: GatewayCall, principal: Principal, started: datetime) -> LedgerEntry:
+        return LedgerEntry(
+            request_id="req_" + uuid.uuid4().hex,
+            started_at=started,
+            endpoint=_endpoint_name(call),
+            team_id=principal.team_id,
+            key_id=principal.key_id,
+            end_user=call.end_user,
+        )
+
+    def _parse(self, call: GatewayCall, body: dict[str, Any]) -> ParsedRequest:
+        if call.seed_body:
+            body = normalise_seed_body(body)
+        if call.protocol == OPENAI:
+            return parse_openai_chat(body)
+        return parse_anthropic_messages(body, count_only=call.endpoint == "count_tokens")
+
+    def _price(self, route: Route, at: datetime) -> Price:
+        price = self._prices.price_at(route.model, at) or self._prices.price_at(
+            route.upstream_model, at
+        )
+        if route.free:
+            return Price(
+                model=route.model, provider=route.provider.name, effective_from=at,
+                source="configured free", input=0, cached_input=0, cache_write_5m=0,
+                cache_write_1h=0, output=0, free=True, id=price.id if price else None,
+            )  # fmt: skip
+        if price is None:
+            raise InvalidRequest(
+                f"No price is known for model '{route.model}'. Add one with POST /admin/prices "
+                "or [[prices]] in the config file, or configure the model as free.",
+                param="model",
+                code="model_not_priced",
+            )
+        return price
+
+    async def _estimate(self, call: GatewayCall, request: ParsedRequest, route: Route) -> int:
+        if request.protocol == OPENAI:
+            return await estimate_prompt_tokens(OPENAI, route.upstream_model, request.body)
+        provider = route.provider
+        if provider.kind == "anthropic" and provider.use_count_tokens:
+            counted = await self._upstream_count_tokens(call, request, route)
+            if counted is not None:
+                return counted
+        return await estimate_prompt_tokens(ANTHROPIC, route.upstream_model, request.body)
+
+    async def _upstream_count_tokens(
+        self, call: GatewayCall, request: ParsedRequest, route: Route
+    ) -> int | None:
+        body = {k: request.body[k] for k in _COUNT_TOKENS_FIELDS if k in request.body}
+        body["model"] = route.upstream_model
+        try:
+            with anyio.fail_after(_COUNT_TOKENS_TIMEOUT_S):
+                response = await route.provider.transport.send(
+                    route.provider.path("count_tokens"),
+                    msgspec.json.encode(body),
+                    _upstream_headers(call),
+                    stream=False,
+                )
+                payload = _json_or_none(await response.read())
+                await response.aclose()
+        except (LedgerError, TimeoutError):
+            return None
+        if response.status == 200 and isinstance(payload, dict):
+            tokens = payload.get("input_tokens")
+            if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
+                return tokens
+        return None
+
+    def _upstream_body(self, call: GatewayCall, request: ParsedRequest, route: Route) -> bytes:
+        """The client's body as sent, changed only where Ledger must change it."""
+        body = request.body
+        changes: dict[str, Any] = {}
+        if route.upstream_model != request.model:
+            changes["model"] = route.upstream_model
+        if request.protocol == OPENAI and request.stream and not request.include_usage:
+            # Ask for the usage chunk; the relay drops it again before the client sees it.
+            changes["stream_options"] = {
+                **(body.get("stream_options") or {}),
+                "include_usage": True,
+            }
+        if not changes and not call.seed_body:
+            return call.raw_body
+        return msgspec.json.encode({**body, **changes})
+
+    async def _count_tokens(
+        self, entry: LedgerEntry, call: GatewayCall, request: ParsedRequest, route: Route
+    ) -> GatewayReply:
+        provider = route.provider
+        if provider.kind == "anthropic" and provider.use_count_tokens:
+            upstream = await provider.transport.send(
+                provider.path("count_tokens"),
+                self._upstream_body(call, request, route),
+                _upstream_headers(call),
+                stream=False,
+            )
+            if upstream.status >= 400:
+                return await self._relay_error(entry, call, upstream)
+            body = await upstream.read()
+            await upstream.aclose()
+            payload = _json_or_none(body)
+            tokens = payload.get("input_tokens") if isinstance(payload, dict) else None
+            if not isinstance(tokens, int):
+                raise UpstreamFailed("The provider's count_tokens answer has no input_tokens.")
+            headers = dict(upstream.headers)
+        else:
+            tokens = approximate_anthropic_prompt(request.body)
+            body = msgspec.json.encode({"input_tokens": tokens})
+            headers = {"content-type": "application/json"}
+        entry.estimated_input_tokens = tokens
+        entry.status, entry.http_status = "ok", 200
+        await self._record(entry)
+        return GatewayReply(200, {**headers, **_ledger_headers(entry)}, body)
+
+    async def _relay_error(
+        self, entry: LedgerEntry, call: GatewayCall, upstream: UpstreamResponse
+    ) -> GatewayReply:
+        """A provider's own error reaches the client unchanged; providers do not bill them."""
+        try:
+            body = await upstream.read()
+        except LedgerError:
+            body = b""
+        await upstream.aclose()
+        entry.status = "upstream_error"
+        entry.http_status = upstream.status
+        entry.error = _provider_error_text(body, upstream.status)
+        await self._record(entry)
+        if not body or _json_or_none(body) is None:
+            error = UpstreamFailed(
+                f"The provider answered HTTP {upstream.status}: {entry.error}",
+                status=upstream.status,
+            )
+            return self._error_reply(call.protocol, error, entry)
+        return GatewayReply(
+            upstream.status,
+            {**upstream.headers, **_ledger_headers(entry)},
+            body[:_ERROR_BODY_LIMIT],
+        )
+
+    def _stream(
+        self,
+        entry: LedgerEntry,
+        call: GatewayCall,
+        request: ParsedRequest,
+        route: Route,
+        price: Price,
+        upstream: UpstreamResponse,
+    ) -> GatewayReply:
+        relay: openai.OpenAIStreamRelay | anthropic.AnthropicStreamRelay
+        if request.protocol == OPENAI:
+            relay = openai.OpenAIStreamRelay(strip_usage=not request.include_usage)
+        else:
+            relay = anthropic.AnthropicStreamRelay()
+        entry.http_status = upstream.status
+
+        async def chunks() -> AsyncIterator[bytes]:
+            entry.status = "interrupted"
+            try:
+                async for chunk in upstream.chunks:
+                    out = relay.feed(chunk)
+                    if out:
+                        if entry.first_token_at is None:
+                            entry.first_token_at = datetime.now(UTC)
+                        yield out
+                tail = relay.finish()
+                if tail:
+                    yield tail
+                if relay.done:
+                    entry.status = "ok"
+                else:
+                    entry.status = "upstream_error"
+                    entry.error = relay.provider_error or "The provider's stream ended early."
+            except LedgerError as error:
+                entry.status = "timeout" if isinstance(error, UpstreamTimeout) else "upstream_error"
+                entry.error = error.message
+                # Tell the client in its own protocol rather than ending the stream silently.
+                yield _stream_error_event(request.protocol, error)
+            except (asyncio.CancelledError, GeneratorExit):
+                entry.status = "client_disconnected"
+                entry.error = "The client disconnected before the stream ended."
+                raise
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await upstream.aclose()
+                    self._settle_stream(entry, request, route, price, relay)
+                    await self._record(entry)
+
+        headers = {
+            **upstream.headers,
+            "content-type": "text/event-stream; charset=utf-8",
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",
+            **_ledger_headers(entry),
+        }
+        return GatewayReply(upstream.status, headers, stream=chunks())
+
+    def _settle_stream(
+        self,
+        entry: LedgerEntry,
+        request: ParsedRequest,
+        route: Route,
+        price: Price,
+        relay: openai.OpenAIStreamRelay | anthropic.AnthropicStreamRelay,
+    ) -> None:
+        usage = relay.usage
+        complete = usage is not None and (
+            request.protocol == OPENAI or getattr(relay, "output_reported", False)
+        )
+        if complete and usage is not None:
+            entry.usage_source = "provider"
+        else:
+            # The stream ended without final usage: count what was seen, and say so.
+            seen = self._estimated_usage(entry, route, "".join(relay.text))
+            if usage is not None:  # Anthropic's message_start still gave the exact input
+                seen = Usage(
+                    input_tokens=usage.input_tokens,
+                    cache_read_tokens=usage.cache_read_tokens,
+                    cache_write_5m_tokens=usage.cache_write_5m_tokens,
+                    cache_write_1h_tokens=usage.cache_write_1h_tokens,
+                    output_tokens=max(seen.output_tokens, usage.output_tokens),
+                )
+            usage = seen
+            entry.usage_source = "estimated"
+        self._settle(entry, usage, price, route)
+
+    def _estimated_usage(self, entry: LedgerEntry, route: Route, output_text: str) -> Usage:
+        return Usage(
+            input_tokens=entry.estimated_input_tokens or 0,
+            output_tokens=count_text_tokens(route.upstream_model, output_text)
+            if output_text
+            else 0,
+        )
+
+    def _settle(self, entry: LedgerEntry, usage: Usage, price: Price, route: Route) -> None:
+        entry.input_tokens = usage.input_tokens
+        entry.cache_read_tokens = usage.cache_read_tokens
+        entry.cache_write_5m_tokens = usage.cache_write_5m_tokens
+        entry.cache_write_1h_tokens = usage.cache_write_1h_tokens
+        entry.output_tokens = usage.output_tokens
+        entry.reasoning_tokens = usage.reasoning_tokens
+        if price.free or route.free:
+            return
+        cost = price_cost(usage, price)
+        entry.input_cost_nanos = cost.input
+        entry.cache_read_cost_nanos = cost.cache_read
+        entry.cache_write_cost_nanos = cost.cache_write
+        entry.output_cost_nanos = cost.output
+        entry.request_fee_nanos = cost.request_fee
+        entry.cost_nanos = cost.total
+
+    async def _record(self, entry: LedgerEntry) -> None:
+        entry.ended_at = datetime.now(UTC)
+        try:
+            await self._writer.record(entry)
+        except Exception:
+            logger.exception("ledger entry %s could not be recorded", entry.request_id)
+
+    def _error_reply(self, protocol: str, error: LedgerError, entry: LedgerEntry) -> GatewayReply:
+        body = openai_error_body(error) if protocol == OPENAI else anthropic_error_body(error)
+        headers = {"content-type": "application/json", **error.headers, **_ledger_headers(entry)}
+        return GatewayReply(error.status, headers, msgspec.json.encode(body))
+
+
+# -- small pure helpers -----------------------------------------------------------------
+
+
+def _endpoint_name(call: GatewayCall) -> str:
+    names = {"chat": "chat.completions", "messages": "messages", "count_tokens": "count_tokens"}
+    return names.get(call.endpoint, call.endpoint)
+
+
+def _ledger_headers(entry: LedgerEntry) -> dict[str, str]:
+    return {"x-ledger-request-id": entry.request_id}
+
+
+def _upstream_headers(call: GatewayCall) -> dict[str, str]:
+    headers = {"content-type": "application/json", "accept": "application/json"}
+    headers.update(call.forward_headers)
+    if call.protocol == ANTHROPIC:
+        headers.setdefault("anthropic-version", anthropic.DEFAULT_ANTHROPIC_VERSION)
+    return headers
+
+
+def _parse_tags(header: str | None) -> list[str]:
+    if not header:
+        return []
+    tags = [tag.strip() for tag in header.split(",") if tag.strip()]
+    if len(tags) > _MAX_TAGS or not all(_TAG.match(tag) for tag in tags):
+        raise InvalidRequest(
+            f"x-ledger-tags must be at most {_MAX_TAGS} comma-separated tags of letters, digits "
+            "and _.:/=- (64 characters each)."
+        )
+    return sorted(set(tags))
+
+
+def _usage(protocol: str, payload: Any) -> Usage | None:
+    if protocol == OPENAI:
+        return openai.usage_from_payload(payload)
+    return anthropic.usage_from_payload(payload)
+
+
+def _response_text(request: ParsedRequest, payload: Any) -> str:
+    if request.protocol == OPENAI:
+        return openai.response_text(payload)
+    return anthropic.response_text(payload)
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def _provider_error_text(body: bytes, status: int) -> str:
+    payload = _json_or_none(body)
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"][:1000]
+    text = body[:300].decode("utf-8", errors="replace").strip()
+    return text or f"HTTP {status} with an empty body"
+
+
+def _status_for(error: LedgerError) -> str:
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(error, UpstreamFailed):
+        return "upstream_error"
+    if error.status == 429 and error.code == "budget_exceeded":
+        return "blocked"
+    return "invalid_request" if error.status < 500 else "upstream_error"
+
+
+def _stream_error_event(protocol: str, error: LedgerError) -> bytes:
+    if protocol == OPENAI:
+        return b"data: " + json.dumps(openai_error_body(error)).encode() + b"\n\n"
+    return b"event: error\ndata: " + json.dumps(anthropic_error_body(error)).encode() + b"\n\n"
+
+
+def _wrong_protocol_message(route: Route, request: ParsedRequest) -> str:
+    path = "/v1/messages" if route.provider.kind == ANTHROPIC else "/v1/chat/completions"
+    return (
+        f"The model '{route.model}' is served by the {route.provider.kind} provider "
+        f"'{route.provider.name}'; send it to {path}."
+    )

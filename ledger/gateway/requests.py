@@ -1,0 +1,152 @@
+"""Reading what a client sent: body decoding, validation, and the fields Ledger needs.
+
+The body itself is forwarded untouched; these functions only look at it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from ledger.errors import InvalidRequest
+
+OPENAI = "openai"
+ANTHROPIC = "anthropic"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """The facts about a request that accounting needs; ``body`` is what goes upstream."""
+
+    protocol: str  # openai | anthropic
+    endpoint: str  # chat | messages | count_tokens
+    body: dict[str, Any]
+    model: str
+    stream: bool = False
+    max_output_tokens: int | None = None
+    choices: int = 1
+    end_user: str | None = None
+    include_usage: bool = False  # the client itself asked for the usage chunk
+
+
+def decode_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a clear 400 saying what is wrong with it."""
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def key_from_body(body: Mapping[str, Any]) -> str | None:
+    """The seed API's convention: the client key travels in the body as ``key``."""
+    key = body.get("key")
+    return key if isinstance(key, str) and key else None
+
+
+def normalise_seed_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The seed's body names the model ``model_id`` and carries ``key``: neither goes upstream."""
+    converted = {k: v for k, v in body.items() if k not in ("key", "model_id")}
+    if "model" not in converted and "model_id" in body:
+        converted["model"] = body["model_id"]
+    return converted
+
+
+def parse_openai_chat(body: dict[str, Any]) -> ParsedRequest:
+    model = _model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest(
+                f"messages[{index}] must be an object with a string 'role'.",
+                param=f"messages[{index}]",
+            )
+    stream = _optional_bool(body, "stream")
+    max_output = _optional_positive_int(body, "max_completion_tokens")
+    if max_output is None:
+        max_output = _optional_positive_int(body, "max_tokens")
+    choices = _optional_positive_int(body, "n") or 1
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    include_usage = bool(stream_options and stream_options.get("include_usage") is True)
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise InvalidRequest("'user' must be a string.", param="user")
+    return ParsedRequest(
+        protocol=OPENAI,
+        endpoint="chat",
+        body=body,
+        model=model,
+        stream=stream,
+        max_output_tokens=max_output,
+        choices=choices,
+        end_user=user or None,
+        include_usage=include_usage,
+    )
+
+
+def parse_anthropic_messages(body: dict[str, Any], *, count_only: bool = False) -> ParsedRequest:
+    model = _model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages: must be a non-empty array", param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest(f"messages.{index}: must be an object with a string 'role'")
+    max_tokens = _optional_positive_int(body, "max_tokens")
+    if max_tokens is None and not count_only:
+        raise InvalidRequest("max_tokens: field required", param="max_tokens")
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidRequest("metadata: must be an object", param="metadata")
+    user = metadata.get("user_id") if metadata else None
+    return ParsedRequest(
+        protocol=ANTHROPIC,
+        endpoint="count_tokens" if count_only else "messages",
+        body=body,
+        model=model,
+        stream=False if count_only else _optional_bool(body, "stream"),
+        max_output_tokens=max_tokens,
+        end_user=user if isinstance(user, str) and user else None,
+    )
+
+
+def _model(body: Mapping[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("'model' is required and must be a non-empty string.", param="model")
+    if len(model) > 200:
+        raise InvalidRequest("'model' is too long.", param="model")
+    return model
+
+
+def _optional_bool(body: Mapping[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"'{name}' must be a boolean.", param=name)
+    return value
+
+
+def _optional_positive_int(body: Mapping[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"'{name}' must be an integer.", param=name)
+    if value < 1:
+        raise InvalidRequest(f"'{name}' must be at least 1, got {value}.", param=name)
+    if value > 10_000_000:
+        raise InvalidRequest(f"'{name}' is implausibly large ({value}).", param=name)
+    return value

@@ -1,0 +1,184 @@
+"""The gateway's HTTP routes: thin adapters from Litestar to :class:`Gateway`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.response import Stream
+
+from ledger.admin.identity import Authenticator
+from ledger.errors import InvalidRequest, LedgerError
+from ledger.gateway.lifecycle import Gateway, GatewayCall, GatewayReply
+from ledger.gateway.routing import ModelRouter
+from ledger.http import credential_from_headers, error_response, read_body
+from ledger.providers import anthropic, openai
+
+_ACCEPTED_CONTENT_TYPES = ("application/json", "text/plain", "")
+
+
+async def _serve(
+    request: Request[Any, Any, Any],
+    gateway: Gateway,
+    max_body_bytes: int,
+    *,
+    protocol: str,
+    endpoint: str,
+    seed_body: bool = False,
+) -> Response[bytes] | Stream:
+    body_error: LedgerError | None = None
+    raw = b""
+    try:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in _ACCEPTED_CONTENT_TYPES and not content_type.endswith("+json"):
+            body_error = InvalidRequest(
+                f"Content-Type must be application/json, not {content_type!r}."
+            )
+            body_error.status = 415
+        raw = await read_body(request, max_body_bytes)
+    except LedgerError as error:
+        body_error = error
+    forwarded = openai.FORWARDED_REQUEST_HEADERS + anthropic.FORWARDED_REQUEST_HEADERS
+    call = GatewayCall(
+        protocol=protocol,
+        endpoint=endpoint,
+        raw_body=raw,
+        credential=credential_from_headers(request),
+        seed_body=seed_body,
+        end_user=request.headers.get("x-ledger-user"),
+        tags=request.headers.get("x-ledger-tags"),
+        forward_headers={h: v for h in forwarded if (v := request.headers.get(h))},
+        body_error=body_error,
+    )
+    try:
+        reply = await gateway.handle(call)
+    except LedgerError as error:
+        return error_response(error, protocol)
+    return _to_response(reply)
+
+
+def _to_response(reply: GatewayReply) -> Response[bytes] | Stream:
+    if reply.stream is not None:
+        return Stream(reply.stream, status_code=reply.status, headers=reply.headers)
+    headers = dict(reply.headers)
+    media_type = headers.pop("content-type", "application/json")
+    return Response(
+        content=reply.body, status_code=reply.status, headers=headers, media_type=media_type
+    )
+
+
+_BODY = {"request_max_body_size": None}
+
+
+@post("/v1/chat/completions", operation_id="createChatCompletion", tags=["gateway"], **_BODY)
+async def chat_completions(
+    request: Request[Any, Any, Any], gateway: Gateway, max_body_bytes: int
+) -> Response[bytes] | Stream:
+    """OpenAI-compatible chat completions, streaming or not."""
+    return await _serve(request, gateway, max_body_bytes, protocol="openai", endpoint="chat")
+
+
+@post("/v1/messages", operation_id="createMessage", tags=["gateway"], **_BODY)
+async def messages(
+    request: Request[Any, Any, Any], gateway: Gateway, max_body_bytes: int
+) -> Response[bytes] | Stream:
+    """Anthropic-compatible messages, streaming or not."""
+    return await _serve(request, gateway, max_body_bytes, protocol="anthropic", endpoint="messages")
+
+
+@post("/v1/messages/count_tokens", operation_id="countMessageTokens", tags=["gateway"], **_BODY)
+async def count_tokens(
+    request: Request[Any, Any, Any], gateway: Gateway, max_body_bytes: int
+) -> Response[bytes] | Stream:
+    """Anthropic-compatible token counting (the provider's, or a local estimate)."""
+    return await _serve(
+        request, gateway, max_body_bytes, protocol="anthropic", endpoint="count_tokens"
+    )
+
+
+@post("/api/v7/llm/chat/completions", operation_id="seedChatCompletion", tags=["gateway"], **_BODY)
+async def seed_chat_completions(
+    request: Request[Any, Any, Any], gateway: Gateway, max_body_bytes: int
+) -> Response[bytes] | Stream:
+    """The seed API's chat completions: ``model_id`` and ``key`` may travel in the body."""
+    return await _serve(
+        request, gateway, max_body_bytes, protocol="openai", endpoint="chat", seed_body=True
+    )
+
+
+@post("/api/v7/llm/v1/messages", operation_id="seedCreateMessage", tags=["gateway"], **_BODY)
+async def seed_messages(
+    request: Request[Any, Any, Any], gateway: Gateway, max_body_bytes: int
+) -> Response[bytes] | Stream:
+    return await _serve(
+        request, gateway, max_body_bytes, protocol="anthropic", endpoint="messages", seed_body=True
+    )
+
+
+@post(
+    "/api/v7/llm/v1/messages/count_tokens",
+    operation_id="seedCountMessageTokens",
+    tags=["gateway"],
+    **_BODY,
+)
+async def seed_count_tokens(
+    request: Request[Any, Any, Any], gateway: Gateway, max_body_bytes: int
+) -> Response[bytes] | Stream:
+    return await _serve(
+        request,
+        gateway,
+        max_body_bytes,
+        protocol="anthropic",
+        endpoint="count_tokens",
+        seed_body=True,
+    )
+
+
+@get(["/v1/models", "/api/v7/llm/v1/models"], operation_id="listModels", tags=["gateway"])
+async def list_models(
+    request: Request[Any, Any, Any], router: ModelRouter, authenticator: Authenticator
+) -> Response[bytes]:
+    """The models this gateway serves, in OpenAI's shape or, for Anthropic clients, theirs."""
+    protocol = "anthropic" if "anthropic-version" in request.headers else "openai"
+    try:
+        await authenticator.authenticate(credential_from_headers(request))
+    except LedgerError as error:
+        return error_response(error, protocol)
+    routes = router.models()
+    if protocol == "anthropic":
+        data = [
+            {
+                "type": "model",
+                "id": r.model,
+                "display_name": r.model,
+                "created_at": "2025-01-01T00:00:00Z",
+            }
+            for r in routes
+        ]
+        body: dict[str, Any] = {
+            "data": data,
+            "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+    else:
+        body = {
+            "object": "list",
+            "data": [
+                {"id": r.model, "object": "model", "created": 0, "owned_by": r.provider.name}
+                for r in routes
+            ],
+        }
+    return Response(content=msgspec.json.encode(body), media_type="application/json")
+
+
+ROUTES = [
+    chat_completions,
+    messages,
+    count_tokens,
+    seed_chat_completions,
+    seed_messages,
+    seed_count_tokens,
+    list_models,
+]

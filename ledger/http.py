@@ -1,0 +1,56 @@
+"""HTTP plumbing shared by every route: credentials, bounded bodies, error rendering."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+
+from ledger.errors import (
+    LedgerError,
+    PayloadTooLarge,
+    anthropic_error_body,
+    openai_error_body,
+)
+
+
+def credential_from_headers(request: Request[Any, Any, Any]) -> str | None:
+    """The key from ``Authorization: Bearer``, else ``x-api-key``, else None."""
+    authorization = request.headers.get("authorization")
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    api_key = request.headers.get("x-api-key")
+    return api_key.strip() if api_key and api_key.strip() else None
+
+
+async def read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
+    """The whole body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(limit)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def protocol_for_path(path: str) -> str:
+    """Which error shape a caller of ``path`` understands."""
+    return "anthropic" if "/messages" in path else "openai"
+
+
+def error_response(error: LedgerError, protocol: str = "openai") -> Response[bytes]:
+    body = anthropic_error_body(error) if protocol == "anthropic" else openai_error_body(error)
+    return Response(
+        content=msgspec.json.encode(body),
+        status_code=error.status,
+        headers=dict(error.headers),
+        media_type="application/json",
+    )

@@ -1,0 +1,61 @@
+"""What every provider transport returns, whatever carried it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# Provider response headers a client may rely on; everything else (cookies, hop-by-hop
+# headers, the provider's own infrastructure headers) stays behind.
+RELAYED_RESPONSE_HEADERS = frozenset(
+    {
+        "content-type",
+        "retry-after",
+        "x-request-id",
+        "request-id",
+        "openai-processing-ms",
+        "openai-version",
+        "anthropic-organization-id",
+    }
+)
+RELAYED_RESPONSE_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+
+
+def relayable_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The subset of a provider's response headers that is passed on to the client."""
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in RELAYED_RESPONSE_HEADERS or lower.startswith(RELAYED_RESPONSE_HEADER_PREFIXES):
+            kept[lower] = value
+    return kept
+
+
+@dataclass
+class UpstreamResponse:
+    """A provider's answer: status and headers now, body later (read whole or chunk by chunk)."""
+
+    status: int
+    headers: dict[str, str]
+    chunks: AsyncIterator[bytes]
+    _close: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
+
+    async def read(self) -> bytes:
+        parts = [chunk async for chunk in self.chunks]
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        if self._close is not None:
+            close, self._close = self._close, None
+            await close()
+
+
+class Transport(Protocol):
+    """Sends one request to a provider. Raises :class:`ledger.errors.UpstreamFailed` on I/O errors."""
+
+    async def send(
+        self, path: str, body: bytes, headers: Mapping[str, str], *, stream: bool
+    ) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...

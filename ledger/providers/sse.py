@@ -1,0 +1,57 @@
+"""An incremental Server-Sent Events splitter that keeps each event's exact bytes.
+
+Ledger relays provider streams unchanged, so events are never re-serialised: the
+parser only finds the boundaries and decodes the ``event``/``data`` fields it needs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    raw: bytes  # the event exactly as received, boundary included
+    event: str | None
+    data: str
+
+
+class SSEParser:
+    """Feed bytes as they arrive; get back every event completed by them."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        self._buffer += chunk
+        events: list[SSEEvent] = []
+        start = 0
+        while match := _BOUNDARY.search(self._buffer, start):
+            raw = self._buffer[start : match.end()]
+            events.append(_decode(raw))
+            start = match.end()
+        self._buffer = self._buffer[start:]
+        return events
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an event that has not been completed (yet)."""
+        return self._buffer
+
+
+def _decode(raw: bytes) -> SSEEvent:
+    event: str | None = None
+    data_lines: list[str] = []
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        if not line or line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            event = value
+        elif name == "data":
+            data_lines.append(value)
+    return SSEEvent(raw=raw, event=event, data="\n".join(data_lines))

@@ -1,0 +1,140 @@
+"""Reading the ledger entry by entry: ``GET /api/usage`` and ``GET /api/usage/{request_id}``."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from litestar import Controller, get
+from litestar.di import Provide
+from litestar.params import Parameter
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ledger.admin.identity import Principal
+from ledger.auth import provide_principal
+from ledger.db.ledger import EntryFilter, get_entry, list_entries
+from ledger.db.tables import ApiKey, LedgerEntryRow, Team
+from ledger.errors import InvalidRequest, NotFound, PermissionDenied
+from ledger.money import format_usd
+
+
+def entry_out(row: LedgerEntryRow, teams: dict[int, str], keys: dict[int, str]) -> dict[str, Any]:
+    """One ledger entry as JSON: token buckets, and money as exact decimal strings."""
+    return {
+        "request_id": row.request_id,
+        "kind": row.kind,
+        "corrects_request_id": row.corrects_request_id,
+        "started_at": row.started_at.isoformat(),
+        "first_token_at": row.first_token_at.isoformat() if row.first_token_at else None,
+        "ended_at": row.ended_at.isoformat(),
+        "latency_ms": row.latency_ms,
+        "team": teams.get(row.team_id) if row.team_id is not None else None,
+        "key_prefix": keys.get(row.key_id) if row.key_id is not None else None,
+        "key_id": row.key_id,
+        "end_user": row.end_user,
+        "tags": json.loads(row.tags) if row.tags else [],
+        "endpoint": row.endpoint,
+        "requested_model": row.requested_model,
+        "served_model": row.served_model,
+        "provider": row.provider,
+        "stream": row.stream,
+        "status": row.status,
+        "http_status": row.http_status,
+        "usage": {
+            "input_tokens": row.input_tokens,
+            "cache_read_tokens": row.cache_read_tokens,
+            "cache_write_5m_tokens": row.cache_write_5m_tokens,
+            "cache_write_1h_tokens": row.cache_write_1h_tokens,
+            "output_tokens": row.output_tokens,
+            "reasoning_tokens": row.reasoning_tokens,
+        },
+        "estimated_input_tokens": row.estimated_input_tokens,
+        "usage_source": row.usage_source,
+        "cost_usd": format_usd(row.cost_nanos),
+        "cost_breakdown_usd": {
+            "input": format_usd(row.input_cost_nanos),
+            "cache_read": format_usd(row.cache_read_cost_nanos),
+            "cache_write": format_usd(row.cache_write_cost_nanos),
+            "output": format_usd(row.output_cost_nanos),
+            "request_fee": format_usd(row.request_fee_nanos),
+        },
+        "price_id": row.price_id,
+        "error": row.error,
+    }
+
+
+async def _names(session: AsyncSession) -> tuple[dict[int, str], dict[int, str]]:
+    teams = dict((await session.execute(select(Team.id, Team.name))).tuples().all())
+    keys = dict((await session.execute(select(ApiKey.id, ApiKey.prefix))).tuples().all())
+    return teams, keys
+
+
+async def _team_id(session: AsyncSession, principal: Principal, team: str | None) -> int | None:
+    """The team filter a principal may use: a team key sees its own team and nothing else."""
+    if principal.is_admin:
+        if team is None:
+            return None
+        team_id = await session.scalar(select(Team.id).where(Team.name == team))
+        if team_id is None:
+            raise NotFound(f"no team named {team!r}")
+        return team_id
+    if team is not None and team != principal.team_name:
+        raise PermissionDenied("A team key can only read its own team's usage.")
+    return principal.team_id
+
+
+class UsageController(Controller):
+    path = "/api/usage"
+    tags = ["usage"]
+    dependencies = {"principal": Provide(provide_principal)}
+
+    @get("/", operation_id="listUsage")
+    async def list_usage(
+        self,
+        principal: Principal,
+        sessions: async_sessionmaker[AsyncSession],
+        team: str | None = None,
+        key_id: int | None = None,
+        model: str | None = None,
+        status: str | None = None,
+        request_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = Parameter(default=100, ge=1, le=1000),
+        cursor: int | None = None,
+    ) -> dict[str, Any]:
+        """Ledger entries, newest first. Page with ``cursor`` = the previous ``next_cursor``."""
+        for name, value in (("since", since), ("until", until)):
+            if value is not None and value.tzinfo is None:
+                raise InvalidRequest(f"{name} needs a UTC offset, e.g. 2026-10-01T00:00:00Z")
+        async with sessions() as session:
+            where = EntryFilter(
+                request_id=request_id,
+                team_id=await _team_id(session, principal, team),
+                key_id=key_id,
+                model=model,
+                status=status,
+                since=since,
+                until=until,
+            )
+            rows = await list_entries(session, where, limit=limit + 1, after_id=cursor)
+            teams, keys = await _names(session)
+        page = rows[:limit]
+        return {
+            "data": [entry_out(row, teams, keys) for row in page],
+            "next_cursor": page[-1].id if len(rows) > limit else None,
+        }
+
+    @get("/{request_id:str}", operation_id="getUsage")
+    async def get_usage(
+        self, request_id: str, principal: Principal, sessions: async_sessionmaker[AsyncSession]
+    ) -> dict[str, Any]:
+        async with sessions() as session:
+            row = await get_entry(session, request_id)
+            if row is None or (not principal.is_admin and row.team_id != principal.team_id):
+                # The same answer for "not yours" as for "not there": ids are not disclosed.
+                raise NotFound(f"no ledger entry {request_id!r}")
+            teams, keys = await _names(session)
+        return entry_out(row, teams, keys)

@@ -1,0 +1,112 @@
+"""Prompt token estimates that never stall the event loop, however large the prompt.
+
+Small prompts are counted inline: a thread hop would cost more than the count. Large ones (a
+1M-token prompt takes a few hundred ms to tokenize) are counted in a worker thread; tiktoken
+releases the GIL while it encodes, so the event loop keeps running meanwhile.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from anyio.lowlevel import RunVar
+
+from ledger.tokens.anthropic_approx import approximate_anthropic_prompt
+from ledger.tokens.encodings import O200K_BASE, encoding_name_for_model, get_encoding
+from ledger.tokens.openai_chat import count_openai_chat_prompt
+
+# Bodies with at most this much text, in at most this many JSON values, are counted inline.
+_INLINE_MAX_CHARS = 32 * 1024
+_INLINE_MAX_VALUES = 4096
+# Counting threads at once per event loop: counting is CPU-bound, more threads than cores only
+# adds memory (a 1M-token count briefly holds ~40 MB of token ids).
+_MAX_CONCURRENT_COUNTS = 2
+
+
+@dataclass
+class _LoopState:
+    limiter: anyio.CapacityLimiter
+    loaded_encodings: set[str] = field(default_factory=set)
+
+
+# Per event loop, not per process: an anyio CapacityLimiter is bound to the loop that uses it,
+# and tests run each test in its own loop.
+_loop_state: RunVar[_LoopState] = RunVar("ledger_tokens_loop_state")
+
+
+async def estimate_prompt_tokens(
+    protocol: str,
+    model: str,
+    body: dict[str, Any],
+    *,
+    limiter: anyio.CapacityLimiter | None = None,
+) -> int:
+    """Estimate a request's prompt tokens without blocking the event loop.
+
+    `protocol` is "openai" (Chat Completions body, counted as `count_openai_chat_prompt` does)
+    or "anthropic" (Messages body, `approximate_anthropic_prompt`, which errs high). Bodies
+    with more than about 32 KiB of text are counted in a worker thread; at most `limiter`'s
+    tokens worth of counts run at once (by default 2 per event loop).
+
+    Raises:
+        ValueError: `protocol` is neither "openai" nor "anthropic".
+    """
+    count: Callable[[dict[str, Any]], int]
+    if protocol == "openai":
+        count = functools.partial(count_openai_chat_prompt, model)
+        encoding_name = encoding_name_for_model(model)
+    elif protocol == "anthropic":
+        count = approximate_anthropic_prompt
+        encoding_name = O200K_BASE
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}: expected 'openai' or 'anthropic'")
+
+    state = _state()
+    limiter = limiter or state.limiter
+    if encoding_name not in state.loaded_encodings:
+        # The first load of an encoding in the process takes a few hundred ms: never inline.
+        await anyio.to_thread.run_sync(get_encoding, encoding_name, limiter=limiter)
+        state.loaded_encodings.add(encoding_name)
+    if _fits_inline(body):
+        return count(body)
+    return await anyio.to_thread.run_sync(count, body, limiter=limiter)
+
+
+def _state() -> _LoopState:
+    try:
+        return _loop_state.get()
+    except LookupError:
+        state = _LoopState(limiter=anyio.CapacityLimiter(_MAX_CONCURRENT_COUNTS))
+        _loop_state.set(state)
+        return state
+
+
+def _fits_inline(body: Any) -> bool:
+    """Whether `body` is small enough to count on the event loop.
+
+    Walks at most `_INLINE_MAX_VALUES` values, so the check itself stays cheap on huge bodies.
+    """
+    chars_left = _INLINE_MAX_CHARS
+    values_left = _INLINE_MAX_VALUES
+    stack = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            chars_left -= len(value)
+            if chars_left < 0:
+                return False
+        elif isinstance(value, dict | list):
+            values_left -= len(value)
+            if values_left < 0:
+                return False
+            if isinstance(value, dict):
+                stack.extend(value.keys())
+                stack.extend(value.values())
+            else:
+                stack.extend(value)
+    return True

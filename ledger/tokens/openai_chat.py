@@ -1,0 +1,236 @@
+"""Prompt token counting for OpenAI Chat Completions request bodies.
+
+Messages and tool definitions are counted with the method of the OpenAI cookbook "How to count
+tokens with tiktoken" (`num_tokens_from_messages` and `num_tokens_for_tools`), which matches the
+`prompt_tokens` the API reports for its examples. Where the cookbook is silent (content parts,
+images, tool calls, nested parameter schemas, structured-output schemas) we add a documented
+best effort.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import tiktoken
+
+from ledger.tokens._values import as_dict, as_list, as_text, count_tokens, json_text
+from ledger.tokens.encodings import CL100K_BASE, encoding_name_for_model, get_encoding
+
+# Cookbook: every message is framed as <|start|>{role/name}\n{content}<|end|>\n.
+_TOKENS_PER_MESSAGE = 3
+_TOKENS_PER_NAME = 1
+# Cookbook: every reply is primed with <|start|>assistant<|message|>.
+_REPLY_PRIMING_TOKENS = 3
+# OpenAI does not publish how an assistant's tool calls are rendered. Each call is framed much
+# like a message, so we allow the per-message framing for each one on top of name + arguments.
+_TOKENS_PER_TOOL_CALL = 3
+
+# OpenAI's published image formula (vision guide, "Calculating costs").
+_IMAGE_LOW_DETAIL_TOKENS = 85
+_IMAGE_BASE_TOKENS = 85
+_IMAGE_TILE_TOKENS = 170
+_IMAGE_TILE_SIZE = 512
+_IMAGE_MAX_SIDE = 2048
+_IMAGE_SHORT_SIDE = 768
+# We do not decode images, so their size is unknown. We assume a 1024x1024 image at high detail
+# (765 tokens): square and 4:3 photos of any size cost the same. Wide or tall images cost more,
+# at most 1445 tokens (8 tiles), so this can under-count those by up to 680 tokens each.
+_ASSUMED_IMAGE_SIZE = (1024, 1024)
+
+
+@dataclass(frozen=True)
+class _ToolConstants:
+    """The per-model constants of the cookbook's `num_tokens_for_tools`."""
+
+    func_init: int
+    prop_init: int
+    prop_key: int
+    enum_init: int
+    enum_item: int
+    func_end: int
+
+
+# The cookbook gives the gpt-4o / gpt-4o-mini constants; we use them for every o200k model.
+_O200K_TOOL_CONSTANTS = _ToolConstants(7, 3, 3, -3, 3, 12)
+# The cookbook's gpt-3.5-turbo / gpt-4 constants, used for every cl100k model.
+_CL100K_TOOL_CONSTANTS = _ToolConstants(10, 3, 3, -3, 3, 12)
+
+# Keys of a parameter schema the cookbook formula reads; any others are counted as JSON.
+_COOKBOOK_PROPERTY_KEYS = frozenset({"type", "description", "enum"})
+
+
+def count_text_tokens(model: str, text: str) -> int:
+    """Count the tokens of `text` in the encoding `model` uses (0 if `text` is not a string).
+
+    Special-token strings such as "<|endoftext|>" are counted as ordinary text.
+    """
+    return count_tokens(get_encoding(encoding_name_for_model(model)), as_text(text))
+
+
+def count_openai_chat_prompt(model: str, body: dict[str, Any]) -> int:
+    """Estimate the `prompt_tokens` of a Chat Completions request body for `model`.
+
+    Counts `messages` (string content and content parts: text, refusals, images), assistant
+    `tool_calls` and legacy `function_call`, `tool` role messages, `tools` / legacy `functions`
+    definitions and a `json_schema` `response_format`. Messages and tools follow the OpenAI
+    cookbook exactly; images use OpenAI's tile formula, assuming a 1024x1024 image (765 tokens)
+    at high or auto detail since we do not decode images. Audio and file parts are not counted.
+
+    Never raises on an odd body: values of the wrong type are skipped, and a body that is not
+    a dict counts as 0.
+    """
+    if not isinstance(body, dict):
+        return 0
+    encoding_name = encoding_name_for_model(model)
+    encoding = get_encoding(encoding_name)
+    tokens = sum(_count_message(encoding, message) for message in as_list(body.get("messages")))
+    tokens += _REPLY_PRIMING_TOKENS
+    constants = _CL100K_TOOL_CONSTANTS if encoding_name == CL100K_BASE else _O200K_TOOL_CONSTANTS
+    tokens += _count_tool_definitions(encoding, body, constants)
+    tokens += _count_response_format(encoding, body.get("response_format"))
+    return tokens
+
+
+def _count_message(encoding: tiktoken.Encoding, message: Any) -> int:
+    tokens = _TOKENS_PER_MESSAGE
+    if not isinstance(message, dict):
+        return tokens
+    # Like the cookbook, every string field is counted (role, name, tool_call_id, refusal, ...).
+    for key, value in message.items():
+        if key == "content":
+            tokens += _count_content(encoding, value)
+        elif key == "tool_calls":
+            tokens += sum(_count_tool_call(encoding, call) for call in as_list(value))
+        elif key == "function_call":  # legacy single call: {"name": ..., "arguments": ...}
+            tokens += _count_tool_call(encoding, {"function": value})
+        elif key == "name":
+            if isinstance(value, str) and value:
+                tokens += count_tokens(encoding, value) + _TOKENS_PER_NAME
+        elif isinstance(value, str):
+            tokens += count_tokens(encoding, value)
+    return tokens
+
+
+def _count_content(encoding: tiktoken.Encoding, content: Any) -> int:
+    if isinstance(content, str):
+        return count_tokens(encoding, content)
+    return sum(_count_content_part(encoding, part) for part in as_list(content))
+
+
+def _count_content_part(encoding: tiktoken.Encoding, part: Any) -> int:
+    if isinstance(part, str):  # not valid, but clearly meant as text
+        return count_tokens(encoding, part)
+    if not isinstance(part, dict):
+        return 0
+    part_type = part.get("type")
+    if part_type == "image_url":
+        detail = as_dict(part.get("image_url")).get("detail")
+        return _image_tokens(detail)
+    if part_type == "refusal":
+        return count_tokens(encoding, as_text(part.get("refusal")))
+    if part_type in ("input_audio", "file"):
+        # Base64 payloads are not text; audio is billed separately and we do not parse files.
+        return 0
+    return count_tokens(encoding, as_text(part.get("text")))
+
+
+def _count_tool_call(encoding: tiktoken.Encoding, call: Any) -> int:
+    call = as_dict(call)
+    # Function calls carry {"name", "arguments"}; custom tool calls carry {"name", "input"}.
+    function = as_dict(call.get("function")) or as_dict(call.get("custom"))
+    if not function:
+        return 0
+    arguments = function.get("arguments", function.get("input"))
+    return (
+        _TOKENS_PER_TOOL_CALL
+        + count_tokens(encoding, as_text(function.get("name")))
+        + count_tokens(encoding, json_text(arguments))
+    )
+
+
+def _image_tokens(detail: Any, width: int | None = None, height: int | None = None) -> int:
+    """OpenAI's image formula; `auto` and unknown details are treated as `high`."""
+    if detail == "low":
+        return _IMAGE_LOW_DETAIL_TOKENS
+    if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+        width, height = _ASSUMED_IMAGE_SIZE
+    # Exact fractions: float rounding could add a tile at an exact 512px boundary.
+    w, h = Fraction(width), Fraction(height)
+    fit = min(Fraction(1), Fraction(_IMAGE_MAX_SIDE) / max(w, h))  # fit in 2048x2048
+    w, h = w * fit, h * fit
+    shrink = min(Fraction(1), Fraction(_IMAGE_SHORT_SIDE) / min(w, h))  # shortest side 768
+    w, h = w * shrink, h * shrink
+    tiles = math.ceil(w / _IMAGE_TILE_SIZE) * math.ceil(h / _IMAGE_TILE_SIZE)
+    return _IMAGE_BASE_TOKENS + _IMAGE_TILE_TOKENS * tiles
+
+
+def _count_tool_definitions(
+    encoding: tiktoken.Encoding, body: dict[str, Any], constants: _ToolConstants
+) -> int:
+    functions: list[tuple[dict[Any, Any], int]] = []
+    for tool in as_list(body.get("tools")):
+        tool = as_dict(tool)
+        if isinstance(tool.get("function"), dict):
+            functions.append((tool["function"], 0))
+        elif isinstance(tool.get("custom"), dict):
+            # Custom tools have no parameters but may carry a grammar: count it as JSON.
+            custom = tool["custom"]
+            functions.append((custom, count_tokens(encoding, json_text(custom.get("format")))))
+    for function in as_list(body.get("functions")):  # legacy `functions` parameter
+        if isinstance(function, dict):
+            functions.append((function, 0))
+    if not functions:
+        return 0
+    tokens = sum(_count_function(encoding, fn, constants) + extra for fn, extra in functions)
+    return tokens + constants.func_end
+
+
+def _count_function(
+    encoding: tiktoken.Encoding, function: dict[Any, Any], constants: _ToolConstants
+) -> int:
+    """The cookbook's `num_tokens_for_tools` for one function, without its `func_end`."""
+    tokens = constants.func_init
+    name = as_text(function.get("name"))
+    description = as_text(function.get("description")).removesuffix(".")
+    tokens += count_tokens(encoding, f"{name}:{description}")
+    properties = as_dict(as_dict(function.get("parameters")).get("properties"))
+    if not properties:
+        return tokens
+    tokens += constants.prop_init
+    for key, schema in properties.items():
+        tokens += constants.prop_key
+        schema = as_dict(schema)
+        if "enum" in schema:
+            tokens += constants.enum_init
+            for item in as_list(schema["enum"]):
+                tokens += constants.enum_item + count_tokens(encoding, json_text(item))
+        p_type = _schema_type(schema.get("type"))
+        p_description = as_text(schema.get("description")).removesuffix(".")
+        tokens += count_tokens(encoding, f"{key}:{p_type}:{p_description}")
+        # Beyond the cookbook: nested objects, array items, formats... are real prompt text.
+        extra = {k: v for k, v in schema.items() if k not in _COOKBOOK_PROPERTY_KEYS}
+        if extra:
+            tokens += count_tokens(encoding, json_text(extra))
+    return tokens
+
+
+def _schema_type(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return " | ".join(item for item in as_list(value) if isinstance(item, str))
+
+
+def _count_response_format(encoding: tiktoken.Encoding, response_format: Any) -> int:
+    # Structured outputs put the schema in the prompt. OpenAI does not publish the rendering,
+    # so we count the schema's name, description and compact JSON.
+    json_schema = as_dict(as_dict(response_format).get("json_schema"))
+    if not json_schema:
+        return 0
+    return (
+        count_tokens(encoding, as_text(json_schema.get("name")))
+        + count_tokens(encoding, as_text(json_schema.get("description")))
+        + count_tokens(encoding, json_text(json_schema.get("schema")))
+    )

@@ -1,0 +1,57 @@
+"""Alembic environment: async engine, batch mode for SQLite, Ledger's metadata.
+
+Ledger itself passes an open connection (``config.attributes["connection"]``) so that
+migrations can run inside the service's event loop; the alembic command line builds
+its own engine from ``LEDGER_DATABASE_URL`` or the Ledger config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from ledger.config import load_settings
+from ledger.db.engine import create_engine
+from ledger.db.tables import metadata
+
+config = context.config
+
+
+def _run_with(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=True,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_online() -> None:
+    engine = create_engine(load_settings().database_url, null_pool=True)
+    async with engine.connect() as connection:
+        await connection.run_sync(_run_with)
+        await connection.commit()
+    await engine.dispose()
+
+
+def _run_offline() -> None:
+    context.configure(
+        url=load_settings().database_url,
+        target_metadata=metadata,
+        literal_binds=True,
+        render_as_batch=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    _run_offline()
+elif (connection := config.attributes.get("connection")) is not None:
+    _run_with(connection)
+else:
+    asyncio.run(_run_online())
