@@ -66,8 +66,8 @@ def entry_out(row: LedgerEntryRow, teams: dict[int, str], keys: dict[int, str]) 
 
 
 async def _names(session: AsyncSession) -> tuple[dict[int, str], dict[int, str]]:
-    teams = dict((await session.execute(select(Team.id, Team.name))).tuples().all())
-    keys = dict((await session.execute(select(ApiKey.id, ApiKey.prefix))).tuples().all())
+    teams = dict((await session.execute(select(Team.id, Team.name))).all())
+    keys = dict((await session.execute(select(ApiKey.id, ApiKey.prefix))).all())
     return teams, keys
 
 
