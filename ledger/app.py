@@ -33,6 +33,7 @@ from ledger.gateway.routes import ROUTES as GATEWAY_ROUTES
 from ledger.gateway.routing import ModelRouter
 from ledger.http import error_response, protocol_for_path
 from ledger.providers import Provider, build_providers
+from ledger.reports.routes import REPORT_ROUTES
 from ledger.reports.usage import UsageController
 
 logger = logging.getLogger("ledger")
@@ -125,7 +126,13 @@ def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
         return Provide(lambda: getattr(holder["services"], name), sync_to_thread=False)
 
     return Litestar(
-        route_handlers=[*GATEWAY_ROUTES, AdminController, UsageController, healthz],
+        route_handlers=[
+            *GATEWAY_ROUTES,
+            AdminController,
+            UsageController,
+            *REPORT_ROUTES,
+            healthz,
+        ],
         lifespan=[lifespan],
         dependencies={
             "gateway": service("gateway"),

@@ -330,5 +330,13 @@ def _print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _register_subcommands() -> None:
+    from ledger.reports.cli import register
+
+    register(main)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     main()

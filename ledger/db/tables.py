@@ -182,4 +182,110 @@ class LedgerEntryRow(Base):
     output_cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     request_fee_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     price_id: Mapped[int | None] = mapped_column(Integer)
+    budget_id: Mapped[int | None] = mapped_column(Integer)  # the budget that blocked it
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class Budget(Base):
+    """A spending limit on one scope, per calendar period in the budget's own time zone."""
+
+    __tablename__ = "budgets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    scope: Mapped[str] = mapped_column(String(16))  # org | team | key | user | model | tag
+    team_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer)
+    end_user: Mapped[str | None] = mapped_column(String(256))
+    model: Mapped[str | None] = mapped_column(String(200))
+    tag: Mapped[str | None] = mapped_column(String(64))
+    period: Mapped[str] = mapped_column(String(16))  # daily | weekly | monthly | quarterly | none
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    limit_nanos: Mapped[int] = mapped_column(BigInteger)
+    mode: Mapped[str] = mapped_column(String(8))  # hard | soft
+    thresholds: Mapped[str] = mapped_column(String(100), default="50,80,100")
+    clamp_max_tokens: Mapped[bool] = mapped_column(Boolean, default=False)
+    fail_open: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(Timestamp())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp())
+    deleted_at: Mapped[datetime | None] = mapped_column(Timestamp())
+
+
+class BudgetPeriod(Base):
+    """The running state of one budget in one period; a new period is a new row at zero."""
+
+    __tablename__ = "budget_periods"
+
+    budget_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(Timestamp(), primary_key=True)
+    period_end: Mapped[datetime | None] = mapped_column(Timestamp())
+    spent_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp())
+
+
+class BudgetReservation(Base):
+    """Money set aside before forwarding: one request's worst case, or a process's lease."""
+
+    __tablename__ = "budget_reservations"
+    __table_args__ = (Index("ix_budget_reservations_expires_at", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    budget_id: Mapped[int] = mapped_column(Integer)
+    period_start: Mapped[datetime] = mapped_column(Timestamp())
+    kind: Mapped[str] = mapped_column(String(8))  # request | lease
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    owner: Mapped[str] = mapped_column(String(64))
+    amount_nanos: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(Timestamp())
+    expires_at: Mapped[datetime] = mapped_column(Timestamp())
+
+
+class Alert(Base):
+    """One alert per budget, kind, threshold and period: the unique key makes it send once."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint(
+            "budget_id", "period_start", "kind", "threshold", name="uq_alerts_once_per_period"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    budget_id: Mapped[int] = mapped_column(Integer, index=True)
+    period_start: Mapped[datetime] = mapped_column(Timestamp())
+    kind: Mapped[str] = mapped_column(String(16))  # threshold | forecast | blocked | unblocked
+    threshold: Mapped[int] = mapped_column(Integer, default=0)  # percent; 0 when not a threshold
+    message: Mapped[str] = mapped_column(Text)
+    spent_nanos: Mapped[int] = mapped_column(BigInteger)
+    limit_nanos: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(Timestamp())
+
+
+class AlertDelivery(Base):
+    """The outbox: one row per alert and channel, retried until delivered."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (UniqueConstraint("alert_id", "channel"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(Integer, index=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(Timestamp())
+    delivered_at: Mapped[datetime | None] = mapped_column(Timestamp())
+
+
+class SchedulerRun(Base):
+    """A scheduled job's tick, claimed by exactly one process (the primary key decides)."""
+
+    __tablename__ = "scheduler_runs"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tick: Mapped[datetime] = mapped_column(Timestamp(), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(Timestamp())
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp())

@@ -14,6 +14,7 @@ from contextlib import suppress
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.db.ledger import LedgerEntry, insert_entries
+from ledger.reports.rollups import apply_entries_to_rollups
 
 logger = logging.getLogger("ledger.writer")
 
@@ -67,8 +68,10 @@ class LedgerWriter:
 
     async def _write(self, batch: list[tuple[LedgerEntry, asyncio.Future[None]]]) -> None:
         try:
+            entries = [entry for entry, _ in batch]
             async with self._engine.begin() as connection:
-                await insert_entries(connection, [entry for entry, _ in batch])
+                await insert_entries(connection, entries)
+                await apply_entries_to_rollups(connection, entries)
         except Exception:
             if len(batch) == 1:
                 logger.exception("could not write ledger entry %s", batch[0][0].request_id)
