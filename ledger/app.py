@@ -22,6 +22,7 @@ from ledger import __version__
 from ledger.admin.credentials import admin_key_hashes, ensure_admin_key, hash_key, load_hash_secret
 from ledger.admin.identity import Authenticator
 from ledger.admin.routes import AdminController
+from ledger.budgets.guard import BudgetGuard
 from ledger.config import Settings
 from ledger.db.engine import create_engine, create_sessionmaker
 from ledger.db.migrate import upgrade
@@ -53,6 +54,7 @@ class Services:
     router: ModelRouter
     providers: dict[str, Provider]
     writer: LedgerWriter
+    budgets: BudgetGuard
     gateway: Gateway
 
 
@@ -86,20 +88,25 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
     router = ModelRouter(settings, providers, prices)
     writer = LedgerWriter(engine, max_batch=settings.ledger_batch_max)
     writer.start()
+    budgets = BudgetGuard(engine)
+    await budgets.start()
     gateway = Gateway(
         authenticator=authenticator,
         router=router,
         prices=prices,
         writer=writer,
+        budgets=budgets,
         default_max_output_tokens=settings.default_max_output_tokens,
     )
     return Services(
-        settings, engine, sessions, authenticator, prices, router, providers, writer, gateway
-    )
+        settings, engine, sessions, authenticator, prices, router, providers, writer, budgets,
+        gateway,
+    )  # fmt: skip
 
 
 async def stop_services(services: Services) -> None:
     await services.writer.stop()
+    await services.budgets.stop()
     for provider in services.providers.values():
         await provider.transport.aclose()
     await services.engine.dispose()

@@ -157,3 +157,19 @@ def openai_error_body(error: LedgerError) -> dict[str, object]:
 def anthropic_error_body(error: LedgerError) -> dict[str, object]:
     """Anthropic's error shape: ``{"type": "error", "error": {"type", "message"}}``."""
     return {"type": "error", "error": {"type": error.anthropic_type, "message": error.message}}
+
+
+class BudgetExceeded(LedgerError):
+    """A hard budget cannot cover the request's worst-case cost (429, never retried)."""
+
+    def __init__(self, message: str, *, budget_id: int, headers: dict[str, str]):
+        super().__init__(
+            message,
+            status=429,
+            openai_type="budget_exceeded",
+            anthropic_type="budget_exceeded",
+            code="budget_exceeded",
+            # The SDKs retry 429s by default; a spent budget will not recover in seconds.
+            headers={**headers, "x-should-retry": "false"},
+        )
+        self.budget_id = budget_id

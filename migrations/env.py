@@ -8,15 +8,24 @@ its own engine from ``LEDGER_DATABASE_URL`` or the Ledger config.
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Literal
 
 from alembic import context
 from sqlalchemy.engine import Connection
 
 from ledger.config import load_settings
 from ledger.db.engine import create_engine
-from ledger.db.tables import metadata
+from ledger.db.tables import Timestamp, metadata
 
 config = context.config
+
+
+def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[False]:
+    # Ledger's Timestamp is a DateTime(timezone=True) that normalises to UTC in Python;
+    # migrations need only the column type, not an import of the application.
+    if type_ == "type" and isinstance(obj, Timestamp):
+        return "sa.DateTime(timezone=True)"
+    return False
 
 
 def _run_with(connection: Connection) -> None:
@@ -25,6 +34,7 @@ def _run_with(connection: Connection) -> None:
         target_metadata=metadata,
         render_as_batch=True,
         compare_type=True,
+        render_item=_render_item,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -44,6 +54,7 @@ def _run_offline() -> None:
         target_metadata=metadata,
         literal_binds=True,
         render_as_batch=True,
+        render_item=_render_item,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from ledger.budgets.store import Settlement
 from ledger.db.tables import LedgerEntryRow
 
 ENTRY_STATUSES = (
@@ -60,7 +61,10 @@ class LedgerEntry:
     output_cost_nanos: int = 0
     request_fee_nanos: int = 0
     price_id: int | None = None
+    budget_id: int | None = None
     error: str | None = None
+    # Budget changes that commit together with this entry (not a column).
+    settlements: list[Settlement] = field(default_factory=list)
 
     @property
     def latency_ms(self) -> int:
@@ -69,13 +73,16 @@ class LedgerEntry:
         return int((self.ended_at - self.started_at).total_seconds() * 1000)
 
     def as_row(self) -> dict[str, Any]:
-        row = asdict(self)
+        row = {name: getattr(self, name) for name in _COLUMNS}
         row["tags"] = json.dumps(self.tags) if self.tags else None
         row["latency_ms"] = self.latency_ms
         row["ended_at"] = self.ended_at or self.started_at
         if row["error"] is not None:
             row["error"] = row["error"][:2000]
         return row
+
+
+_COLUMNS = tuple(f.name for f in fields(LedgerEntry) if f.name != "settlements")
 
 
 async def insert_entries(connection: AsyncConnection, entries: Sequence[LedgerEntry]) -> None:

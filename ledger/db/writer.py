@@ -13,6 +13,7 @@ from contextlib import suppress
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger.budgets.store import apply_settlements
 from ledger.db.ledger import LedgerEntry, insert_entries
 from ledger.reports.rollups import apply_entries_to_rollups
 
@@ -71,6 +72,9 @@ class LedgerWriter:
             entries = [entry for entry, _ in batch]
             async with self._engine.begin() as connection:
                 await insert_entries(connection, entries)
+                await apply_settlements(
+                    connection, [s for entry in entries for s in entry.settlements]
+                )
                 await apply_entries_to_rollups(connection, entries)
         except Exception:
             if len(batch) == 1:

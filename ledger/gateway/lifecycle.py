@@ -24,10 +24,13 @@ import anyio
 import msgspec
 
 from ledger.admin.identity import Authenticator, Principal
+from ledger.budgets.guard import BudgetGuard, Reservation
+from ledger.budgets.model import RequestScope
 from ledger.db.ledger import LedgerEntry
 from ledger.db.prices import LivePrices
 from ledger.db.writer import LedgerWriter
 from ledger.errors import (
+    BudgetExceeded,
     InvalidRequest,
     LedgerError,
     PermissionDenied,
@@ -48,7 +51,7 @@ from ledger.gateway.requests import (
 )
 from ledger.gateway.routing import ModelRouter, Route
 from ledger.money import format_usd
-from ledger.pricing import Price, price_cost
+from ledger.pricing import Price, price_cost, worst_case_cost
 from ledger.providers import UpstreamResponse, anthropic, openai
 from ledger.tokens import approximate_anthropic_prompt, count_text_tokens, estimate_prompt_tokens
 from ledger.usage import Usage
@@ -95,9 +98,11 @@ class Gateway:
         router: ModelRouter,
         prices: LivePrices,
         writer: LedgerWriter,
+        budgets: BudgetGuard,
         default_max_output_tokens: int,
     ) -> None:
         self._auth = authenticator
+        self._budgets = budgets
         self._router = router
         self._prices = prices
         self._writer = writer
@@ -124,6 +129,7 @@ class Gateway:
 
         entry = self._new_entry(call, principal, started)
         priced: tuple[Route, Price] | None = None
+        reservation: Reservation | None = None
         try:
             # 2. Parse what the client sent.
             if call.body_error is not None:
@@ -152,19 +158,35 @@ class Gateway:
             # 4. Estimate the prompt before any money is spent.
             entry.estimated_input_tokens = await self._estimate(call, request, route)
 
-            # 5. Reserve budget: the budgets issue slots its check in here.
+            # 5. Reserve the worst case on every hard budget that applies, or refuse.
+            scope = RequestScope(
+                team_id=principal.team_id,
+                key_id=principal.key_id,
+                end_user=entry.end_user,
+                model=request.model,
+                tags=tuple(entry.tags),
+            )
+            output_cap = self._output_cap(request, scope)
+            worst_case = worst_case_cost(
+                entry.estimated_input_tokens,
+                (request.max_output_tokens or output_cap or self._default_max_output)
+                * request.choices,
+                price,
+                may_write_cache=_asks_for_cache(request),
+            )
+            reservation = await self._budgets.reserve(entry.request_id, scope, worst_case, started)
 
             # 6. Forward.
             upstream = await route.provider.transport.send(
                 route.provider.path(request.endpoint),
-                self._upstream_body(call, request, route),
+                self._upstream_body(call, request, route, output_cap),
                 _upstream_headers(call),
                 stream=request.stream,
             )
             if upstream.status >= 400:
-                return await self._relay_error(entry, call, upstream)
+                return await self._relay_error(entry, call, upstream, reservation)
             if request.stream:
-                return self._stream(entry, call, request, route, price, upstream)
+                return self._stream(entry, call, request, route, price, upstream, reservation)
 
             # 7. Capture usage, 8. settle, 9. record.
             payload_bytes = await upstream.read()
@@ -180,14 +202,16 @@ class Gateway:
                 entry.usage_source = "provider"
             self._settle(entry, usage, price, route)
             entry.status, entry.http_status = "ok", upstream.status
-            await self._record(entry)
-            headers = {**upstream.headers, **_ledger_headers(entry)}
+            await self._record(entry, reservation)
+            headers = {**upstream.headers, **reservation.headers, **_ledger_headers(entry)}
             headers["x-ledger-cost-usd"] = format_usd(entry.cost_nanos)
             return GatewayReply(upstream.status, headers, payload_bytes)
         except LedgerError as error:
             entry.status = _status_for(error)
             entry.http_status = error.status
             entry.error = error.message
+            if isinstance(error, BudgetExceeded):
+                entry.budget_id = error.budget_id
             if isinstance(error, UpstreamFailed) and priced is not None:
                 # The provider may have billed for the prompt: never record such a failure as $0.
                 route, price = priced
@@ -195,13 +219,13 @@ class Gateway:
                     entry, Usage(input_tokens=entry.estimated_input_tokens or 0), price, route
                 )
                 entry.usage_source = "estimated"
-            await self._record(entry)
+            await self._record(entry, reservation)
             return self._error_reply(call.protocol, error, entry)
         except BaseException:
             entry.status = "interrupted"
             entry.error = "Ledger stopped before the request finished."
             with anyio.CancelScope(shield=True):
-                await self._record(entry)
+                await self._record(entry, reservation)
             raise
 
     # -- steps --------------------------------------------------------------------------
@@ -275,10 +299,28 @@ class Gateway:
                 return tokens
         return None
 
-    def _upstream_body(self, call: GatewayCall, request: ParsedRequest, route: Route) -> bytes:
+    def _output_cap(self, request: ParsedRequest, scope: RequestScope) -> int | None:
+        """The output cap Ledger adds when a hard budget applies and the client set none.
+
+        Without it the provider may write more than the reservation covered.
+        """
+        if request.max_output_tokens is not None or not self._budgets.has_hard_budget(scope):
+            return None
+        return self._default_max_output
+
+    def _upstream_body(
+        self,
+        call: GatewayCall,
+        request: ParsedRequest,
+        route: Route,
+        output_cap: int | None = None,
+    ) -> bytes:
         """The client's body as sent, changed only where Ledger must change it."""
         body = request.body
         changes: dict[str, Any] = {}
+        if output_cap is not None:
+            field = "max_completion_tokens" if request.protocol == OPENAI else "max_tokens"
+            changes[field] = output_cap
         if route.upstream_model != request.model:
             changes["model"] = route.upstream_model
         if request.protocol == OPENAI and request.stream and not request.include_usage:
@@ -321,7 +363,11 @@ class Gateway:
         return GatewayReply(200, {**headers, **_ledger_headers(entry)}, body)
 
     async def _relay_error(
-        self, entry: LedgerEntry, call: GatewayCall, upstream: UpstreamResponse
+        self,
+        entry: LedgerEntry,
+        call: GatewayCall,
+        upstream: UpstreamResponse,
+        reservation: Reservation | None = None,
     ) -> GatewayReply:
         """A provider's own error reaches the client unchanged; providers do not bill them."""
         try:
@@ -332,7 +378,7 @@ class Gateway:
         entry.status = "upstream_error"
         entry.http_status = upstream.status
         entry.error = _provider_error_text(body, upstream.status)
-        await self._record(entry)
+        await self._record(entry, reservation)
         if not body or _json_or_none(body) is None:
             error = UpstreamFailed(
                 f"The provider answered HTTP {upstream.status}: {entry.error}",
@@ -353,6 +399,7 @@ class Gateway:
         route: Route,
         price: Price,
         upstream: UpstreamResponse,
+        reservation: Reservation,
     ) -> GatewayReply:
         relay: openai.OpenAIStreamRelay | anthropic.AnthropicStreamRelay
         if request.protocol == OPENAI:
@@ -391,13 +438,14 @@ class Gateway:
                 with anyio.CancelScope(shield=True):
                     await upstream.aclose()
                     self._settle_stream(entry, request, route, price, relay)
-                    await self._record(entry)
+                    await self._record(entry, reservation)
 
         headers = {
             **upstream.headers,
             "content-type": "text/event-stream; charset=utf-8",
             "cache-control": "no-cache",
             "x-accel-buffering": "no",
+            **reservation.headers,
             **_ledger_headers(entry),
         }
         return GatewayReply(upstream.status, headers, stream=chunks())
@@ -456,8 +504,11 @@ class Gateway:
         entry.request_fee_nanos = cost.request_fee
         entry.cost_nanos = cost.total
 
-    async def _record(self, entry: LedgerEntry) -> None:
+    async def _record(self, entry: LedgerEntry, reservation: Reservation | None = None) -> None:
+        """Settle the reservation with the actual cost and write the entry: one commit."""
         entry.ended_at = datetime.now(UTC)
+        if reservation is not None:
+            entry.settlements = self._budgets.settle(reservation, entry.cost_nanos)
         try:
             await self._writer.record(entry)
         except Exception:
@@ -544,6 +595,11 @@ def _stream_error_event(protocol: str, error: LedgerError) -> bytes:
     if protocol == OPENAI:
         return b"data: " + json.dumps(openai_error_body(error)).encode() + b"\n\n"
     return b"event: error\ndata: " + json.dumps(anthropic_error_body(error)).encode() + b"\n\n"
+
+
+def _asks_for_cache(request: ParsedRequest) -> bool:
+    """Anthropic prompt caching writes at up to twice the input price: reserve for it."""
+    return request.protocol == ANTHROPIC and b"cache_control" in msgspec.json.encode(request.body)
 
 
 def _wrong_protocol_message(route: Route, request: ParsedRequest) -> str:

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
@@ -26,8 +25,8 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
-        sa.Column("next_attempt_at", ledger.db.tables.Timestamp(timezone=True), nullable=False),
-        sa.Column("delivered_at", ledger.db.tables.Timestamp(timezone=True), nullable=True),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_alert_deliveries")),
         sa.UniqueConstraint("alert_id", "channel", name=op.f("uq_alert_deliveries_alert_id")),
     )
@@ -40,13 +39,13 @@ def upgrade() -> None:
         "alerts",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("budget_id", sa.Integer(), nullable=False),
-        sa.Column("period_start", ledger.db.tables.Timestamp(timezone=True), nullable=False),
+        sa.Column("period_start", sa.DateTime(timezone=True), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("threshold", sa.Integer(), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column("spent_nanos", sa.BigInteger(), nullable=False),
         sa.Column("limit_nanos", sa.BigInteger(), nullable=False),
-        sa.Column("created_at", ledger.db.tables.Timestamp(timezone=True), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_alerts")),
         sa.UniqueConstraint(
             "budget_id", "period_start", "kind", "threshold", name="uq_alerts_once_per_period"
@@ -58,25 +57,25 @@ def upgrade() -> None:
     op.create_table(
         "budget_periods",
         sa.Column("budget_id", sa.Integer(), nullable=False),
-        sa.Column("period_start", ledger.db.tables.Timestamp(timezone=True), nullable=False),
-        sa.Column("period_end", ledger.db.tables.Timestamp(timezone=True), nullable=True),
+        sa.Column("period_start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("period_end", sa.DateTime(timezone=True), nullable=True),
         sa.Column("spent_nanos", sa.BigInteger(), nullable=False),
         sa.Column("reserved_nanos", sa.BigInteger(), nullable=False),
         sa.Column("blocked", sa.Boolean(), nullable=False),
-        sa.Column("updated_at", ledger.db.tables.Timestamp(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("budget_id", "period_start", name=op.f("pk_budget_periods")),
     )
     op.create_table(
         "budget_reservations",
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("budget_id", sa.Integer(), nullable=False),
-        sa.Column("period_start", ledger.db.tables.Timestamp(timezone=True), nullable=False),
+        sa.Column("period_start", sa.DateTime(timezone=True), nullable=False),
         sa.Column("kind", sa.String(length=8), nullable=False),
         sa.Column("request_id", sa.String(length=64), nullable=True),
         sa.Column("owner", sa.String(length=64), nullable=False),
         sa.Column("amount_nanos", sa.BigInteger(), nullable=False),
-        sa.Column("created_at", ledger.db.tables.Timestamp(timezone=True), nullable=False),
-        sa.Column("expires_at", ledger.db.tables.Timestamp(timezone=True), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_budget_reservations")),
     )
     with op.batch_alter_table("budget_reservations", schema=None) as batch_op:
@@ -99,9 +98,9 @@ def upgrade() -> None:
         sa.Column("thresholds", sa.String(length=100), nullable=False),
         sa.Column("clamp_max_tokens", sa.Boolean(), nullable=False),
         sa.Column("fail_open", sa.Boolean(), nullable=False),
-        sa.Column("created_at", ledger.db.tables.Timestamp(timezone=True), nullable=False),
-        sa.Column("updated_at", ledger.db.tables.Timestamp(timezone=True), nullable=False),
-        sa.Column("deleted_at", ledger.db.tables.Timestamp(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_budgets")),
     )
     with op.batch_alter_table("budgets", schema=None) as batch_op:
@@ -110,10 +109,10 @@ def upgrade() -> None:
     op.create_table(
         "scheduler_runs",
         sa.Column("job", sa.String(length=64), nullable=False),
-        sa.Column("tick", ledger.db.tables.Timestamp(timezone=True), nullable=False),
+        sa.Column("tick", sa.DateTime(timezone=True), nullable=False),
         sa.Column("owner", sa.String(length=64), nullable=False),
-        sa.Column("started_at", ledger.db.tables.Timestamp(timezone=True), nullable=False),
-        sa.Column("finished_at", ledger.db.tables.Timestamp(timezone=True), nullable=True),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("job", "tick", name=op.f("pk_scheduler_runs")),
     )
     with op.batch_alter_table("ledger_entries", schema=None) as batch_op:

@@ -1,0 +1,297 @@
+"""Budget state in the database. Every check-and-change is one conditional statement.
+
+``SELECT … FOR UPDATE`` does nothing on SQLite, so reservations are single
+``UPDATE … WHERE spent + reserved + amount <= limit RETURNING`` statements: atomic on
+both databases and across any number of Ledger processes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.budgets.model import BudgetRule, parse_thresholds
+from ledger.db.tables import Budget, BudgetPeriod, BudgetReservation
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodState:
+    spent: int
+    reserved: int
+    blocked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What one finished request does to one budget period, applied with its ledger entry.
+
+    ``reservation_id`` names the request's own reservation (deleted, releasing its whole
+    amount) or the process's lease (shrunk by ``release``). Either may already be gone,
+    released by the expiry check; then nothing is released twice.
+    """
+
+    budget_id: int
+    period_start: datetime
+    period_end: datetime | None
+    spent: int
+    release: int = 0
+    reservation_id: str | None = None
+    lease: bool = False
+
+
+def rule_from_row(row: Mapping[str, Any]) -> BudgetRule:
+    """A rule from a ``budgets`` row (as a mapping of column name to value)."""
+    return BudgetRule(
+        id=row["id"],
+        name=row["name"],
+        scope=row["scope"],
+        limit_nanos=row["limit_nanos"],
+        mode=row["mode"],
+        period=row["period"],
+        timezone=row["timezone"],
+        team_id=row["team_id"],
+        key_id=row["key_id"],
+        end_user=row["end_user"],
+        model=row["model"],
+        tag=row["tag"],
+        thresholds=parse_thresholds(row["thresholds"]),
+        clamp_max_tokens=row["clamp_max_tokens"],
+        fail_open=row["fail_open"],
+    )
+
+
+async def load_rules(connection: AsyncConnection) -> list[BudgetRule]:
+    rows = await connection.execute(
+        select(Budget.__table__).where(Budget.deleted_at.is_(None)).order_by(Budget.id)
+    )
+    return [rule_from_row(row) for row in rows.mappings()]
+
+
+async def ensure_periods(
+    connection: AsyncConnection, periods: Iterable[tuple[int, datetime, datetime | None]]
+) -> None:
+    """Create the period rows that do not exist yet, at zero (idempotent)."""
+    values = [
+        {
+            "budget_id": budget_id,
+            "period_start": start,
+            "period_end": end,
+            "spent_nanos": 0,
+            "reserved_nanos": 0,
+            "blocked": False,
+            "updated_at": datetime.now(UTC),
+        }
+        for budget_id, start, end in sorted(set(periods), key=lambda p: (p[0], p[1]))
+    ]
+    if not values:
+        return
+    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    await connection.execute(
+        insert(BudgetPeriod).on_conflict_do_nothing(index_elements=["budget_id", "period_start"]),
+        values,
+    )
+
+
+async def try_reserve(
+    connection: AsyncConnection, budget_id: int, start: datetime, amount: int, limit: int
+) -> PeriodState | None:
+    """Add ``amount`` to the reserved total if it still fits under ``limit``; else None."""
+    t = BudgetPeriod
+    row = (
+        await connection.execute(
+            update(t)
+            .where(
+                t.budget_id == budget_id,
+                t.period_start == start,
+                t.blocked.is_(False),
+                t.spent_nanos + t.reserved_nanos + amount <= limit,
+            )
+            .values(reserved_nanos=t.reserved_nanos + amount, updated_at=datetime.now(UTC))
+            .returning(t.spent_nanos, t.reserved_nanos, t.blocked)
+        )
+    ).first()
+    return PeriodState(row[0], row[1], row[2]) if row else None
+
+
+async def read_period(connection: AsyncConnection, budget_id: int, start: datetime) -> PeriodState:
+    t = BudgetPeriod
+    row = (
+        await connection.execute(
+            select(t.spent_nanos, t.reserved_nanos, t.blocked).where(
+                t.budget_id == budget_id, t.period_start == start
+            )
+        )
+    ).first()
+    return PeriodState(row[0], row[1], row[2]) if row else PeriodState(0, 0, False)
+
+
+async def insert_reservation(
+    connection: AsyncConnection,
+    *,
+    reservation_id: str,
+    budget_id: int,
+    start: datetime,
+    kind: str,
+    request_id: str | None,
+    owner: str,
+    amount: int,
+    expires_at: datetime,
+) -> None:
+    now = datetime.now(UTC)
+    await connection.execute(
+        BudgetReservation.__table__.insert().values(
+            id=reservation_id,
+            budget_id=budget_id,
+            period_start=start,
+            kind=kind,
+            request_id=request_id,
+            owner=owner,
+            amount_nanos=amount,
+            created_at=now,
+            expires_at=expires_at,
+        )
+    )
+
+
+async def release_reservations(connection: AsyncConnection, ids: Sequence[str]) -> int:
+    """Delete reservations and give their amounts back; ones already gone are skipped."""
+    if not ids:
+        return 0
+    t = BudgetReservation
+    rows = (
+        await connection.execute(
+            delete(t).where(t.id.in_(ids)).returning(t.budget_id, t.period_start, t.amount_nanos)
+        )
+    ).all()
+    await _release(connection, [(r[0], r[1], r[2]) for r in rows])
+    return len(rows)
+
+
+async def expire_reservations(connection: AsyncConnection, now: datetime) -> int:
+    """Release every reservation whose owner stopped renewing it (a crashed process)."""
+    t = BudgetReservation
+    rows = (
+        await connection.execute(
+            delete(t)
+            .where(t.expires_at < now)
+            .returning(t.budget_id, t.period_start, t.amount_nanos)
+        )
+    ).all()
+    await _release(connection, [(r[0], r[1], r[2]) for r in rows])
+    return len(rows)
+
+
+async def renew_reservations(
+    connection: AsyncConnection, ids: Sequence[str], expires_at: datetime
+) -> set[str]:
+    """Push out the expiry of live reservations; returns the ids that still exist."""
+    if not ids:
+        return set()
+    t = BudgetReservation
+    rows = await connection.execute(
+        update(t).where(t.id.in_(ids)).values(expires_at=expires_at).returning(t.id)
+    )
+    return {row[0] for row in rows}
+
+
+async def apply_settlements(connection: AsyncConnection, settlements: Sequence[Settlement]) -> None:
+    """Apply finished requests' spend and releases; runs in the ledger writer's transaction.
+
+    Because the entries and these counter changes commit together, a budget's spend
+    and the ledger can never disagree, and a settlement cannot be applied twice.
+    """
+    if not settlements:
+        return
+    await ensure_periods(
+        connection, [(s.budget_id, s.period_start, s.period_end) for s in settlements]
+    )
+    spent: dict[tuple[int, datetime], int] = defaultdict(int)
+    released: dict[tuple[int, datetime], int] = defaultdict(int)
+    request_ids: list[str] = []
+    lease_release: dict[str, int] = defaultdict(int)
+    lease_period: dict[str, tuple[int, datetime]] = {}
+    for s in settlements:
+        spent[(s.budget_id, s.period_start)] += s.spent
+        if s.reservation_id is None:
+            continue
+        if s.lease:
+            lease_release[s.reservation_id] += s.release
+            lease_period[s.reservation_id] = (s.budget_id, s.period_start)
+        else:
+            request_ids.append(s.reservation_id)
+    t = BudgetReservation
+    if request_ids:
+        rows = (
+            await connection.execute(
+                delete(t)
+                .where(t.id.in_(request_ids))
+                .returning(t.budget_id, t.period_start, t.amount_nanos)
+            )
+        ).all()
+        for budget_id, start, amount in rows:
+            released[(budget_id, _utc(start))] += amount
+    for lease_id, amount in sorted(lease_release.items()):
+        if amount <= 0:
+            continue
+        result = await connection.execute(
+            update(t)
+            .where(t.id == lease_id, t.amount_nanos >= amount)
+            .values(amount_nanos=t.amount_nanos - amount)
+        )
+        if result.rowcount:
+            released[lease_period[lease_id]] += amount
+    p = BudgetPeriod
+    for key in sorted(set(spent) | set(released)):
+        budget_id, start = key
+        await connection.execute(
+            update(p)
+            .where(p.budget_id == budget_id, p.period_start == start)
+            .values(
+                spent_nanos=p.spent_nanos + spent.get(key, 0),
+                reserved_nanos=p.reserved_nanos - released.get(key, 0),
+                updated_at=datetime.now(UTC),
+            )
+        )
+
+
+async def _release(
+    connection: AsyncConnection, amounts: Iterable[tuple[int, datetime, int]]
+) -> None:
+    totals: dict[tuple[int, datetime], int] = defaultdict(int)
+    for budget_id, start, amount in amounts:
+        totals[(budget_id, _utc(start))] += amount
+    p = BudgetPeriod
+    for (budget_id, start), amount in sorted(totals.items()):
+        await connection.execute(
+            update(p)
+            .where(p.budget_id == budget_id, p.period_start == start)
+            .values(reserved_nanos=p.reserved_nanos - amount, updated_at=datetime.now(UTC))
+        )
+
+
+async def period_states(
+    connection: AsyncConnection, keys: Iterable[tuple[int, datetime]]
+) -> dict[tuple[int, datetime], PeriodState]:
+    keys = list(keys)
+    if not keys:
+        return {}
+    p = BudgetPeriod
+    condition = or_(*(and_(p.budget_id == b, p.period_start == s) for b, s in keys))
+    rows = await connection.execute(
+        select(p.budget_id, p.period_start, p.spent_nanos, p.reserved_nanos, p.blocked).where(
+            condition
+        )
+    )
+    return {(r[0], _utc(r[1])): PeriodState(r[2], r[3], r[4]) for r in rows}
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
