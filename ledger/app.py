@@ -23,6 +23,7 @@ from ledger.admin.credentials import admin_key_hashes, ensure_admin_key, hash_ke
 from ledger.admin.identity import Authenticator
 from ledger.admin.routes import AdminController
 from ledger.budgets.guard import BudgetGuard
+from ledger.budgets.routes import BudgetController
 from ledger.config import Settings
 from ledger.db.engine import create_engine, create_sessionmaker
 from ledger.db.migrate import upgrade
@@ -36,6 +37,7 @@ from ledger.http import error_response, protocol_for_path
 from ledger.providers import Provider, build_providers
 from ledger.reports.routes import REPORT_ROUTES
 from ledger.reports.usage import UsageController
+from ledger.scheduler import LedgerScheduler, ledger_jobs
 
 logger = logging.getLogger("ledger")
 
@@ -88,7 +90,7 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
     router = ModelRouter(settings, providers, prices)
     writer = LedgerWriter(engine, max_batch=settings.ledger_batch_max)
     writer.start()
-    budgets = BudgetGuard(engine)
+    budgets = BudgetGuard(engine, reservation_ttl_s=settings.reservation_ttl_s)
     await budgets.start()
     gateway = Gateway(
         authenticator=authenticator,
@@ -121,9 +123,15 @@ def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
         services = await start_services(settings, announce=announce)
         holder["services"] = services
         refresher = asyncio.create_task(_refresh_prices(services.prices))
+        scheduler = None
+        if settings.scheduler:
+            scheduler = LedgerScheduler(services.engine, ledger_jobs(services.engine, settings))
+            scheduler.start()
         try:
             yield
         finally:
+            if scheduler is not None:
+                scheduler.shutdown()
             refresher.cancel()
             with suppress(asyncio.CancelledError):
                 await refresher
@@ -136,6 +144,7 @@ def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
         route_handlers=[
             *GATEWAY_ROUTES,
             AdminController,
+            BudgetController,
             UsageController,
             *REPORT_ROUTES,
             healthz,
@@ -147,6 +156,8 @@ def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
             "sessions": service("sessions"),
             "authenticator": service("authenticator"),
             "prices": service("prices"),
+            "engine": service("engine"),
+            "budgets": service("budgets"),
             "max_body_bytes": Provide(lambda: settings.max_body_bytes, sync_to_thread=False),
         },
         exception_handlers={Exception: _render_exception},

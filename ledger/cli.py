@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -22,7 +23,14 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    """Run a command's coroutine; a domain error becomes a one-line message, not a traceback."""
+    from ledger.errors import LedgerError
+    from ledger.pricing import PriceError
+
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except (LedgerError, PriceError) as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.group()
@@ -273,11 +281,14 @@ def prices_import(ctx: click.Context, path: str, dry_run: bool) -> None:
     from ledger.db.engine import create_engine
     from ledger.db.migrate import upgrade
     from ledger.db.prices import insert_prices, load_registry, sync_prices
-    from ledger.pricing import PriceBook, diff_prices, parse_price_map_text
+    from ledger.pricing import PriceBook, PriceError, diff_prices, parse_price_map_text
 
     settings = _settings(ctx)
     now = datetime.now(UTC)
-    result = parse_price_map_text(Path(path).read_text(encoding="utf-8"), effective_from=now)
+    try:
+        result = parse_price_map_text(Path(path).read_text(encoding="utf-8"), effective_from=now)
+    except PriceError as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
 
     async def go() -> Any:
         engine = create_engine(settings.database_url, null_pool=True)
@@ -311,6 +322,172 @@ def prices_import(ctx: click.Context, path: str, dry_run: bool) -> None:
         f"{len(result.refused)} refused, {len(result.skipped)} skipped"
         + (" (dry run: nothing written)" if dry_run else "")
     )
+
+
+# -- budgets and the scheduler ------------------------------------------------------------
+
+
+async def _with_engine(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from ledger.db.engine import create_engine
+    from ledger.db.migrate import upgrade
+
+    engine = create_engine(settings.database_url, null_pool=True)
+    try:
+        await upgrade(engine)
+        return await fn(engine)
+    finally:
+        await engine.dispose()
+
+
+@main.group()
+def budgets() -> None:
+    """Budgets: hard limits and alerts per team, key, user, model, tag or the organisation."""
+
+
+@budgets.command("create")
+@click.option("--team", help="Team name (team, user and model budgets).")
+@click.option("--key-id", type=int, help="Key id (key budgets).")
+@click.option("--user", help="End user (user budgets, with --team).")
+@click.option("--model", help="Model (model budgets, with --team).")
+@click.option("--tag", help="Tag (tag budgets).")
+@click.option("--org", is_flag=True, help="A budget for the whole organisation.")
+@click.option("--limit", "limit_usd", required=True, help="Limit in USD, e.g. 500 or 12.50.")
+@click.option(
+    "--period",
+    type=click.Choice(["daily", "weekly", "monthly", "quarterly", "none"]),
+    default="monthly",
+)
+@click.option("--timezone", default="UTC", help="IANA zone the period follows.")
+@click.option("--mode", type=click.Choice(["hard", "soft"]), default="hard")
+@click.option("--thresholds", default="50,80,100", help="Alert thresholds in percent.")
+@click.option("--name", default=None)
+@click.option("--clamp-max-tokens", is_flag=True, help="Clamp max_tokens instead of refusing.")
+@click.pass_context
+def budgets_create(ctx: click.Context, **options: Any) -> None:
+    """Create a budget, e.g. `ledger budgets create --team research --limit 500`."""
+    from ledger.budgets import admin
+    from ledger.money import format_usd
+
+    data: dict[str, Any] = {
+        "limit_usd": options["limit_usd"],
+        "period": options["period"],
+        "timezone": options["timezone"],
+        "mode": options["mode"],
+        "thresholds": [int(t) for t in options["thresholds"].split(",") if t.strip()],
+        "clamp_max_tokens": options["clamp_max_tokens"],
+    }
+    for option, field in (("team", "team"), ("key_id", "key_id"), ("user", "user"),
+                          ("model", "model"), ("tag", "tag"), ("name", "name")):  # fmt: skip
+        if options[option] is not None:
+            data[field] = options[option]
+    if options["org"]:
+        data["scope"] = "org"
+
+    async def go(engine: Any) -> Any:
+        async with engine.begin() as connection:
+            return await admin.create_budget(connection, data)
+
+    rule = _run(lambda: _with_engine(_settings(ctx), go))
+    click.echo(
+        f"created budget {rule.id}: {rule.name} — {rule.mode} limit ${format_usd(rule.limit_nanos)} "
+        f"{rule.period} ({rule.timezone})"
+    )
+
+
+@budgets.command("list")
+@click.pass_context
+def budgets_list(ctx: click.Context) -> None:
+    """Every budget with its current period's spend."""
+    from datetime import UTC, datetime
+
+    from ledger.budgets import admin
+    from ledger.budgets.store import load_rules
+    from ledger.money import format_usd
+
+    async def go(engine: Any) -> Any:
+        async with engine.connect() as connection:
+            rules = await load_rules(connection)
+            now = datetime.now(UTC)
+            return [await admin.budget_status(connection, rule, now) for rule in rules]
+
+    rows = [
+        (
+            str(s.rule.id), s.rule.name, s.rule.mode, s.rule.period,
+            format_usd(s.rule.limit_nanos), format_usd(s.spent),
+            format_usd(s.reserved), format_usd(s.remaining),
+            "yes" if s.blocked else "",
+        )
+        for s in _run(lambda: _with_engine(_settings(ctx), go))
+    ]  # fmt: skip
+    _table(
+        ("id", "name", "mode", "period", "limit", "spent", "reserved", "remaining", "blocked"), rows
+    )
+
+
+@budgets.command("check")
+@click.pass_context
+def budgets_check(ctx: click.Context) -> None:
+    """Run the scheduled budget checks once (release, recompute, alert, block) and print them."""
+    from ledger.budgets.alerts import deliver_pending
+    from ledger.budgets.checks import check_budgets, release_expired_reservations
+    from ledger.budgets.periods import zone
+    from ledger.money import format_usd
+
+    settings = _settings(ctx)
+
+    async def go(engine: Any) -> Any:
+        released = await release_expired_reservations(engine)
+        checks = await check_budgets(engine, settings.alert_channels)
+        delivered = await deliver_pending(engine, settings.alert_channels)
+        return released, checks, delivered
+
+    released, checks, delivered = _run(lambda: _with_engine(settings, go))
+    rows = [
+        (
+            str(c.rule.id), c.rule.name, c.rule.period,
+            c.period_start.astimezone(zone(c.rule.timezone)).date().isoformat(),
+            format_usd(c.rule.limit_nanos), format_usd(c.spent), format_usd(c.reserved),
+            format_usd(c.drift), "yes" if c.blocked else "", ", ".join(c.alerts),
+        )
+        for c in checks
+    ]  # fmt: skip
+    _table(
+        ("id", "name", "period", "from", "limit", "spent", "reserved", "drift", "blocked",
+         "new alerts"),
+        rows,
+    )  # fmt: skip
+    click.echo(f"{released} expired reservation(s) released; {delivered} alert delivery(ies) made")
+
+
+@main.command()
+@click.pass_context
+def scheduler(ctx: click.Context) -> None:
+    """Run only the scheduled jobs (no HTTP), e.g. on a separate host."""
+    from ledger.scheduler import LedgerScheduler, ledger_jobs
+
+    settings = _settings(ctx)
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+
+    async def go(engine: Any) -> None:
+        jobs = LedgerScheduler(engine, ledger_jobs(engine, settings))
+        jobs.start()
+        click.echo(f"scheduler running as {jobs.owner}; Ctrl-C to stop", err=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            jobs.shutdown()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(lambda: _with_engine(settings, go))
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def _version() -> str:

@@ -51,6 +51,16 @@ class ModelConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertChannelConfig:
+    """Where budget alerts go: a signed JSON webhook, a Slack incoming webhook, or the log."""
+
+    name: str
+    kind: Literal["webhook", "slack", "log"]
+    url: str = ""
+    secret: str | None = field(default=None, repr=False)  # HMAC key, from secret_env
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     host: str = "127.0.0.1"
@@ -69,6 +79,11 @@ class Settings:
     db_pool_size: int = 10
     log_level: str = "INFO"
     reporting_timezone: str = "UTC"
+    alert_channels: tuple[AlertChannelConfig, ...] = ()
+    reservation_ttl_s: float = 30.0
+    budget_check_interval_s: float = 30.0
+    reservation_sweep_interval_s: float = 10.0
+    alert_delivery_interval_s: float = 5.0
     config_file: str | None = None
 
     @property
@@ -94,6 +109,10 @@ _ENV_FIELDS: dict[str, type] = {
     "db_pool_size": int,
     "log_level": str,
     "reporting_timezone": str,
+    "reservation_ttl_s": float,
+    "budget_check_interval_s": float,
+    "reservation_sweep_interval_s": float,
+    "alert_delivery_interval_s": float,
 }
 
 
@@ -128,8 +147,12 @@ def load_settings(
         raise ConfigError("provider names must be unique")
     models = tuple(_model(m, set(provider_names)) for m in _table_list(data, "models"))
     prices = tuple(_table_list(data, "prices"))
+    for table in prices:
+        _check_price(table)
+    channels = tuple(_alert_channel(c, env) for c in _table_list(data, "alert_channels"))
     return Settings(
         **values,
+        alert_channels=channels,
         providers=providers,
         models=models,
         price_overrides=prices,
@@ -154,8 +177,16 @@ def _table_list(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
     return tables
 
 
+_PROVIDER_KEYS = frozenset(
+    {"name", "kind", "base_url", "api_key_env", "timeout_s", "connect_timeout_s"}
+    | {"use_count_tokens"}
+)
+_MODEL_KEYS = frozenset({"name", "provider", "upstream_model", "free"})
+
+
 def _provider(table: Mapping[str, Any], env: Mapping[str, str]) -> ProviderConfig:
     name = _required_str(table, "name", "providers")
+    _refuse_unknown_keys(table, _PROVIDER_KEYS, f"provider {name!r}")
     kind = table.get("kind", name)
     if kind not in PROVIDER_KINDS:
         raise ConfigError(f"provider {name!r}: kind must be one of {', '.join(PROVIDER_KINDS)}")
@@ -180,8 +211,23 @@ def _provider(table: Mapping[str, Any], env: Mapping[str, str]) -> ProviderConfi
     )
 
 
+def _alert_channel(table: Mapping[str, Any], env: Mapping[str, str]) -> AlertChannelConfig:
+    name = _required_str(table, "name", "alert_channels")
+    kind = table.get("kind", "webhook")
+    if kind not in ("webhook", "slack", "log"):
+        raise ConfigError(f"alert channel {name!r}: kind must be webhook, slack or log")
+    url = str(table.get("url", ""))
+    if kind != "log" and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"alert channel {name!r}: url must be an http(s) URL")
+    secret_env = table.get("secret_env")
+    return AlertChannelConfig(
+        name=name, kind=kind, url=url, secret=env.get(secret_env) if secret_env else None
+    )
+
+
 def _model(table: Mapping[str, Any], providers: set[str]) -> ModelConfig:
     name = _required_str(table, "name", "models")
+    _refuse_unknown_keys(table, _MODEL_KEYS, f"model {name!r}")
     provider = _required_str(table, "provider", "models")
     if provider not in providers:
         raise ConfigError(f"model {name!r} names unknown provider {provider!r}")
@@ -191,6 +237,26 @@ def _model(table: Mapping[str, Any], providers: set[str]) -> ModelConfig:
         upstream_model=str(table.get("upstream_model") or name),
         free=_coerce(f"model {name}.free", table.get("free", False), bool),
     )
+
+
+def _check_price(table: Mapping[str, Any]) -> None:
+    """Refuse a bad ``[[prices]]`` entry now, rather than when the server starts."""
+    from ledger.pricing import PriceError, price_from_mapping
+
+    data = {"effective_from": "1970-01-01", "source": "config file", **table}
+    try:
+        price_from_mapping(data)
+    except PriceError as exc:
+        raise ConfigError(f"[[prices]] entry {table.get('model')!r}: {exc}") from exc
+
+
+def _refuse_unknown_keys(table: Mapping[str, Any], known: frozenset[str], what: str) -> None:
+    # A misspelt key (api_key_evn) would otherwise be ignored and its setting left unset.
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(
+            f"{what}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
 
 
 def _required_str(table: Mapping[str, Any], key: str, section: str) -> str:

@@ -1,0 +1,123 @@
+"""Scheduled jobs (APScheduler 3), run once per tick however many processes run them.
+
+Every Ledger process may run a scheduler. Before a job runs, its process claims the
+tick by inserting ``(job, tick)`` into ``scheduler_runs``; the primary key lets exactly
+one process win, on SQLite and PostgreSQL alike. The losers skip that tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import delete
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.budgets.alerts import deliver_pending
+from ledger.budgets.checks import check_budgets, release_expired_reservations
+from ledger.config import Settings
+from ledger.db.tables import SchedulerRun
+
+logger = logging.getLogger("ledger.scheduler")
+
+_RUN_HISTORY = timedelta(days=2)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    name: str
+    interval_s: float
+    run: Callable[[], Awaitable[object]]
+
+
+def ledger_jobs(engine: AsyncEngine, settings: Settings) -> list[Job]:
+    """The jobs every Ledger scheduler runs, with their intervals from the settings."""
+    from ledger.reports.rollups import verify_rollups_job
+
+    channels = settings.alert_channels
+    return [
+        Job("budget_check", settings.budget_check_interval_s,
+            lambda: check_budgets(engine, channels)),
+        Job("release_expired_reservations", settings.reservation_sweep_interval_s,
+            lambda: release_expired_reservations(engine)),
+        Job("deliver_alerts", settings.alert_delivery_interval_s,
+            lambda: deliver_pending(engine, channels)),
+        Job("verify_rollups", 300.0, lambda: verify_rollups_job(engine)),
+        Job("prune_scheduler_runs", 3600.0, lambda: prune_runs(engine)),
+    ]  # fmt: skip
+
+
+async def claim_tick(engine: AsyncEngine, job: str, tick: datetime, owner: str) -> bool:
+    """True for exactly one caller per (job, tick), across every process."""
+    async with engine.begin() as connection:
+        insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+        claimed = await connection.scalar(
+            insert(SchedulerRun)
+            .values(job=job, tick=tick, owner=owner, started_at=datetime.now(UTC))
+            .on_conflict_do_nothing(index_elements=["job", "tick"])
+            .returning(SchedulerRun.job)
+        )
+    return claimed is not None
+
+
+def tick_of(now: datetime, interval_s: float) -> datetime:
+    """The start of the interval ``now`` falls in, aligned to the epoch (same in every process)."""
+    step = max(1, int(interval_s))
+    seconds = int(now.timestamp()) // step * step
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+async def run_once(engine: AsyncEngine, job: Job, owner: str, now: datetime | None = None) -> bool:
+    """Claim this tick of ``job`` and run it; returns whether this process ran it."""
+    tick = tick_of(now or datetime.now(UTC), job.interval_s)
+    if not await claim_tick(engine, job.name, tick, owner):
+        return False
+    try:
+        await job.run()
+    except Exception:
+        logger.exception("scheduled job %s failed", job.name)
+    return True
+
+
+async def prune_runs(engine: AsyncEngine) -> int:
+    async with engine.begin() as connection:
+        result = await connection.execute(
+            delete(SchedulerRun).where(SchedulerRun.tick < datetime.now(UTC) - _RUN_HISTORY)
+        )
+    return result.rowcount or 0
+
+
+class LedgerScheduler:
+    """An AsyncIOScheduler with Ledger's jobs, each guarded by :func:`claim_tick`."""
+
+    def __init__(self, engine: AsyncEngine, jobs: list[Job]) -> None:
+        self._engine = engine
+        self._jobs = jobs
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._scheduler = AsyncIOScheduler(timezone=UTC)
+
+    def start(self) -> None:
+        for job in self._jobs:
+            self._scheduler.add_job(
+                run_once,
+                "interval",
+                seconds=job.interval_s,
+                args=[self._engine, job, self.owner],
+                id=job.name,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(job.interval_s)),
+            )
+        self._scheduler.start()
+
+    def shutdown(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
