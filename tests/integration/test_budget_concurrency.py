@@ -1,0 +1,114 @@
+"""The overspend bound under concurrency, proven across several Ledger processes.
+
+README, "Budgets": a hard budget admits a request only if its worst case still fits, in
+one atomic statement per budget in the shared database. So with the provider honouring
+``max_tokens`` and the prompt estimate exact, settled spend never exceeds the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import func, select
+
+from ledger.db.engine import create_engine
+from ledger.db.tables import BudgetReservation
+from ledger.money import cost_of_tokens
+from ledger.tokens import count_openai_chat_prompt, count_text_tokens
+from tests.fake_upstream import FakeUpstream
+from tests.processes import LedgerProcess, write_provider_config
+
+MODEL = "gpt-4.1-mini"
+INPUT_NANOS_PER_M, OUTPUT_NANOS_PER_M = 400_000_000, 1_600_000_000
+COVERED, SENT = 50, 200
+
+
+async def _reservations_left(database_url: str) -> int:
+    engine = create_engine(database_url, null_pool=True)
+    try:
+        async with engine.connect() as connection:
+            return int(
+                await connection.scalar(select(func.count()).select_from(BudgetReservation)) or 0
+            )
+    finally:
+        await engine.dispose()
+
+
+def test_two_hundred_concurrent_requests_from_two_processes_never_overspend(
+    database_url: str, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the multi-process proof runs on PostgreSQL (SQLite serialises writers)")
+    reply_words = 6
+    reply = " ".join(f"word{i}" for i in range(reply_words))
+    messages = [{"role": "user", "content": f"reply_words={reply_words} chunk_delay_ms=5"}]
+    prompt_tokens = count_openai_chat_prompt(MODEL, {"model": MODEL, "messages": messages})
+    # max_tokens is exactly what the provider will write, so the reserved worst case is
+    # also the actual cost: the budget covers exactly COVERED requests.
+    max_tokens = count_text_tokens(MODEL, reply)
+    per_request = cost_of_tokens(prompt_tokens, INPUT_NANOS_PER_M) + cost_of_tokens(
+        max_tokens, OUTPUT_NANOS_PER_M
+    )
+    limit_nanos = COVERED * per_request
+    limit_usd = str(Decimal(limit_nanos).scaleb(-9))
+
+    config = write_provider_config(tmp_path / "ledger.toml", fake_upstream)
+    with LedgerProcess(database_url, config=config, log=tmp_path / "a.log") as first:
+        admin = httpx.Client(
+            base_url=first.url, headers={"authorization": f"Bearer {first.admin_key}"}
+        )
+        assert admin.post("/admin/teams", json={"name": "agents"}).status_code == 201
+        key = admin.post("/admin/keys", json={"team": "agents"}).json()["key"]
+        budget = admin.post(
+            "/admin/budgets",
+            json={"team": "agents", "limit_usd": limit_usd, "period": "monthly", "mode": "hard"},
+        ).json()
+        second = LedgerProcess(database_url, config=config, log=tmp_path / "b.log").start()
+
+        async def fire() -> list[int]:
+            clients = [
+                openai.AsyncOpenAI(base_url=p.url + "/v1", api_key=key, max_retries=0)
+                for p in (first, second)
+            ]
+
+            async def one(i: int) -> int:
+                try:
+                    await clients[i % 2].chat.completions.create(
+                        model=MODEL, messages=messages, max_tokens=max_tokens
+                    )
+                    return 200
+                except openai.APIStatusError as exc:
+                    return exc.status_code
+
+            try:
+                return await asyncio.gather(*(one(i) for i in range(SENT)))
+            finally:
+                for client in clients:
+                    await client.close()
+
+        try:
+            statuses = asyncio.run(fire())
+        finally:
+            second.terminate()
+        admitted = statuses.count(200)
+        assert statuses.count(429) == SENT - admitted, statuses
+
+        status = admin.get(f"/admin/budgets/{budget['id']}/status").json()
+        entries = admin.get("/api/usage", params={"limit": 1000}).json()["data"]
+        admin.close()
+
+    spent = Decimal(status["spent_usd"])
+    assert 0 < admitted <= COVERED
+    assert spent <= Decimal(limit_usd)
+    assert spent == sum(Decimal(e["cost_usd"]) for e in entries)
+    assert spent == admitted * Decimal(per_request).scaleb(-9)
+    assert status["reserved_usd"] == "0.000000000"
+    # Every request sent is exactly one ledger entry: admitted ones and blocked ones.
+    assert len(entries) == SENT
+    assert sum(e["status"] == "blocked" for e in entries) == SENT - admitted
+    assert asyncio.run(_reservations_left(database_url)) == 0
