@@ -19,7 +19,10 @@ from tests.fake_upstream import FakeUpstream
 from tests.live import LiveServer, gateway_settings
 
 POSTGRES_URL_ENV = "LEDGER_TEST_POSTGRES_URL"
-BACKENDS = ["sqlite", "postgres"]
+# LEDGER_TEST_BACKENDS=sqlite or =postgres runs one half only (CI runs each in turn).
+BACKENDS = [
+    b.strip() for b in os.environ.get("LEDGER_TEST_BACKENDS", "sqlite,postgres").split(",") if b
+]
 
 
 @pytest.fixture(scope="session")
