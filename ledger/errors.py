@@ -114,9 +114,20 @@ class PayloadTooLarge(LedgerError):
 
 
 class UpstreamFailed(LedgerError):
-    """The provider could not be reached or answered with something unusable."""
+    """The provider could not be reached or answered with something unusable.
 
-    def __init__(self, message: str, *, status: int = 502, code: str = "upstream_error"):
+    ``may_have_billed`` is False only when the request provably never reached the
+    provider (the connection was never made), so there is nothing it could charge for.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        code: str = "upstream_error",
+        may_have_billed: bool = True,
+    ):
         super().__init__(
             message,
             status=status,
@@ -124,11 +135,16 @@ class UpstreamFailed(LedgerError):
             anthropic_type="api_error",
             code=code,
         )
+        self.may_have_billed = may_have_billed
 
 
 class UpstreamTimeout(UpstreamFailed):
-    def __init__(self, message: str = "The provider did not answer in time."):
-        super().__init__(message, status=504, code="upstream_timeout")
+    def __init__(
+        self, message: str = "The provider did not answer in time.", *, may_have_billed: bool = True
+    ):
+        super().__init__(
+            message, status=504, code="upstream_timeout", may_have_billed=may_have_billed
+        )
 
 
 class ServiceUnavailable(LedgerError):
@@ -173,3 +189,5 @@ class BudgetExceeded(LedgerError):
             headers={**headers, "x-should-retry": "false"},
         )
         self.budget_id = budget_id
+        self.clampable = False
+        self.remaining: int | None = None

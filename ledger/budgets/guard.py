@@ -38,7 +38,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -96,6 +96,13 @@ class Reservation:
     holds: list[Hold]
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
+    # Set when a budget with clamp_max_tokens cut the output cap instead of refusing.
+    clamped_output_tokens: int | None = None
+
+
+# Given what a budget has left, the largest output cap that still fits and its worst-case
+# cost, or None when no useful answer fits.
+Clamp = Callable[[int], tuple[int, int] | None]
 
 
 class BudgetGuard:
@@ -158,9 +165,34 @@ class BudgetGuard:
     # -- the hot path -------------------------------------------------------------------
 
     async def reserve(
+        self,
+        request_id: str,
+        scope: RequestScope,
+        amount: int,
+        at: datetime,
+        *,
+        clamp: Clamp | None = None,
+    ) -> Reservation:
+        """Set ``amount`` aside on every applicable hard budget, or raise BudgetExceeded.
+
+        If the budget that refuses allows clamping, ``clamp`` is asked for a smaller
+        output cap that fits what it has left, and the reservation is made for that.
+        """
+        try:
+            return await self._reserve(request_id, scope, amount, at)
+        except BudgetExceeded as refused:
+            if clamp is None or not refused.clampable or refused.remaining is None:
+                raise
+            clamped = clamp(refused.remaining)
+            if clamped is None or clamped[1] >= amount:
+                raise
+            reservation = await self._reserve(request_id, scope, clamped[1], at)
+            reservation.clamped_output_tokens = clamped[0]
+            return reservation
+
+    async def _reserve(
         self, request_id: str, scope: RequestScope, amount: int, at: datetime
     ) -> Reservation:
-        """Set ``amount`` aside on every applicable hard budget, or raise BudgetExceeded."""
         rules = sorted(self.applicable(scope), key=lambda rule: rule.id)
         holds = [Hold(rule, *rule.bounds(at)) for rule in rules]
         reservation = Reservation(request_id, amount, holds)
@@ -443,4 +475,7 @@ def _exceeded(hold: Hold, state: PeriodState, amount: int) -> BudgetExceeded:
         f"${format_usd(rule.limit_nanos)}) {reason}; this request may cost up to "
         f"${format_usd(amount)}. The budget {resets}."
     )
-    return BudgetExceeded(message, budget_id=rule.id, headers=_budget_headers(hold, remaining))
+    error = BudgetExceeded(message, budget_id=rule.id, headers=_budget_headers(hold, remaining))
+    error.clampable = rule.clamp_max_tokens and not state.blocked
+    error.remaining = remaining
+    return error

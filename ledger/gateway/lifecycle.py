@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -167,14 +167,26 @@ class Gateway:
                 tags=tuple(entry.tags),
             )
             output_cap = self._output_cap(request, scope)
-            worst_case = worst_case_cost(
-                entry.estimated_input_tokens,
-                (request.max_output_tokens or output_cap or self._default_max_output)
-                * request.choices,
-                price,
-                may_write_cache=_asks_for_cache(request),
+            estimate = entry.estimated_input_tokens
+            caches = _asks_for_cache(request)
+
+            def worst_case(output_tokens: int) -> int:
+                return worst_case_cost(
+                    estimate, output_tokens * request.choices, price, may_write_cache=caches
+                )
+
+            def clamp(remaining: int) -> tuple[int, int] | None:
+                return _largest_output_within(remaining, worst_case, price)
+
+            reservation = await self._budgets.reserve(
+                entry.request_id,
+                scope,
+                worst_case(request.max_output_tokens or output_cap or self._default_max_output),
+                started,
+                clamp=clamp,
             )
-            reservation = await self._budgets.reserve(entry.request_id, scope, worst_case, started)
+            if reservation.clamped_output_tokens is not None:
+                output_cap = reservation.clamped_output_tokens
 
             # 6. Forward.
             upstream = await route.provider.transport.send(
@@ -319,8 +331,12 @@ class Gateway:
         body = request.body
         changes: dict[str, Any] = {}
         if output_cap is not None:
-            field = "max_completion_tokens" if request.protocol == OPENAI else "max_tokens"
-            changes[field] = output_cap
+            if request.protocol == ANTHROPIC or (
+                "max_tokens" in body and "max_completion_tokens" not in body
+            ):
+                changes["max_tokens"] = output_cap
+            else:
+                changes["max_completion_tokens"] = output_cap
         if route.upstream_model != request.model:
             changes["model"] = route.upstream_model
         if request.protocol == OPENAI and request.stream and not request.include_usage:
@@ -595,6 +611,29 @@ def _stream_error_event(protocol: str, error: LedgerError) -> bytes:
     if protocol == OPENAI:
         return b"data: " + json.dumps(openai_error_body(error)).encode() + b"\n\n"
     return b"event: error\ndata: " + json.dumps(anthropic_error_body(error)).encode() + b"\n\n"
+
+
+# A budget that clamps instead of refusing still refuses when fewer tokens than this fit.
+MIN_USEFUL_OUTPUT_TOKENS = 64
+
+
+def _largest_output_within(
+    remaining: int, worst_case: Callable[[int], int], price: Price
+) -> tuple[int, int] | None:
+    """The largest output cap whose worst case fits in ``remaining``, and that worst case."""
+    if price.output <= 0 or worst_case(MIN_USEFUL_OUTPUT_TOKENS) > remaining:
+        return None
+    low, high = MIN_USEFUL_OUTPUT_TOKENS, MIN_USEFUL_OUTPUT_TOKENS
+    while worst_case(high * 2) <= remaining and high < 10_000_000:
+        high *= 2
+    high *= 2
+    while low + 1 < high:  # worst_case(low) fits, worst_case(high) does not
+        middle = (low + high) // 2
+        if worst_case(middle) <= remaining:
+            low = middle
+        else:
+            high = middle
+    return low, worst_case(low)
 
 
 def _asks_for_cache(request: ParsedRequest) -> bool:
