@@ -26,9 +26,10 @@ from ledger.budgets.guard import BudgetGuard
 from ledger.budgets.routes import BudgetController
 from ledger.config import Settings
 from ledger.db.engine import create_engine, create_sessionmaker
+from ledger.db.journal import Journal, journal_directory
 from ledger.db.migrate import upgrade
 from ledger.db.prices import LivePrices, sync_prices
-from ledger.db.writer import LedgerWriter
+from ledger.db.writer import LedgerWriter, write_entries
 from ledger.errors import InvalidRequest, LedgerError, NotFound
 from ledger.gateway.lifecycle import Gateway
 from ledger.gateway.routes import ROUTES as GATEWAY_ROUTES
@@ -56,6 +57,7 @@ class Services:
     router: ModelRouter
     providers: dict[str, Provider]
     writer: LedgerWriter
+    journal: Journal
     budgets: BudgetGuard
     gateway: Gateway
 
@@ -88,9 +90,12 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
     sessions = create_sessionmaker(engine)
     authenticator = Authenticator(sessions, secret, admin_hashes, ttl_s=settings.key_cache_ttl_s)
     router = ModelRouter(settings, providers, prices)
-    writer = LedgerWriter(engine, max_batch=settings.ledger_batch_max)
-    writer.start()
     budgets = BudgetGuard(engine, reservation_ttl_s=settings.reservation_ttl_s)
+    journal = Journal(journal_directory(settings.journal_dir, settings.database_url), budgets.owner)
+    journal.open()
+    await recover_journals(engine, journal)
+    writer = LedgerWriter(engine, max_batch=settings.ledger_batch_max, journal=journal)
+    writer.start()
     await budgets.start()
     gateway = Gateway(
         authenticator=authenticator,
@@ -101,17 +106,31 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         default_max_output_tokens=settings.default_max_output_tokens,
     )
     return Services(
-        settings, engine, sessions, authenticator, prices, router, providers, writer, budgets,
-        gateway,
+        settings, engine, sessions, authenticator, prices, router, providers, writer, journal,
+        budgets, gateway,
     )  # fmt: skip
 
 
 async def stop_services(services: Services) -> None:
     await services.writer.stop()
     await services.budgets.stop()
+    services.journal.close()
     for provider in services.providers.values():
         await provider.transport.aclose()
     await services.engine.dispose()
+
+
+async def recover_journals(engine: AsyncEngine, journal: Journal) -> None:
+    """Write what dead processes' journals still owe the ledger, then drop those journals."""
+    recovered = journal.take_over_orphans()
+    entries = recovered.pending + recovered.interrupted
+    if entries:
+        written = await write_entries(engine, entries)
+        logger.warning(
+            "recovered %d ledger entries from the journal (%d interrupted requests)",
+            len(written), len(recovered.interrupted),
+        )  # fmt: skip
+    Journal.remove(recovered.files)
 
 
 def create_app(settings: Settings, *, announce: bool = True) -> Litestar:

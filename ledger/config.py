@@ -80,6 +80,7 @@ class Settings:
     log_level: str = "INFO"
     reporting_timezone: str = "UTC"
     alert_channels: tuple[AlertChannelConfig, ...] = ()
+    journal_dir: str | None = None
     reservation_ttl_s: float = 30.0
     budget_check_interval_s: float = 30.0
     reservation_sweep_interval_s: float = 10.0
@@ -110,6 +111,7 @@ _ENV_FIELDS: dict[str, type] = {
     "log_level": str,
     "reporting_timezone": str,
     "reservation_ttl_s": float,
+    "journal_dir": str,
     "budget_check_interval_s": float,
     "reservation_sweep_interval_s": float,
     "alert_delivery_interval_s": float,

@@ -19,15 +19,22 @@ ADMIN_KEY = "sk-admin-test-key"
 
 
 def gateway_settings(database_url: str, fake: FakeUpstream, **overrides: Any) -> Settings:
-    """Settings that send OpenAI and Anthropic catalog models to the fake provider."""
+    """Settings that send OpenAI and Anthropic catalog models to the fake provider.
+
+    The scheduler is off unless a test turns it on: tests call the budget checks and the
+    alert delivery themselves (``check_budgets``, ``deliver_pending``), so that what they
+    see does not depend on when a background job happened to run.
+    """
+    timeout_s = overrides.pop("timeout_s", 5.0)  # the read timeout of both providers
+    overrides.setdefault("scheduler", False)
     providers = (
         ProviderConfig(
             name="openai", kind="openai", base_url=fake.openai_base_url, api_key=fake.api_key,
-            timeout_s=overrides.pop("timeout_s", 5.0), connect_timeout_s=2.0,
+            timeout_s=timeout_s, connect_timeout_s=2.0,
         ),
         ProviderConfig(
             name="anthropic", kind="anthropic", base_url=fake.anthropic_base_url,
-            api_key=fake.api_key, timeout_s=5.0, connect_timeout_s=2.0,
+            api_key=fake.api_key, timeout_s=timeout_s, connect_timeout_s=2.0,
         ),
     )  # fmt: skip
     return Settings(

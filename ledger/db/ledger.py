@@ -8,7 +8,9 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, insert, select
+from sqlalchemy import Select, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ledger.budgets.store import Settlement
@@ -85,9 +87,21 @@ class LedgerEntry:
 _COLUMNS = tuple(f.name for f in fields(LedgerEntry) if f.name != "settlements")
 
 
-async def insert_entries(connection: AsyncConnection, entries: Sequence[LedgerEntry]) -> None:
-    """Insert entries in one statement; the caller owns the transaction."""
-    await connection.execute(insert(LedgerEntryRow), [entry.as_row() for entry in entries])
+async def insert_entries(connection: AsyncConnection, entries: Sequence[LedgerEntry]) -> list[str]:
+    """Insert entries in one statement, skipping request ids already in the ledger.
+
+    Returns the request ids inserted. The caller owns the transaction.
+    """
+    if not entries:
+        return []
+    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    statement = (
+        insert(LedgerEntryRow)
+        .on_conflict_do_nothing(index_elements=["request_id"])
+        .returning(LedgerEntryRow.request_id)
+    )
+    result = await connection.execute(statement, [entry.as_row() for entry in entries])
+    return [row[0] for row in result]
 
 
 @dataclass(frozen=True, slots=True)

@@ -289,3 +289,88 @@ class SchedulerRun(Base):
     owner: Mapped[str] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(Timestamp())
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp())
+
+
+# -- reports: rollups, closed months, late adjustments --------------------------------
+# (Imported here rather than at the top so that this section can be appended on its own.)
+from sqlalchemy import Column, LargeBinary, Table  # noqa: E402
+
+# How many latency buckets each rollup row keeps (see ledger/reports/histogram.py).
+LATENCY_BUCKETS = 42
+
+spend_rollups_hourly = Table(
+    "spend_rollups_hourly",
+    metadata,
+    # Sums of ledger entries per UTC hour and dimension, kept up to date by the ledger
+    # writer in the same transaction as the entries. Dimensions are never NULL so that
+    # an upsert can match them: 0 stands for "no team/key", "" for "no model/provider".
+    Column("epoch_hour", BigInteger, primary_key=True),  # hours since 1970-01-01T00:00Z
+    Column("team_id", Integer, primary_key=True),
+    Column("key_id", Integer, primary_key=True),
+    Column("model", String(200), primary_key=True),  # the requested model
+    Column("provider", String(64), primary_key=True),
+    Column("status", String(32), primary_key=True),
+    Column("entries", BigInteger, nullable=False),  # every kind, adjustments included
+    Column("requests", BigInteger, nullable=False),  # kind == "request" only
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("cache_read_tokens", BigInteger, nullable=False),
+    Column("cache_write_5m_tokens", BigInteger, nullable=False),
+    Column("cache_write_1h_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("reasoning_tokens", BigInteger, nullable=False),
+    Column("cost_nanos", BigInteger, nullable=False),
+    *(Column(f"latency_{b:02d}", BigInteger, nullable=False) for b in range(LATENCY_BUCKETS)),
+    Index("ix_spend_rollups_hourly_team_hour", "team_id", "epoch_hour"),
+)
+
+# The user group-by and filter read raw entries; this keeps them to the requested range.
+Index("ix_ledger_entries_end_user_started", LedgerEntryRow.end_user, LedgerEntryRow.started_at)
+
+
+class ClosedMonth(Base):
+    """A month finance has closed: its report is frozen in ``month_snapshots``."""
+
+    __tablename__ = "closed_months"
+
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)  # YYYY-MM
+    timezone: Mapped[str] = mapped_column(String(64))
+    period_start: Mapped[datetime] = mapped_column(Timestamp())
+    period_end: Mapped[datetime] = mapped_column(Timestamp())
+    closed_at: Mapped[datetime] = mapped_column(Timestamp())
+    content_sha256: Mapped[str] = mapped_column(String(64))  # of the JSON snapshot
+
+
+class MonthSnapshot(Base):
+    """The exact bytes of a closed month's report in one format, and their sha256."""
+
+    __tablename__ = "month_snapshots"
+
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    format: Mapped[str] = mapped_column(String(8), primary_key=True)  # json | csv | xlsx
+    media_type: Mapped[str] = mapped_column(String(100))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
+class LateAdjustment(Base):
+    """Entries that reached a month after it was closed, summed per team and model.
+
+    They are reported in the next open month (``reported_in`` is "" until the month
+    that shows them is closed in turn), never by changing the closed one.
+    """
+
+    __tablename__ = "late_adjustments"
+
+    source_month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    team_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # 0: no team
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)  # "": no model
+    reported_in: Mapped[str] = mapped_column(String(7), primary_key=True)  # "": still open
+    entries: Mapped[int] = mapped_column(BigInteger)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_5m_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_1h_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_nanos: Mapped[int] = mapped_column(BigInteger)

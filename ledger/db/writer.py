@@ -1,54 +1,110 @@
 """Group commit for ledger entries: many requests, one transaction, each caller told when.
 
-``record()`` returns only once the entry is committed, so an acknowledged request is a
-durable one; while one batch commits, the next one gathers. The callers never see the
-batching: it is the same ``await writer.record(entry)`` at any load.
+``record()`` returns once the entry is committed, or — while the database is
+unreachable — once it is journaled on local disk; journaled entries are written when
+the database returns. While one batch commits, the next one gathers. Callers never see
+the batching: it is the same ``await writer.record(entry)`` at any load.
+
+Writes are idempotent by request id, so an entry replayed after an ambiguous commit is
+not written (nor settled) twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from contextlib import suppress
 
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.budgets.store import apply_settlements
+from ledger.db.journal import Journal
 from ledger.db.ledger import LedgerEntry, insert_entries
 from ledger.reports.rollups import apply_entries_to_rollups
 
 logger = logging.getLogger("ledger.writer")
 
+REPLAY_INTERVAL_S = 1.0
+# Errors that mean "the database is not there", as opposed to "this entry is bad".
+_OUTAGE_ERRORS = (DBAPIError, OSError, ConnectionError, TimeoutError)
+
+
+async def write_entries(engine: AsyncEngine, entries: Sequence[LedgerEntry]) -> list[str]:
+    """Insert entries, settle their budgets and update rollups in one transaction.
+
+    Entries whose request id is already in the ledger are skipped, with their
+    settlements. Returns the request ids actually written.
+    """
+    async with engine.begin() as connection:
+        written = set(await insert_entries(connection, entries))
+        fresh = [entry for entry in entries if entry.request_id in written]
+        await apply_settlements(connection, [s for entry in fresh for s in entry.settlements])
+        await apply_entries_to_rollups(connection, fresh)
+    return [entry.request_id for entry in fresh]
+
 
 class LedgerWriter:
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 512) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, max_batch: int = 512, journal: Journal | None = None
+    ) -> None:
         self._engine = engine
         self._max_batch = max_batch
+        self._journal = journal
         self._queue: asyncio.Queue[tuple[LedgerEntry, asyncio.Future[None]]] = asyncio.Queue()
+        self._pending: list[LedgerEntry] = []  # journaled, waiting for the database
         self._task: asyncio.Task[None] | None = None
+        self._replayer: asyncio.Task[None] | None = None
+        self.database_available = True
         self.batches_written = 0
         self.entries_written = 0
+        self.last_batch_size = 0
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize()
+        """Entries not yet in the database: queued, and journaled during an outage."""
+        return self._queue.qsize() + len(self._pending)
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="ledger-writer")
+            self._replayer = asyncio.create_task(self._replay_forever(), name="ledger-replay")
 
     async def stop(self) -> None:
-        """Write everything queued, then stop."""
+        """Write (or journal) everything queued, then stop."""
         if self._task is None:
             return
         await self._queue.join()
-        self._task.cancel()
-        with suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        for task in (self._task, self._replayer):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._replayer = None
+        if self._pending:
+            await self._replay()
+        if self._pending:
+            logger.error(
+                "%d ledger entries stay journaled until the database is back", len(self._pending)
+            )
+
+    # -- the write-ahead record of requests in flight -------------------------------------
+
+    def begin(self, entry: LedgerEntry) -> None:
+        """Note that a request is in flight, so a killed process can account for it."""
+        if self._journal is not None:
+            self._journal.started(entry)
+
+    def forwarding(self, entry: LedgerEntry, prompt_cost: int) -> None:
+        """Note that a request is going to the provider, with what its prompt will cost."""
+        if self._journal is not None:
+            self._journal.forwarding(entry, prompt_cost)
+
+    # -- recording ----------------------------------------------------------------------
 
     async def record(self, entry: LedgerEntry) -> None:
-        """Queue ``entry`` and wait until it is committed. Raises if it could not be written."""
+        """Queue ``entry``; return when it is committed (or journaled during an outage)."""
         if self._task is None:
             raise RuntimeError("the ledger writer is not running")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -68,27 +124,64 @@ class LedgerWriter:
                     self._queue.task_done()
 
     async def _write(self, batch: list[tuple[LedgerEntry, asyncio.Future[None]]]) -> None:
+        entries = [entry for entry, _ in batch]
         try:
-            entries = [entry for entry, _ in batch]
-            async with self._engine.begin() as connection:
-                await insert_entries(connection, entries)
-                await apply_settlements(
-                    connection, [s for entry in entries for s in entry.settlements]
-                )
-                await apply_entries_to_rollups(connection, entries)
-        except Exception:
-            if len(batch) == 1:
-                logger.exception("could not write ledger entry %s", batch[0][0].request_id)
-                _settle(batch[0][1], RuntimeError("the ledger entry could not be written"))
+            await write_entries(self._engine, entries)
+        except IntegrityError:
+            if len(batch) > 1:
+                # One bad entry must not sink its neighbours: write them one by one.
+                for item in batch:
+                    await self._write([item])
                 return
-            # One bad entry must not sink its neighbours: write them one by one.
-            for item in batch:
-                await self._write([item])
+            logger.exception("ledger entry %s was refused by the database", entries[0].request_id)
+            _settle(batch[0][1], RuntimeError("the ledger entry could not be written"))
             return
-        self.batches_written += 1
-        self.entries_written += len(batch)
+        except _OUTAGE_ERRORS as exc:
+            self._outage(entries, exc)
+            for _, done in batch:
+                if self._journal is None:
+                    _settle(done, RuntimeError("the database is unavailable"))
+                else:
+                    _settle(done, None)
+            return
+        self.database_available = True
+        self._committed(entries)
         for _, done in batch:
             _settle(done, None)
+
+    def _outage(self, entries: list[LedgerEntry], exc: BaseException) -> None:
+        if self.database_available:
+            logger.error("database unavailable, journaling ledger entries: %s", type(exc).__name__)
+        self.database_available = False
+        if self._journal is not None:
+            self._journal.pending(entries)
+            self._pending.extend(entries)
+
+    def _committed(self, entries: list[LedgerEntry]) -> None:
+        self.batches_written += 1
+        self.entries_written += len(entries)
+        self.last_batch_size = len(entries)
+        if self._journal is not None:
+            self._journal.done([entry.request_id for entry in entries])
+
+    async def _replay_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REPLAY_INTERVAL_S)
+            if self._pending:
+                await self._replay()
+
+    async def _replay(self) -> None:
+        """Write journaled entries now that the database may be back; once each."""
+        while self._pending:
+            chunk = self._pending[: self._max_batch]
+            try:
+                await write_entries(self._engine, chunk)
+            except _OUTAGE_ERRORS:
+                return
+            del self._pending[: len(chunk)]
+            self.database_available = True
+            self._committed(chunk)
+            logger.warning("wrote %d journaled ledger entries", len(chunk))
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:

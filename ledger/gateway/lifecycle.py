@@ -128,6 +128,7 @@ class Gateway:
             )
 
         entry = self._new_entry(call, principal, started)
+        self._writer.begin(entry)
         priced: tuple[Route, Price] | None = None
         reservation: Reservation | None = None
         try:
@@ -188,7 +189,9 @@ class Gateway:
             if reservation.clamped_output_tokens is not None:
                 output_cap = reservation.clamped_output_tokens
 
-            # 6. Forward.
+            # 6. Forward. From here the provider may bill, so a crash must not lose this.
+            prompt_cost = 0 if price.free else price_cost(Usage(input_tokens=estimate), price).total
+            self._writer.forwarding(entry, prompt_cost)
             upstream = await route.provider.transport.send(
                 route.provider.path(request.endpoint),
                 self._upstream_body(call, request, route, output_cap),
@@ -224,7 +227,7 @@ class Gateway:
             entry.error = error.message
             if isinstance(error, BudgetExceeded):
                 entry.budget_id = error.budget_id
-            if isinstance(error, UpstreamFailed) and priced is not None:
+            if isinstance(error, UpstreamFailed) and error.may_have_billed and priced is not None:
                 # The provider may have billed for the prompt: never record such a failure as $0.
                 route, price = priced
                 self._settle(
@@ -583,7 +586,7 @@ def _response_text(request: ParsedRequest, payload: Any) -> str:
 def _json_or_none(raw: bytes) -> Any:
     try:
         return msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
 
 

@@ -40,6 +40,8 @@ def decode_json_object(raw: bytes) -> dict[str, Any]:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # msgspec's answer to deeply nested arrays or objects
+        raise InvalidRequest("The request body is nested too deeply to be a request.") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body

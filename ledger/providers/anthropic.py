@@ -93,7 +93,7 @@ class AnthropicStreamRelay:
                 continue
             try:
                 payload = msgspec.json.decode(event.data)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 self.malformed_events += 1
                 continue
             if not isinstance(payload, Mapping):

@@ -39,16 +39,28 @@ class HttpTransport:
     ) -> UpstreamResponse:
         url = self._config.normalised_base_url + path
         request_headers = {**headers, **self._auth_headers, "user-agent": "ledger"}
+        name = self._config.name
         try:
             response = await self._client().post(url, data=body, headers=request_headers)
-        except TimeoutError as exc:
+        except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamTimeout(
-                f"Provider {self._config.name!r} did not accept the connection in time."
+                f"Provider {name!r} did not accept the connection in time.", may_have_billed=False
+            ) from exc
+        except TimeoutError as exc:
+            # Connected and sent, but no response headers within the read timeout.
+            raise UpstreamTimeout(
+                f"Provider {name!r} did not answer within {self._config.timeout_s:g} s."
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            # Refused, unresolvable, unroutable: the request never left Ledger.
+            raise UpstreamFailed(
+                f"Provider {name!r} could not be reached ({type(exc).__name__}).",
+                may_have_billed=False,
             ) from exc
         except aiohttp.ClientError as exc:
             # The exception text can hold the URL but never the key; still, say only the kind.
             raise UpstreamFailed(
-                f"Provider {self._config.name!r} could not be reached ({type(exc).__name__})."
+                f"Provider {name!r} could not be reached ({type(exc).__name__})."
             ) from exc
 
         async def release() -> None:
@@ -67,14 +79,18 @@ class HttpTransport:
         )
 
     async def _chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        # A broken connection cannot go back to the pool: close it at once rather than
+        # leave it to the garbage collector, whatever the caller does next.
         try:
             async for chunk in response.content.iter_any():
                 yield chunk
         except TimeoutError as exc:
+            response.close()
             raise UpstreamTimeout(
                 f"Provider {self._config.name!r} stopped sending for {self._config.timeout_s:g} s."
             ) from exc
         except aiohttp.ClientError as exc:
+            response.close()
             raise UpstreamFailed(
                 f"Provider {self._config.name!r} broke the connection mid-response "
                 f"({type(exc).__name__})."

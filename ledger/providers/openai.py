@@ -84,7 +84,7 @@ class OpenAIStreamRelay:
                 continue
             try:
                 payload = msgspec.json.decode(data)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 self.malformed_events += 1
                 out.append(event.raw)
                 continue

@@ -10,6 +10,9 @@ import re
 from dataclasses import dataclass
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+# SSE lines end at CRLF, LF or CR only. ``str.splitlines`` would also split at U+2028,
+# U+0085, form feeds and more, which JSON data may carry raw.
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +48,7 @@ class SSEParser:
 def _decode(raw: bytes) -> SSEEvent:
     event: str | None = None
     data_lines: list[str] = []
-    for line in raw.decode("utf-8", errors="replace").splitlines():
+    for line in _LINE_END.split(raw.decode("utf-8", errors="replace")):
         if not line or line.startswith(":"):
             continue
         name, _, value = line.partition(":")

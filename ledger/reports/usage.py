@@ -61,6 +61,7 @@ def entry_out(row: LedgerEntryRow, teams: dict[int, str], keys: dict[int, str]) 
             "request_fee": format_usd(row.request_fee_nanos),
         },
         "price_id": row.price_id,
+        "budget_id": row.budget_id,
         "error": row.error,
     }
 
