@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from litestar import Litestar, MediaType, Request, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
@@ -27,7 +28,7 @@ from ledger.budgets.routes import BudgetController
 from ledger.config import Settings
 from ledger.db.engine import create_engine, create_sessionmaker
 from ledger.db.journal import Journal, journal_directory
-from ledger.db.migrate import upgrade
+from ledger.db.migrate import current_revision, head_revision, upgrade
 from ledger.db.prices import LivePrices, sync_prices
 from ledger.db.writer import LedgerWriter, write_entries
 from ledger.errors import InvalidRequest, LedgerError, NotFound
@@ -35,6 +36,7 @@ from ledger.gateway.lifecycle import Gateway
 from ledger.gateway.routes import ROUTES as GATEWAY_ROUTES
 from ledger.gateway.routing import ModelRouter
 from ledger.http import error_response, protocol_for_path
+from ledger.observability import Metrics
 from ledger.providers import Provider, build_providers
 from ledger.reports.routes import REPORT_ROUTES
 from ledger.reports.usage import UsageController
@@ -60,6 +62,7 @@ class Services:
     journal: Journal
     budgets: BudgetGuard
     gateway: Gateway
+    metrics: Metrics
 
 
 async def start_services(settings: Settings, *, announce: bool = True) -> Services:
@@ -76,7 +79,7 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         if generated is not None:
             admin_hashes.add(hash_key(secret, generated))
             if announce:
-                _announce_admin_key(generated)
+                announce_admin_key(generated)
     await sync_prices(engine, settings.price_overrides)
     prices = LivePrices(engine)
     await prices.reload()
@@ -94,7 +97,13 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
     journal = Journal(journal_directory(settings.journal_dir, settings.database_url), budgets.owner)
     journal.open()
     await recover_journals(engine, journal)
-    writer = LedgerWriter(engine, max_batch=settings.ledger_batch_max, journal=journal)
+    metrics = Metrics()
+    writer = LedgerWriter(
+        engine,
+        max_batch=settings.ledger_batch_max,
+        journal=journal,
+        on_commit=metrics.batch_size.observe,
+    )
     writer.start()
     await budgets.start()
     gateway = Gateway(
@@ -104,10 +113,11 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         writer=writer,
         budgets=budgets,
         default_max_output_tokens=settings.default_max_output_tokens,
+        metrics=metrics,
     )
     return Services(
         settings, engine, sessions, authenticator, prices, router, providers, writer, journal,
-        budgets, gateway,
+        budgets, gateway, metrics,
     )  # fmt: skip
 
 
@@ -167,6 +177,8 @@ def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
             UsageController,
             *REPORT_ROUTES,
             healthz,
+            readyz,
+            metrics_endpoint,
         ],
         lifespan=[lifespan],
         dependencies={
@@ -177,6 +189,7 @@ def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
             "prices": service("prices"),
             "engine": service("engine"),
             "budgets": service("budgets"),
+            "services": Provide(lambda: holder["services"], sync_to_thread=False),
             "max_body_bytes": Provide(lambda: settings.max_body_bytes, sync_to_thread=False),
         },
         exception_handlers={Exception: _render_exception},
@@ -197,6 +210,38 @@ def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
 async def healthz() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
+
+
+@get("/readyz", operation_id="readyz", tags=["ops"], media_type=MediaType.JSON)
+async def readyz(services: Services) -> Response[dict[str, Any]]:
+    """Ready to serve: the database answers, the schema is current, the ledger is caught up."""
+    checks: dict[str, Any] = {"ledger_backlog": services.writer.backlog}
+    ready = True
+    try:
+        with anyio.fail_after(2.0):
+            revision = await current_revision(services.engine)
+        checks["database"] = "ok"
+        checks["migrations"] = "current" if revision == head_revision() else f"at {revision}"
+        ready = revision == head_revision()
+    except Exception as exc:
+        checks["database"] = f"unreachable ({type(exc).__name__})"
+        ready = False
+    if not services.writer.database_available:
+        checks["ledger_writes"] = "journaling: the database refused the last write"
+        ready = False
+    status = "ready" if ready else "not ready"
+    return Response({"status": status, **checks}, status_code=200 if ready else 503)
+
+
+@get("/metrics", operation_id="metrics", tags=["ops"], media_type=MediaType.TEXT)
+async def metrics_endpoint(services: Services) -> Response[bytes]:
+    """Prometheus metrics."""
+    metrics = services.metrics
+    metrics.write_backlog.set(services.writer.backlog)
+    for rule, used in services.budgets.utilisation():
+        metrics.budget_utilisation.labels(str(rule.id), rule.name).set(used)
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
 
 
 async def _refresh_prices(prices: LivePrices) -> None:
@@ -234,7 +279,17 @@ def _render_exception(request: Request[Any, Any, Any], exc: Exception) -> Respon
     )
 
 
-def _announce_admin_key(key: str) -> None:
+def app_from_environment() -> Litestar:
+    """The app for one of several workers: settings from the environment ``ledger serve`` set."""
+    from ledger.config import load_settings
+    from ledger.observability import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+def announce_admin_key(key: str) -> None:
     print(
         "\n  Ledger generated an admin key. It is shown ONCE and stored only as a hash:\n\n"
         f"      {key}\n\n"

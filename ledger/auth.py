@@ -8,19 +8,23 @@ from litestar import Request
 
 from ledger.admin.identity import Authenticator, Principal
 from ledger.errors import PermissionDenied
-from ledger.http import credential_from_headers
+from ledger.http import client_address, credential_from_headers
 
 
 async def provide_principal(
     request: Request[Any, Any, Any], authenticator: Authenticator
 ) -> Principal:
     """Any valid key: the admin key or a team key."""
-    return await authenticator.authenticate(credential_from_headers(request))
+    return await authenticator.authenticate(
+        credential_from_headers(request), client_address(request)
+    )
 
 
 async def provide_admin(request: Request[Any, Any, Any], authenticator: Authenticator) -> Principal:
     """Only the admin key; a valid team key is refused with 403."""
-    principal = await authenticator.authenticate(credential_from_headers(request))
+    principal = await authenticator.authenticate(
+        credential_from_headers(request), client_address(request)
+    )
     if not principal.is_admin:
         raise PermissionDenied("This route needs the admin key.")
     return principal

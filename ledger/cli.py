@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -53,40 +54,102 @@ def main(ctx: click.Context, config_file: str | None, database_url: str | None) 
 @main.command()
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default 8080).")
+@click.option("--workers", type=int, default=None, help="Worker processes (default 1).")
 @click.option("--no-migrate", is_flag=True, help="Do not upgrade the database schema on start.")
 @click.option("--log-level", default=None, help="debug, info, warning, error.")
+@click.option("--log-format", type=click.Choice(["json", "text"]), default=None)
 @click.pass_context
 def serve(
-    ctx: click.Context, host: str | None, port: int | None, no_migrate: bool, log_level: str | None
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    no_migrate: bool,
+    log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Run the gateway."""
     import uvicorn
 
     from ledger.app import create_app
+    from ledger.observability import configure_logging
 
     settings = _settings(ctx)
     settings = settings.with_overrides(
         host=host or settings.host,
         port=port or settings.port,
+        workers=max(1, workers or settings.workers),
         migrate_on_start=settings.migrate_on_start and not no_migrate,
         log_level=(log_level or settings.log_level).upper(),
+        log_format=log_format or settings.log_format,
     )
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     click.echo(
         f"Ledger {_version()} on http://{settings.host}:{settings.port} "
-        f"(database: {_safe_url(settings.database_url)})",
+        f"with {settings.workers} worker(s) (database: {_safe_url(settings.database_url)})",
         err=True,
     )
+    # uvicorn stops gracefully on SIGTERM or Ctrl+C, then raises the signal again; a graceful
+    # stop is a success, so that second signal ends the process with status 0.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _exit_cleanly)
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "log_config": None,  # keep Ledger's logging configuration
+        "access_log": False,
+        "timeout_graceful_shutdown": 30,
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Several workers: prepare the database once here, then every worker skips it.
+    _run(lambda: _prepare_for_workers(settings))
+    _export_settings(settings)
     uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        loop="auto",
-        http="auto",
-        timeout_graceful_shutdown=30,
+        "ledger.app:app_from_environment", factory=True, workers=settings.workers, **options
     )
+
+
+async def _prepare_for_workers(settings: Settings) -> None:
+    from ledger.admin.credentials import ensure_admin_key, load_hash_secret
+    from ledger.app import announce_admin_key
+    from ledger.db.engine import create_engine
+    from ledger.db.migrate import upgrade
+
+    engine = create_engine(settings.database_url, null_pool=True)
+    try:
+        if settings.migrate_on_start:
+            await upgrade(engine)
+        secret = await load_hash_secret(engine, settings.secret_key)
+        if not settings.admin_key:
+            generated = await ensure_admin_key(engine, secret)
+            if generated is not None:
+                announce_admin_key(generated)
+    finally:
+        await engine.dispose()
+
+
+def _export_settings(settings: Settings) -> None:
+    """Hand the command line's choices to the worker processes through the environment."""
+    import os
+    import tempfile
+
+    os.environ.update(
+        {
+            "LEDGER_DATABASE_URL": settings.database_url,
+            "LEDGER_HOST": settings.host,
+            "LEDGER_PORT": str(settings.port),
+            "LEDGER_MIGRATE_ON_START": "false",
+            "LEDGER_LOG_LEVEL": settings.log_level,
+            "LEDGER_LOG_FORMAT": settings.log_format,
+        }
+    )
+    if settings.config_file:
+        os.environ["LEDGER_CONFIG"] = settings.config_file
+    # Metrics of all workers are summed from files in one directory.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="ledger-metrics-"))
 
 
 # -- db ---------------------------------------------------------------------------------
@@ -475,7 +538,7 @@ def scheduler(ctx: click.Context) -> None:
         try:
             await asyncio.Event().wait()
         finally:
-            jobs.shutdown()
+            await jobs.stop()  # let a job in flight finish rather than cancel it half way
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(lambda: _with_engine(settings, go))
@@ -488,6 +551,10 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     for row in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def _exit_cleanly(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
 
 
 def _version() -> str:

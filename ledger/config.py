@@ -78,6 +78,8 @@ class Settings:
     ledger_batch_max: int = 512
     db_pool_size: int = 10
     log_level: str = "INFO"
+    log_format: str = "json"  # json | text
+    workers: int = 1
     reporting_timezone: str = "UTC"
     alert_channels: tuple[AlertChannelConfig, ...] = ()
     journal_dir: str | None = None
@@ -109,6 +111,8 @@ _ENV_FIELDS: dict[str, type] = {
     "ledger_batch_max": int,
     "db_pool_size": int,
     "log_level": str,
+    "log_format": str,
+    "workers": int,
     "reporting_timezone": str,
     "reservation_ttl_s": float,
     "journal_dir": str,

@@ -191,3 +191,17 @@ class BudgetExceeded(LedgerError):
         self.budget_id = budget_id
         self.clampable = False
         self.remaining: int | None = None
+
+
+class TooManyFailedAuthentications(LedgerError):
+    """A client kept presenting bad keys; it is refused for a while (429)."""
+
+    def __init__(self, retry_after_s: int):
+        super().__init__(
+            f"Too many requests with invalid keys from this client; retry in {retry_after_s} s.",
+            status=429,
+            openai_type="rate_limit_error",
+            anthropic_type="rate_limit_error",
+            code="too_many_failed_authentications",
+            headers={"retry-after": str(retry_after_s)},
+        )

@@ -26,6 +26,11 @@ def credential_from_headers(request: Request[Any, Any, Any]) -> str | None:
     return api_key.strip() if api_key and api_key.strip() else None
 
 
+def client_address(request: Request[Any, Any, Any]) -> str | None:
+    """The peer's address (behind a proxy, run uvicorn with --forwarded-allow-ips)."""
+    return request.client.host if request.client else None
+
+
 async def read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
     """The whole body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length")

@@ -13,7 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ledger.admin.credentials import display_prefix, hash_key, new_client_key
 from ledger.db.tables import ApiKey, Team
-from ledger.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
+from ledger.errors import (
+    AuthenticationFailed,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    TooManyFailedAuthentications,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +34,46 @@ class Principal:
 
 
 ADMIN = Principal(is_admin=True)
+
+
+class FailureThrottle:
+    """Refuses a client that keeps presenting bad keys, without touching anyone else.
+
+    After ``max_failures`` failed authentications within ``window_s`` seconds from one
+    client address, that address is refused with 429 until the window has passed.
+    Counted per process; memory is bounded by forgetting the oldest clients.
+    """
+
+    def __init__(
+        self, *, max_failures: int = 30, window_s: float = 60.0, max_clients: int = 100_000
+    ) -> None:
+        self._max_failures = max_failures
+        self._window_s = window_s
+        self._max_clients = max_clients
+        self._failures: dict[str, list[float]] = {}
+
+    def retry_after(self, client: str | None) -> int | None:
+        """Seconds until ``client`` may try again, or None if it may try now."""
+        if client is None:
+            return None
+        times = self._recent(client, time.monotonic())
+        if len(times) < self._max_failures:
+            return None
+        return max(1, int(times[0] + self._window_s - time.monotonic()) + 1)
+
+    def failed(self, client: str | None) -> None:
+        if client is None:
+            return
+        now = time.monotonic()
+        times = self._recent(client, now)
+        times.append(now)
+        self._failures[client] = times[-self._max_failures :]
+        if len(self._failures) > self._max_clients:
+            oldest = next(iter(self._failures))
+            del self._failures[oldest]
+
+    def _recent(self, client: str, now: float) -> list[float]:
+        return [t for t in self._failures.get(client, ()) if now - t < self._window_s]
 
 
 class Authenticator:
@@ -53,6 +99,7 @@ class Authenticator:
         self._ttl_s = ttl_s
         self._max_cached = max_cached
         self._cache: dict[str, tuple[Principal, float]] = {}
+        self.throttle = FailureThrottle()
 
     @property
     def secret(self) -> bytes:
@@ -68,8 +115,22 @@ class Authenticator:
         # compare_digest on each: no early exit that would time the match.
         return any(hmac.compare_digest(digest, known) for known in self._admin_hashes)
 
-    async def authenticate(self, key: str | None) -> Principal:
-        """The principal for ``key``; raises :class:`AuthenticationFailed` otherwise."""
+    async def authenticate(self, key: str | None, client: str | None = None) -> Principal:
+        """The principal for ``key``; raises :class:`AuthenticationFailed` otherwise.
+
+        ``client`` (the caller's address) is refused for a while after repeated failures.
+        """
+        wait = self.throttle.retry_after(client)
+        if wait is not None:
+            raise TooManyFailedAuthentications(wait)
+        try:
+            return await self._authenticate(key)
+        except AuthenticationFailed:
+            if key:  # a wrong key is a guess; a missing one is not
+                self.throttle.failed(client)
+            raise
+
+    async def _authenticate(self, key: str | None) -> Principal:
         if not key:
             raise AuthenticationFailed("Missing API key. Send it as 'Authorization: Bearer <key>'.")
         if self.is_admin_key(key):
@@ -114,6 +175,9 @@ async def create_team(
     name = name.strip()
     if not name or len(name) > 100:
         raise InvalidRequest("team name must be 1 to 100 characters", param="name")
+    if cost_centre is not None and len(cost_centre) > 100:
+        # SQLite would store it whole and PostgreSQL refuse it: refuse it the same way on both.
+        raise InvalidRequest("cost_centre must be at most 100 characters", param="cost_centre")
     team = Team(
         name=name, cost_centre=cost_centre, markup_bps=markup_bps, created_at=datetime.now(UTC)
     )

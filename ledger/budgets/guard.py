@@ -71,6 +71,11 @@ class Lease:
     in_flight: int = 0  # worst cases of requests running against it
     last_used: float = field(default_factory=time.monotonic)
     lost: bool = False  # expired or returned: settlements no longer release from it
+    granted_limit: int = 0  # the budget's limit when the slice was granted
+
+    def usable_for(self, rule: BudgetRule, amount: int) -> bool:
+        """Whether a request may run against this slice (not if the limit changed since)."""
+        return not self.lost and self.available >= amount and self.granted_limit == rule.limit_nanos
 
     @property
     def available(self) -> int:
@@ -158,6 +163,16 @@ class BudgetGuard:
 
     def applicable(self, scope: RequestScope) -> list[BudgetRule]:
         return [rule for rule in self._rules if rule.applies_to(scope)]
+
+    def utilisation(self) -> list[tuple[BudgetRule, float]]:
+        """(spent + reserved) / limit per budget, as last seen; for metrics, not for money."""
+        now = datetime.now(UTC)
+        result = []
+        for rule in self._rules:
+            state = self._known.get((rule.id, rule.bounds(now)[0]))
+            if state is not None and rule.limit_nanos > 0:
+                result.append((rule, (state.spent + state.reserved) / rule.limit_nanos))
+        return result
 
     def has_hard_budget(self, scope: RequestScope) -> bool:
         return any(rule.hard for rule in self.applicable(scope))
@@ -266,12 +281,12 @@ class BudgetGuard:
     async def _lease_for(self, hold: Hold, amount: int) -> Lease | None:
         key = (hold.rule.id, hold.period_start)
         lease = self._leases.get(key)
-        if lease is not None and not lease.lost and lease.available >= amount:
+        if lease is not None and lease.usable_for(hold.rule, amount):
             return lease
         lock = self._lease_locks.setdefault(key, asyncio.Lock())
         async with lock:
             lease = self._leases.get(key)
-            if lease is not None and not lease.lost and lease.available >= amount:
+            if lease is not None and lease.usable_for(hold.rule, amount):
                 return lease
             if lease is not None and lease.in_flight == 0:
                 await self._return_leases([lease])
@@ -302,7 +317,10 @@ class BudgetGuard:
                 )
                 if granted is None:
                     return None
-                lease = Lease(uuid.uuid4().hex, rule.id, hold.period_start, hold.period_end, size)
+                lease = Lease(
+                    uuid.uuid4().hex, rule.id, hold.period_start, hold.period_end, size,
+                    granted_limit=rule.limit_nanos,
+                )  # fmt: skip
                 await store.insert_reservation(
                     connection,
                     reservation_id=lease.id,

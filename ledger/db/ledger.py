@@ -65,8 +65,11 @@ class LedgerEntry:
     price_id: int | None = None
     budget_id: int | None = None
     error: str | None = None
-    # Budget changes that commit together with this entry (not a column).
+    # Not columns: budget changes that commit together with this entry, and what the
+    # gateway's metrics need to know about it.
     settlements: list[Settlement] = field(default_factory=list)
+    team_name: str | None = None
+    provider_seconds: float = 0.0
 
     @property
     def latency_ms(self) -> int:
@@ -84,7 +87,8 @@ class LedgerEntry:
         return row
 
 
-_COLUMNS = tuple(f.name for f in fields(LedgerEntry) if f.name != "settlements")
+_TRANSIENT = {"settlements", "team_name", "provider_seconds"}
+_COLUMNS = tuple(f.name for f in fields(LedgerEntry) if f.name not in _TRANSIENT)
 
 
 async def insert_entries(connection: AsyncConnection, entries: Sequence[LedgerEntry]) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -47,8 +47,14 @@ async def write_entries(engine: AsyncEngine, entries: Sequence[LedgerEntry]) -> 
 
 class LedgerWriter:
     def __init__(
-        self, engine: AsyncEngine, *, max_batch: int = 512, journal: Journal | None = None
+        self,
+        engine: AsyncEngine,
+        *,
+        max_batch: int = 512,
+        journal: Journal | None = None,
+        on_commit: Callable[[int], None] | None = None,
     ) -> None:
+        self._on_commit = on_commit
         self._engine = engine
         self._max_batch = max_batch
         self._journal = journal
@@ -161,6 +167,8 @@ class LedgerWriter:
         self.batches_written += 1
         self.entries_written += len(entries)
         self.last_batch_size = len(entries)
+        if self._on_commit is not None:
+            self._on_commit(len(entries))
         if self._journal is not None:
             self._journal.done([entry.request_id for entry in entries])
 

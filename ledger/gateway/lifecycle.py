@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from ledger.gateway.requests import (
 )
 from ledger.gateway.routing import ModelRouter, Route
 from ledger.money import format_usd
+from ledger.observability import Metrics, current_request_id
 from ledger.pricing import Price, price_cost, worst_case_cost
 from ledger.providers import UpstreamResponse, anthropic, openai
 from ledger.tokens import approximate_anthropic_prompt, count_text_tokens, estimate_prompt_tokens
@@ -77,7 +79,10 @@ class GatewayCall:
     end_user: str | None = None
     tags: str | None = None
     forward_headers: dict[str, str] = field(default_factory=dict)
-    body_error: LedgerError | None = None  # found while reading the body (size, type)
+    body_error: LedgerError | None = None
+    client: str | None = (
+        None  # the caller's address, for throttling bad keys  # found while reading the body (size, type)
+    )
 
 
 @dataclass(slots=True)
@@ -100,7 +105,9 @@ class Gateway:
         writer: LedgerWriter,
         budgets: BudgetGuard,
         default_max_output_tokens: int,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._auth = authenticator
         self._budgets = budgets
         self._router = router
@@ -121,13 +128,14 @@ class Gateway:
             credential = key_from_body(body) if body else None
 
         # 1. Authenticate. Before this there is no one to charge, so no entry.
-        principal = await self._auth.authenticate(credential)
+        principal = await self._auth.authenticate(credential, call.client)
         if principal.is_admin:
             raise PermissionDenied(
                 "The admin key cannot make model requests; create a team key with POST /admin/keys."
             )
 
         entry = self._new_entry(call, principal, started)
+        current_request_id.set(entry.request_id)
         self._writer.begin(entry)
         priced: tuple[Route, Price] | None = None
         reservation: Reservation | None = None
@@ -192,6 +200,7 @@ class Gateway:
             # 6. Forward. From here the provider may bill, so a crash must not lose this.
             prompt_cost = 0 if price.free else price_cost(Usage(input_tokens=estimate), price).total
             self._writer.forwarding(entry, prompt_cost)
+            sent_at = time.perf_counter()
             upstream = await route.provider.transport.send(
                 route.provider.path(request.endpoint),
                 self._upstream_body(call, request, route, output_cap),
@@ -199,6 +208,7 @@ class Gateway:
                 stream=request.stream,
             )
             if upstream.status >= 400:
+                entry.provider_seconds = time.perf_counter() - sent_at
                 return await self._relay_error(entry, call, upstream, reservation)
             if request.stream:
                 return self._stream(entry, call, request, route, price, upstream, reservation)
@@ -206,6 +216,7 @@ class Gateway:
             # 7. Capture usage, 8. settle, 9. record.
             payload_bytes = await upstream.read()
             await upstream.aclose()
+            entry.provider_seconds = time.perf_counter() - sent_at
             payload = _json_or_none(payload_bytes)
             if payload is None:
                 raise UpstreamFailed("The provider returned a response that is not valid JSON.")
@@ -253,6 +264,7 @@ class Gateway:
             team_id=principal.team_id,
             key_id=principal.key_id,
             end_user=call.end_user,
+            team_name=principal.team_name,
         )
 
     def _parse(self, call: GatewayCall, body: dict[str, Any]) -> ParsedRequest:
@@ -429,6 +441,7 @@ class Gateway:
 
         async def chunks() -> AsyncIterator[bytes]:
             entry.status = "interrupted"
+            relay_started = time.perf_counter()
             try:
                 async for chunk in upstream.chunks:
                     out = relay.feed(chunk)
@@ -454,6 +467,7 @@ class Gateway:
                 entry.error = "The client disconnected before the stream ended."
                 raise
             finally:
+                entry.provider_seconds += time.perf_counter() - relay_started
                 with anyio.CancelScope(shield=True):
                     await upstream.aclose()
                     self._settle_stream(entry, request, route, price, relay)
@@ -532,6 +546,24 @@ class Gateway:
             await self._writer.record(entry)
         except Exception:
             logger.exception("ledger entry %s could not be recorded", entry.request_id)
+        if self._metrics is not None:
+            self._observe(entry)
+
+    def _observe(self, entry: LedgerEntry) -> None:
+        assert self._metrics is not None
+        team = entry.team_name or ""
+        model = entry.requested_model or ""
+        self._metrics.requests.labels(team, model, entry.status).inc()
+        if entry.cost_nanos:
+            self._metrics.cost.labels(team, model).inc(entry.cost_nanos)
+        for bucket in ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output"):
+            tokens = getattr(entry, f"{bucket}_tokens")
+            if tokens:
+                self._metrics.tokens.labels(team, model, bucket).inc(tokens)
+        wall = (datetime.now(UTC) - entry.started_at).total_seconds()
+        self._metrics.added_latency.labels(entry.endpoint).observe(
+            max(0.0, wall - entry.provider_seconds)
+        )
 
     def _error_reply(self, protocol: str, error: LedgerError, entry: LedgerEntry) -> GatewayReply:
         body = openai_error_body(error) if protocol == OPENAI else anthropic_error_body(error)

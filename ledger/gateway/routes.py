@@ -12,7 +12,7 @@ from ledger.admin.identity import Authenticator
 from ledger.errors import InvalidRequest, LedgerError
 from ledger.gateway.lifecycle import Gateway, GatewayCall, GatewayReply
 from ledger.gateway.routing import ModelRouter
-from ledger.http import credential_from_headers, error_response, read_body
+from ledger.http import client_address, credential_from_headers, error_response, read_body
 from ledger.providers import anthropic, openai
 
 _ACCEPTED_CONTENT_TYPES = ("application/json", "text/plain", "")
@@ -50,6 +50,7 @@ async def _serve(
         tags=request.headers.get("x-ledger-tags"),
         forward_headers={h: v for h in forwarded if (v := request.headers.get(h))},
         body_error=body_error,
+        client=client_address(request),
     )
     try:
         reply = await gateway.handle(call)
@@ -142,7 +143,7 @@ async def list_models(
     """The models this gateway serves, in OpenAI's shape or, for Anthropic clients, theirs."""
     protocol = "anthropic" if "anthropic-version" in request.headers else "openai"
     try:
-        await authenticator.authenticate(credential_from_headers(request))
+        await authenticator.authenticate(credential_from_headers(request), client_address(request))
     except LedgerError as error:
         return error_response(error, protocol)
     routes = router.models()
