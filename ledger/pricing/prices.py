@@ -17,6 +17,10 @@ from typing import Any, NamedTuple
 from ledger.money import MoneyError, Nanos, cost_of_tokens, to_decimal, usd_to_nanos
 from ledger.usage import Usage
 
+# The longest names the database holds (ledger.db.tables.PriceRow).
+_MAX_MODEL_NAME = 200
+_MAX_PROVIDER_NAME = 64
+
 
 class PriceError(ValueError):
     """A price that cannot be used: malformed, negative, ambiguous or finer than a nano."""
@@ -55,10 +59,12 @@ class Price:
     id: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("model", "provider"):
+        for name, longest in (("model", _MAX_MODEL_NAME), ("provider", _MAX_PROVIDER_NAME)):
             value = getattr(self, name)
             if not isinstance(value, str) or not value or value != value.strip():
                 raise PriceError(f"{name} must be a non-empty name, not {value!r}")
+            if len(value) > longest:
+                raise PriceError(f"{name} must be at most {longest} characters: {value[:40]!r}…")
         if not isinstance(self.source, str):
             raise PriceError(f"source must be a string, not {self.source!r}")
         # Normalise to UTC here so that comparisons and the database never see

@@ -171,9 +171,7 @@ def test_stream_with_include_usage_keeps_the_usage_chunk(gateway: LiveServer) ->
     usage = chunks[-1].usage
     entries = gateway.wait_for_entries(1)
     assert entries[0]["usage"]["output_tokens"] == usage.completion_tokens
-    assert Decimal(entries[0]["cost_usd"]) == _cost(
-        usage.prompt_tokens, 0, usage.completion_tokens
-    )
+    assert Decimal(entries[0]["cost_usd"]) == _cost(usage.prompt_tokens, 0, usage.completion_tokens)
 
 
 @pytest.mark.anyio
