@@ -122,6 +122,9 @@ _ENV_FIELDS: dict[str, type] = {
 }
 
 
+_SECTIONS = frozenset({"providers", "models", "prices", "alert_channels"})
+
+
 def load_settings(
     env: Mapping[str, str] | None = None, config_file: str | Path | None = None
 ) -> Settings:
@@ -137,6 +140,10 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
 
+    unknown = sorted(set(data) - set(_ENV_FIELDS) - _SECTIONS)
+    if unknown:
+        # A typo such as `databse_url` must not silently fall back to the default.
+        raise ConfigError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
     values: dict[str, Any] = {}
     for name, kind in _ENV_FIELDS.items():
         if name in data:

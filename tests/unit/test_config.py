@@ -230,3 +230,10 @@ def test_a_price_in_the_config_file_is_kept_for_the_database(tmp_path: Path) -> 
     assert [dict(p) for p in settings.price_overrides] == [
         {"model": "house", "provider": "openai", "input": "0.125", "output": "0.5"}
     ]
+
+
+def test_a_misspelt_top_level_setting_is_refused_not_ignored(tmp_path: Path) -> None:
+    config = tmp_path / "ledger.toml"
+    config.write_text('databse_url = "postgresql://db/ledger"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="databse_url"):
+        load_settings(env={}, config_file=config)
