@@ -120,7 +120,10 @@ class AdminController(Controller):
         """Add a price version (effective now unless ``effective_from`` says otherwise)."""
         fields = dict(data)
         fields.setdefault("effective_from", datetime.now(UTC).isoformat())
-        fields.setdefault("provider", "")
+        if "provider" not in fields and isinstance(fields.get("model"), str):
+            # A new version of a known model keeps its provider unless told otherwise.
+            current = prices.price_at(fields["model"], datetime.now(UTC))
+            fields["provider"] = current.provider if current else ""
         fields.setdefault("source", "admin API")
         try:
             price = price_from_mapping(fields)

@@ -213,3 +213,11 @@ def test_a_price_from_the_config_file_is_used(configured_gateway: LiveServer) ->
     _post_price(gateway, input="0.50", output="2.00")
     later_id, later_usage = _ask(client, "after admin")
     assert Decimal(gateway.entry(later_id)["cost_usd"]) == _cost(later_usage, "0.50", "2.00")
+
+
+def test_a_new_price_for_a_known_model_keeps_its_provider(gateway: LiveServer) -> None:
+    response = gateway.admin.post(
+        "/admin/prices", json={"model": MODEL, "input": "0.50", "output": "2.00"}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["provider"] == "openai"
