@@ -29,6 +29,7 @@ from ledger.config import Settings
 from ledger.db.engine import create_engine, create_sessionmaker
 from ledger.db.journal import Journal, journal_directory
 from ledger.db.migrate import current_revision, head_revision, upgrade
+from ledger.db.partitions import ensure_partitions
 from ledger.db.prices import LivePrices, sync_prices
 from ledger.db.writer import LedgerWriter, write_entries
 from ledger.errors import InvalidRequest, LedgerError, NotFound
@@ -70,6 +71,7 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     if settings.migrate_on_start:
         await upgrade(engine)
+    await ensure_partitions(engine)
     secret = await load_hash_secret(engine, settings.secret_key)
     admin_hashes = await admin_key_hashes(engine)
     if settings.admin_key:
@@ -160,7 +162,7 @@ def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
             yield
         finally:
             if scheduler is not None:
-                scheduler.shutdown()
+                await scheduler.stop()  # a job in flight finishes before the engine closes
             refresher.cancel()
             with suppress(asyncio.CancelledError):
                 await refresher

@@ -7,6 +7,7 @@ one process win, on SQLite and PostgreSQL alike. The losers skip that tick.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.budgets.alerts import deliver_pending
 from ledger.budgets.checks import check_budgets, release_expired_reservations
 from ledger.config import Settings
+from ledger.db.partitions import ensure_partitions
 from ledger.db.tables import SchedulerRun
 
 logger = logging.getLogger("ledger.scheduler")
@@ -52,6 +54,7 @@ def ledger_jobs(engine: AsyncEngine, settings: Settings) -> list[Job]:
             lambda: deliver_pending(engine, channels)),
         Job("verify_rollups", 300.0, lambda: verify_rollups_job(engine)),
         Job("prune_scheduler_runs", 3600.0, lambda: prune_runs(engine)),
+        Job("ledger_partitions", 6 * 3600.0, lambda: ensure_partitions(engine)),
     ]  # fmt: skip
 
 
@@ -103,14 +106,15 @@ class LedgerScheduler:
         self._jobs = jobs
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._scheduler = AsyncIOScheduler(timezone=UTC)
+        self._running: set[asyncio.Task[object]] = set()
 
     def start(self) -> None:
         for job in self._jobs:
             self._scheduler.add_job(
-                run_once,
+                self._run,
                 "interval",
                 seconds=job.interval_s,
-                args=[self._engine, job, self.owner],
+                args=[job],
                 id=job.name,
                 max_instances=1,
                 coalesce=True,
@@ -119,5 +123,28 @@ class LedgerScheduler:
         self._scheduler.start()
 
     def shutdown(self) -> None:
+        """Stop at once: APScheduler cancels the jobs that are running. Prefer :meth:`stop`."""
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop scheduling, let the jobs already running finish, then shut down.
+
+        A job cancelled half way can leave work to be done twice: an alert sent but not
+        yet marked delivered is sent again by the next run.
+        """
+        if self._scheduler.running:
+            self._scheduler.pause()
+            if self._running:
+                await asyncio.wait(set(self._running), timeout=timeout_s)
+        self.shutdown()
+
+    async def _run(self, job: Job) -> bool:
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            return await run_once(self._engine, job, self.owner)
+        finally:
+            if task is not None:
+                self._running.discard(task)

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from ledger.config import load_settings
 from ledger.db.engine import create_engine
+from ledger.db.migrate import migration_options
 from ledger.db.tables import Timestamp, metadata
 
 config = context.config
@@ -32,9 +33,8 @@ def _run_with(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
-        render_as_batch=True,
-        compare_type=True,
         render_item=_render_item,
+        **migration_options(),
     )
     with context.begin_transaction():
         context.run_migrations()

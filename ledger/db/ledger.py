@@ -101,7 +101,7 @@ async def insert_entries(connection: AsyncConnection, entries: Sequence[LedgerEn
     insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
     statement = (
         insert(LedgerEntryRow)
-        .on_conflict_do_nothing(index_elements=["request_id"])
+        .on_conflict_do_nothing(index_elements=["request_id", "started_at"])
         .returning(LedgerEntryRow.request_id)
     )
     result = await connection.execute(statement, [entry.as_row() for entry in entries])

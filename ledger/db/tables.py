@@ -146,10 +146,14 @@ class LedgerEntryRow(Base):
         Index("ix_ledger_entries_started_at", "started_at"),
         Index("ix_ledger_entries_team_started", "team_id", "started_at"),
         Index("ix_ledger_entries_key_started", "key_id", "started_at"),
+        UniqueConstraint("request_id", "started_at", name="uq_ledger_entries_request_started"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    # Unique with started_at rather than alone: on PostgreSQL the table is partitioned by
+    # month, and a unique key there must contain the partition key. A replayed entry has
+    # the same request id and start, so writes stay idempotent.
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
     kind: Mapped[str] = mapped_column(String(16), default="request")
     corrects_request_id: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(Timestamp())

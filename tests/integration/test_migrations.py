@@ -12,13 +12,19 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
 from ledger.db.engine import create_engine
-from ledger.db.migrate import alembic_config, current_revision, head_revision, upgrade
+from ledger.db.migrate import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    migration_options,
+    upgrade,
+)
 from ledger.db.tables import metadata
 
 
 def _drift(connection: Connection) -> list[Any]:
     context = MigrationContext.configure(
-        connection, opts={"compare_type": True, "compare_server_default": False}
+        connection, opts={**migration_options(), "compare_server_default": False}
     )
     return compare_metadata(context, metadata)
 
