@@ -16,7 +16,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -211,7 +211,7 @@ class Gateway:
                 entry.provider_seconds = time.perf_counter() - sent_at
                 return await self._relay_error(entry, call, upstream, reservation)
             if request.stream:
-                return self._stream(entry, call, request, route, price, upstream, reservation)
+                return await self._stream(entry, call, request, route, price, upstream, reservation)
 
             # 7. Capture usage, 8. settle, 9. record.
             payload_bytes = await upstream.read()
@@ -422,7 +422,7 @@ class Gateway:
             body[:_ERROR_BODY_LIMIT],
         )
 
-    def _stream(
+    async def _stream(
         self,
         entry: LedgerEntry,
         call: GatewayCall,
@@ -439,7 +439,7 @@ class Gateway:
             relay = anthropic.AnthropicStreamRelay()
         entry.http_status = upstream.status
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncGenerator[bytes, None]:
             entry.status = "interrupted"
             relay_started = time.perf_counter()
             try:
@@ -481,7 +481,7 @@ class Gateway:
             **reservation.headers,
             **_ledger_headers(entry),
         }
-        return GatewayReply(upstream.status, headers, stream=chunks())
+        return GatewayReply(upstream.status, headers, stream=await _started(chunks()))
 
     def _settle_stream(
         self,
@@ -572,6 +572,32 @@ class Gateway:
 
 
 # -- small pure helpers -----------------------------------------------------------------
+
+
+async def _started(stream: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    """``stream`` with its first chunk already read.
+
+    Reading it enters the relay's ``try``, so whatever happens next — even a response that
+    is never sent because the client left first — runs its ``finally`` and records the
+    entry (a started async generator is closed when it is dropped; an unstarted one is not).
+    """
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = None
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            if first is None:
+                return
+            yield first
+            async for chunk in stream:
+                yield chunk
+        finally:
+            # Closing the relay (a client that left) closes the stream at once, not at GC.
+            await stream.aclose()
+
+    return relay()
 
 
 def _endpoint_name(call: GatewayCall) -> str:
