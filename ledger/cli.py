@@ -535,8 +535,12 @@ def scheduler(ctx: click.Context) -> None:
         jobs = LedgerScheduler(engine, ledger_jobs(engine, settings))
         jobs.start()
         click.echo(f"scheduler running as {jobs.owner}; Ctrl-C to stop", err=True)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(stop_signal, stopping.set)
         try:
-            await asyncio.Event().wait()
+            await stopping.wait()
         finally:
             await jobs.stop()  # let a job in flight finish rather than cancel it half way
 

@@ -41,7 +41,7 @@ async def create_budget(connection: AsyncConnection, data: Mapping[str, Any]) ->
         key_id = _int(data.get("key_id"), "key_id")
         owner = await connection.scalar(select(ApiKey.team_id).where(ApiKey.id == key_id))
         if owner is None:
-            raise NotFound(f"no key with id {key_id}")
+            raise InvalidRequest(f"no key with id {key_id}", param="key_id")
         team_id = owner
     if scope in ("team", "user", "model") and team_id is None:
         raise InvalidRequest(f"a {scope} budget needs 'team'", param="team")
@@ -279,7 +279,8 @@ async def _team_id(connection: AsyncConnection, name: Any) -> int:
         raise InvalidRequest("team must be a team name", param="team")
     team_id = await connection.scalar(select(Team.id).where(Team.name == name))
     if team_id is None:
-        raise NotFound(f"no team named {name!r}")
+        # The body names something that is not there: a bad request, not a missing route.
+        raise InvalidRequest(f"no team named {name!r}", param="team")
     return int(team_id)
 
 

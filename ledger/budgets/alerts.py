@@ -30,6 +30,7 @@ logger = logging.getLogger("ledger.alerts")
 SIGNATURE_HEADER = "x-ledger-signature"
 TIMESTAMP_HEADER = "x-ledger-timestamp"
 MAX_BACKOFF_S = 300
+_CLAIM_MARGIN_S = 30  # beyond the send timeout, before a claimed delivery is due again
 _LOG_CHANNEL = AlertChannelConfig(name="log", kind="log")
 
 
@@ -137,6 +138,24 @@ async def deliver_pending(
         for row in due:
             delivery_id = row[AlertDelivery.__table__.c.id]
             attempts = row["attempts"] + 1
+            # Claim the row before sending: a pass that overlaps this one (another process,
+            # or this one's next tick behind a slow channel) then skips it, so nothing is
+            # sent twice. A process that dies mid-send leaves it due again after the claim.
+            async with engine.begin() as connection:
+                claimed = await connection.execute(
+                    update(AlertDelivery)
+                    .where(
+                        AlertDelivery.id == delivery_id,
+                        AlertDelivery.status == "pending",
+                        AlertDelivery.attempts == row["attempts"],
+                    )
+                    .values(
+                        attempts=attempts,
+                        next_attempt_at=now + timedelta(seconds=timeout_s + _CLAIM_MARGIN_S),
+                    )
+                )
+            if claimed.rowcount != 1:
+                continue
             channel = by_name.get(row["channel"])
             error: str | None = None
             if channel is None:
