@@ -297,34 +297,58 @@ class SchedulerRun(Base):
 
 # -- reports: rollups, closed months, late adjustments --------------------------------
 # (Imported here rather than at the top so that this section can be appended on its own.)
+from typing import Any  # noqa: E402
+
 from sqlalchemy import Column, LargeBinary, Table  # noqa: E402
 
 # How many latency buckets each rollup row keeps (see ledger/reports/histogram.py).
 LATENCY_BUCKETS = 42
 
-spend_rollups_hourly = Table(
+
+def _rollup_table(name: str, *dimensions: Column[Any]) -> Table:
+    """Sums of ledger entries per UTC hour and dimensions, kept by the ledger writer.
+
+    They are updated in the same transaction as the entries they sum. Dimensions are
+    never NULL so that an upsert can match them: 0 stands for "no team/key", "" for
+    "no model/provider".
+    """
+    return Table(
+        name,
+        metadata,
+        Column("epoch_hour", BigInteger, primary_key=True),  # hours since 1970-01-01T00:00Z
+        *dimensions,
+        Column("entries", BigInteger, nullable=False),  # every kind, adjustments included
+        Column("requests", BigInteger, nullable=False),  # kind == "request" only
+        Column("errors", BigInteger, nullable=False),  # requests that failed
+        Column("blocked", BigInteger, nullable=False),  # requests a budget refused
+        Column("input_tokens", BigInteger, nullable=False),
+        Column("cache_read_tokens", BigInteger, nullable=False),
+        Column("cache_write_5m_tokens", BigInteger, nullable=False),
+        Column("cache_write_1h_tokens", BigInteger, nullable=False),
+        Column("output_tokens", BigInteger, nullable=False),
+        Column("reasoning_tokens", BigInteger, nullable=False),
+        Column("cost_nanos", BigInteger, nullable=False),
+        *(Column(f"latency_{b:02d}", BigInteger, nullable=False) for b in range(LATENCY_BUCKETS)),
+    )
+
+
+# Every dimension the spend report can read from rollups.
+spend_rollups_hourly = _rollup_table(
     "spend_rollups_hourly",
-    metadata,
-    # Sums of ledger entries per UTC hour and dimension, kept up to date by the ledger
-    # writer in the same transaction as the entries. Dimensions are never NULL so that
-    # an upsert can match them: 0 stands for "no team/key", "" for "no model/provider".
-    Column("epoch_hour", BigInteger, primary_key=True),  # hours since 1970-01-01T00:00Z
     Column("team_id", Integer, primary_key=True),
     Column("key_id", Integer, primary_key=True),
     Column("model", String(200), primary_key=True),  # the requested model
     Column("provider", String(64), primary_key=True),
     Column("status", String(32), primary_key=True),
-    Column("entries", BigInteger, nullable=False),  # every kind, adjustments included
-    Column("requests", BigInteger, nullable=False),  # kind == "request" only
-    Column("input_tokens", BigInteger, nullable=False),
-    Column("cache_read_tokens", BigInteger, nullable=False),
-    Column("cache_write_5m_tokens", BigInteger, nullable=False),
-    Column("cache_write_1h_tokens", BigInteger, nullable=False),
-    Column("output_tokens", BigInteger, nullable=False),
-    Column("reasoning_tokens", BigInteger, nullable=False),
-    Column("cost_nanos", BigInteger, nullable=False),
-    *(Column(f"latency_{b:02d}", BigInteger, nullable=False) for b in range(LATENCY_BUCKETS)),
-    Index("ix_spend_rollups_hourly_team_hour", "team_id", "epoch_hour"),
+)
+
+# The same sums per team and model only: a few rows an hour, for the monthly report and
+# for series grouped or filtered by team, model and provider.
+spend_rollups_team_hourly = _rollup_table(
+    "spend_rollups_team_hourly",
+    Column("team_id", Integer, primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("provider", String(64), primary_key=True),
 )
 
 # The user group-by and filter read raw entries; this keeps them to the requested range.

@@ -1,7 +1,322 @@
-"""Report routes (spend, budgets, monthly finance report, dashboard)."""
+"""Report routes: spend, budgets, the monthly finance report, month close, the dashboard.
+
+Thin handlers: each checks who is asking, calls one domain function and shapes the
+answer. A team key sees only its own team; asking for another team's data is refused
+with 403. The admin key sees everything.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
 
-REPORT_ROUTES: list[Any] = []
+from litestar import Controller, MediaType, Request, Response, get, post
+from litestar.di import Provide
+from litestar.params import Parameter
+from litestar.static_files import create_static_files_router
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from ledger.admin.identity import Principal
+from ledger.auth import provide_admin, provide_principal
+from ledger.config import Settings, load_settings
+from ledger.db.tables import ApiKey, Team
+from ledger.errors import InvalidRequest, NotFound, PermissionDenied
+from ledger.reports import closing, present
+from ledger.reports.budgets import budget_statuses, recent_alerts
+from ledger.reports.months import InvalidMonth
+from ledger.reports.render import FORMATS
+from ledger.reports.spend import SpendFilters, SpendQuery, spend_report
+from ledger.reports.timebuckets import local_midnight, zone
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+_DASHBOARD_HTML = (STATIC_DIR / "dashboard.html").read_bytes()
+DASHBOARD_HEADERS = {
+    "content-security-policy": (
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'none'; object-src 'none'"
+    ),
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
+def provide_report_settings(request: Request[Any, Any, Any]) -> Settings:
+    """The settings the app was created with (``app.state.settings``).
+
+    Until the app factory puts them there, they are read once from the environment
+    and config file, as ``ledger serve`` reads them.
+    """
+    settings = request.app.state.get("settings")
+    if not isinstance(settings, Settings):
+        settings = load_settings()
+        request.app.state["settings"] = settings
+    return settings
+
+
+def _engine(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:
+    engine = sessions.kw["bind"]
+    assert isinstance(engine, AsyncEngine)
+    return engine
+
+
+def _file(content: bytes, media_type: str, filename: str, **headers: str) -> Response[bytes]:
+    return Response(
+        content=content,
+        media_type=media_type,
+        headers={"content-disposition": f'attachment; filename="{filename}"', **headers},
+    )
+
+
+class ReportsController(Controller):
+    path = "/api/reports"
+    tags = ["reports"]
+    dependencies = {
+        "principal": Provide(provide_principal),
+        "report_settings": Provide(provide_report_settings, sync_to_thread=False),
+    }
+
+    @get("/spend", operation_id="getSpendReport")
+    async def spend(
+        self,
+        principal: Principal,
+        sessions: async_sessionmaker[AsyncSession],
+        since: datetime | None = None,
+        until: datetime | None = None,
+        tz: str = Parameter(query="timezone", default="UTC"),
+        granularity: str = Parameter(default="day", description="hour, day, week, month or none"),
+        group_by: Annotated[
+            list[str] | None, Parameter(description="team, key, user, model, provider, status, tag")
+        ] = None,
+        team: list[str] | None = None,
+        key_id: list[int] | None = None,
+        user: list[str] | None = None,
+        model: list[str] | None = None,
+        provider: list[str] | None = None,
+        status: list[str] | None = None,
+        tag: list[str] | None = None,
+        top: int | None = Parameter(default=None, ge=1, le=1000),
+        fmt: str = Parameter(query="format", default="json", description="json or csv"),
+    ) -> Response[Any]:
+        """Totals, groups and a calendar-aligned series of spend over ``[since, until)``.
+
+        Defaults: the last 30 days (from local midnight) in ``timezone``, by day.
+        """
+        _check_format(fmt, ("json", "csv"))
+        try:
+            zone(tz)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="timezone") from exc
+        now = datetime.now(UTC)
+        until = until or now
+        if since is None:
+            today = until.astimezone(zone(tz)).date()
+            since = local_midnight(today - timedelta(days=29), zone(tz))
+        async with _engine(sessions).connect() as connection:
+            team_ids = await _visible_teams(connection, principal, team or [])
+            key_ids = await _visible_keys(connection, principal, key_id or [])
+            query = SpendQuery(
+                since=since,
+                until=until,
+                timezone=tz,
+                granularity=None if granularity == "none" else granularity,
+                group_by=_split(group_by),
+                filters=SpendFilters(
+                    team_ids=team_ids,
+                    key_ids=key_ids,
+                    users=tuple(user or ()),
+                    models=tuple(model or ()),
+                    providers=tuple(provider or ()),
+                    statuses=tuple(status or ()),
+                    tags=tuple(tag or ()),
+                ),
+                top=top,
+            )
+            report = await spend_report(connection, query)
+        if fmt == "csv":
+            return _file(present.spend_csv(report), "text/csv", "spend.csv")
+        return Response(present.spend_json(report), media_type=MediaType.JSON)
+
+    @get("/budgets", operation_id="getBudgetReport")
+    async def budgets(
+        self,
+        principal: Principal,
+        sessions: async_sessionmaker[AsyncSession],
+        fmt: str = Parameter(query="format", default="json", description="json or csv"),
+    ) -> Response[Any]:
+        """Every budget the key may see in its current period, and the latest alerts."""
+        _check_format(fmt, ("json", "csv"))
+        now = datetime.now(UTC)
+        team_id = None if principal.is_admin else principal.team_id
+        async with _engine(sessions).connect() as connection:
+            statuses = await budget_statuses(connection, now, team_id=team_id)
+            alerts = await recent_alerts(connection, team_id=team_id)
+        budgets = [present.budget_json(status, now) for status in statuses]
+        if fmt == "csv":
+            return _file(present.budgets_csv(budgets), "text/csv", "budgets.csv")
+        body = {
+            "as_of": now.isoformat(),
+            "data": budgets,
+            "recent_alerts": [present.alert_json(alert) for alert in alerts],
+        }
+        return Response(body, media_type=MediaType.JSON)
+
+    @get("/monthly/{month:str}", operation_id="getMonthlyReport")
+    async def monthly(
+        self,
+        month: str,
+        principal: Principal,
+        sessions: async_sessionmaker[AsyncSession],
+        report_settings: Settings,
+        fmt: str = Parameter(query="format", default="json", description="json, csv or xlsx"),
+    ) -> Response[bytes]:
+        """The month's finance report; a closed month returns its frozen bytes.
+
+        Headers: ``X-Ledger-Month-Status`` (open or closed) and ``X-Content-SHA256``.
+        A team key gets its own team's section only.
+        """
+        _check_format(fmt, tuple(FORMATS))
+        team_id = None if principal.is_admin else principal.team_id
+        async with _engine(sessions).connect() as connection:
+            try:
+                report = await closing.monthly_report_file(
+                    connection, month, report_settings.reporting_timezone, fmt, team_id=team_id
+                )
+            except InvalidMonth as exc:
+                raise InvalidRequest(str(exc), param="month") from exc
+        return _file(
+            report.content,
+            report.media_type,
+            f"ledger-{month}.{fmt}",
+            **{
+                "x-ledger-month-status": "closed" if report.closed else "open",
+                "x-content-sha256": report.sha256,
+                "etag": f'"{report.sha256}"',
+            },
+        )
+
+    @get("/me", operation_id="getReportPrincipal")
+    async def me(self, principal: Principal) -> dict[str, Any]:
+        """Who the key is: the admin, or a team (what the dashboard may show)."""
+        return {
+            "admin": principal.is_admin,
+            "team": principal.team_name,
+            "team_id": principal.team_id,
+            "key_prefix": principal.key_prefix,
+        }
+
+    @get("/months", operation_id="listClosedMonths")
+    async def months(
+        self, principal: Principal, sessions: async_sessionmaker[AsyncSession]
+    ) -> dict[str, Any]:
+        """The closed months, most recent first."""
+        async with _engine(sessions).connect() as connection:
+            closed = await closing.list_closed_months(connection)
+        return {"data": [_closed_json(info) for info in closed]}
+
+
+class MonthsAdminController(Controller):
+    path = "/admin/months"
+    tags = ["admin"]
+    dependencies = {
+        "admin": Provide(provide_admin),
+        "report_settings": Provide(provide_report_settings, sync_to_thread=False),
+    }
+
+    @post("/{month:str}/close", operation_id="closeMonth", status_code=200)
+    async def close(
+        self,
+        month: str,
+        admin: Principal,
+        sessions: async_sessionmaker[AsyncSession],
+        report_settings: Settings,
+    ) -> dict[str, Any]:
+        """Close a month that has ended: its report files are frozen with their sha256."""
+        try:
+            info = await closing.close_month(
+                _engine(sessions), month, report_settings.reporting_timezone
+            )
+        except InvalidMonth as exc:
+            raise InvalidRequest(str(exc), param="month") from exc
+        return _closed_json(info)
+
+
+@get(
+    "/dashboard",
+    operation_id="dashboard",
+    include_in_schema=False,
+    media_type=MediaType.HTML,
+    sync_to_thread=False,
+)
+def dashboard() -> Response[bytes]:
+    """The web dashboard: a static page that reads the report API with the key typed in."""
+    return Response(_DASHBOARD_HTML, media_type=MediaType.HTML, headers=DASHBOARD_HEADERS)
+
+
+def _closed_json(info: closing.ClosedMonthInfo) -> dict[str, Any]:
+    return {
+        "month": info.month,
+        "timezone": info.timezone,
+        "period_start": info.period_start.astimezone(zone(info.timezone)).isoformat(),
+        "period_end": info.period_end.astimezone(zone(info.timezone)).isoformat(),
+        "closed_at": info.closed_at.isoformat(),
+        "content_sha256": info.content_sha256,
+    }
+
+
+def _check_format(fmt: str, allowed: tuple[str, ...]) -> None:
+    if fmt not in allowed:
+        raise InvalidRequest(f"format must be one of {', '.join(allowed)}", param="format")
+
+
+def _split(values: list[str] | None) -> tuple[str, ...]:
+    """``group_by=team,model`` and ``group_by=team&group_by=model`` mean the same."""
+    return tuple(part.strip() for value in values or () for part in value.split(",") if part)
+
+
+async def _visible_teams(
+    connection: AsyncConnection, principal: Principal, names: list[str]
+) -> tuple[int, ...]:
+    """The team filter a principal may use: a team key is always limited to its own team."""
+    if not principal.is_admin:
+        if any(name != principal.team_name for name in names):
+            raise PermissionDenied("A team key can only read its own team's reports.")
+        assert principal.team_id is not None
+        return (principal.team_id,)
+    if not names:
+        return ()
+    rows = (await connection.execute(select(Team.id, Team.name).where(Team.name.in_(names)))).all()
+    missing = set(names) - {row.name for row in rows}
+    if missing:
+        raise NotFound(f"no team named {sorted(missing)[0]!r}")
+    return tuple(row.id for row in rows)
+
+
+async def _visible_keys(
+    connection: AsyncConnection, principal: Principal, key_ids: list[int]
+) -> tuple[int, ...]:
+    """Key filters; a team key may name only its own team's keys (others are refused)."""
+    if key_ids and not principal.is_admin:
+        own = set(
+            (
+                await connection.scalars(
+                    select(ApiKey.id).where(
+                        ApiKey.team_id == principal.team_id, ApiKey.id.in_(key_ids)
+                    )
+                )
+            ).all()
+        )
+        if own != set(key_ids):
+            raise PermissionDenied("A team key can only read its own team's keys.")
+    return tuple(key_ids)
+
+
+REPORT_ROUTES: list[Any] = [
+    ReportsController,
+    MonthsAdminController,
+    dashboard,
+    create_static_files_router(path="/dashboard/static", directories=[STATIC_DIR]),
+]
