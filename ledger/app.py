@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -13,10 +14,12 @@ from typing import Any
 import anyio
 from litestar import Litestar, MediaType, Request, Response, get
 from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ledger import __version__
@@ -24,19 +27,22 @@ from ledger.admin.credentials import admin_key_hashes, ensure_admin_key, hash_ke
 from ledger.admin.identity import Authenticator
 from ledger.admin.routes import AdminController
 from ledger.budgets.guard import BudgetGuard
+from ledger.budgets.model import RequestScope
 from ledger.budgets.routes import BudgetController
+from ledger.budgets.store import Settlement, load_rules
 from ledger.config import Settings
 from ledger.db.engine import create_engine, create_sessionmaker
 from ledger.db.journal import Journal, journal_directory
+from ledger.db.ledger import LedgerEntry
 from ledger.db.migrate import current_revision, head_revision, upgrade
 from ledger.db.partitions import ensure_partitions
 from ledger.db.prices import LivePrices, sync_prices
-from ledger.db.writer import LedgerWriter, write_entries
-from ledger.errors import InvalidRequest, LedgerError, NotFound
+from ledger.db.writer import LedgerWriter, is_outage, write_entries
+from ledger.errors import AuthenticationFailed, InvalidRequest, LedgerError, NotFound
 from ledger.gateway.lifecycle import Gateway
 from ledger.gateway.routes import ROUTES as GATEWAY_ROUTES
 from ledger.gateway.routing import ModelRouter
-from ledger.http import error_response, protocol_for_path
+from ledger.http import credential_from_headers, error_response, protocol_for_path
 from ledger.observability import Metrics
 from ledger.providers import Provider, build_providers
 from ledger.reports.routes import REPORT_ROUTES
@@ -124,6 +130,10 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
 
 
 async def stop_services(services: Services) -> None:
+    # Requests cut at the server's shutdown deadline are still recording their entries.
+    left = await services.gateway.drain(timeout_s=10.0)
+    if left:
+        logger.error("%d requests were still unrecorded at shutdown; see the journal", left)
     await services.writer.stop()
     await services.budgets.stop()
     services.journal.close()
@@ -137,12 +147,57 @@ async def recover_journals(engine: AsyncEngine, journal: Journal) -> None:
     recovered = journal.take_over_orphans()
     entries = recovered.pending + recovered.interrupted
     if entries:
-        written = await write_entries(engine, entries)
+        await _settle_interrupted(engine, recovered.interrupted)
+        try:
+            written = await write_entries(engine, entries)
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            # One entry the database refuses must not keep Ledger from starting.
+            written = []
+            for entry in entries:
+                try:
+                    written += await write_entries(engine, [entry])
+                except Exception as single:
+                    if is_outage(single):
+                        raise
+                    logger.error(
+                        "journaled entry %s was refused by the database (%s); entry: %s",
+                        entry.request_id, single, entry.as_row(),
+                    )  # fmt: skip
         logger.warning(
             "recovered %d ledger entries from the journal (%d interrupted requests)",
             len(written), len(recovered.interrupted),
         )  # fmt: skip
     Journal.remove(recovered.files)
+
+
+async def _settle_interrupted(engine: AsyncEngine, entries: list[LedgerEntry]) -> None:
+    """Charge each interrupted request's journaled cost to every budget it fell under.
+
+    Its process died before settling, so without this the budgets would miss what the
+    ledger records until the next scheduled check. Settlements are written with the
+    entries, so a replayed recovery charges nothing twice; the dead process's
+    reservations are not released here but expire and are swept as usual.
+    """
+    charged = [entry for entry in entries if entry.cost_nanos > 0]
+    if not charged:
+        return
+    async with engine.connect() as connection:
+        rules = await load_rules(connection)
+    for entry in charged:
+        scope = RequestScope(
+            team_id=entry.team_id,
+            key_id=entry.key_id,
+            end_user=entry.end_user,
+            model=entry.requested_model,
+            tags=tuple(entry.tags),
+        )
+        entry.settlements = [
+            Settlement(rule.id, *rule.bounds(entry.started_at), spent=entry.cost_nanos)
+            for rule in rules
+            if rule.applies_to(scope)
+        ]
 
 
 def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
@@ -195,6 +250,7 @@ def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
             "max_body_bytes": Provide(lambda: settings.max_body_bytes, sync_to_thread=False),
         },
         exception_handlers={Exception: _render_exception},
+        state=State({"settings": settings}),
         openapi_config=OpenAPIConfig(
             title="Ledger",
             version=__version__,
@@ -205,6 +261,9 @@ def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
         cors_config=CORSConfig(allow_origins=[]),
         request_max_body_size=settings.max_body_bytes,
         debug=False,
+        # Logging is configured once, by `ledger serve` (configure_logging): Litestar's own
+        # default would replace it, level and JSON format included, when the app is built.
+        logging_config=None,
     )
 
 
@@ -236,8 +295,17 @@ async def readyz(services: Services) -> Response[dict[str, Any]]:
 
 
 @get("/metrics", operation_id="metrics", tags=["ops"], media_type=MediaType.TEXT)
-async def metrics_endpoint(services: Services) -> Response[bytes]:
-    """Prometheus metrics."""
+async def metrics_endpoint(request: Request[Any, Any, Any], services: Services) -> Response[bytes]:
+    """Prometheus metrics: spend by team is not public, so a token (or the admin key) is needed."""
+    presented = credential_from_headers(request) or ""
+    token = services.settings.metrics_token
+    allowed = (token is not None and hmac.compare_digest(presented.encode(), token.encode())) or (
+        services.authenticator.is_admin_key(presented)
+    )
+    if not allowed:
+        return error_response(
+            AuthenticationFailed("Send LEDGER_METRICS_TOKEN (or the admin key) as a bearer token.")
+        )
     metrics = services.metrics
     metrics.write_backlog.set(services.writer.backlog)
     for rule, used in services.budgets.utilisation():
@@ -275,10 +343,23 @@ def _render_exception(request: Request[Any, Any, Any], exc: Exception) -> Respon
         if exc.status_code < 500:
             error.openai_type = error.anthropic_type = "invalid_request_error"
         return error_response(error, protocol)
+    if _is_unstorable_value(exc):
+        # e.g. a NUL character, which PostgreSQL text cannot hold: the caller's value, not us.
+        return error_response(
+            InvalidRequest("A value in the request cannot be stored or compared."), protocol
+        )
     logger.exception("unexpected error on %s", request.url.path)
     return error_response(
         LedgerError("Ledger hit an internal error; the request was not completed."), protocol
     )
+
+
+def _is_unstorable_value(exc: Exception) -> bool:
+    """A database "data exception" (SQLSTATE class 22) or an integer beyond 64 bits."""
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        return isinstance(sqlstate, str) and sqlstate.startswith("22")
+    return isinstance(exc, OverflowError)
 
 
 def app_from_environment() -> Litestar:

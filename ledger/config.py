@@ -67,6 +67,7 @@ class Settings:
     port: int = 8080
     admin_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
+    metrics_token: str | None = field(default=None, repr=False)
     providers: tuple[ProviderConfig, ...] = ()
     models: tuple[ModelConfig, ...] = ()
     price_overrides: tuple[Mapping[str, Any], ...] = ()
@@ -103,6 +104,7 @@ _ENV_FIELDS: dict[str, type] = {
     "port": int,
     "admin_key": str,
     "secret_key": str,
+    "metrics_token": str,
     "max_body_bytes": int,
     "default_max_output_tokens": int,
     "migrate_on_start": bool,

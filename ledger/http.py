@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -44,6 +46,31 @@ async def read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
             raise PayloadTooLarge(limit)
         parts.append(chunk)
     return b"".join(parts)
+
+
+class DisconnectWatch:
+    """Notices when the client goes away while its request is being served.
+
+    Started once the body has been read: from then on the only message the server can
+    deliver is ``http.disconnect``.
+    """
+
+    def __init__(self, receive: Callable[[], Awaitable[Any]]) -> None:
+        self.gone = False
+        self._task = asyncio.create_task(self._watch(receive))
+
+    async def _watch(self, receive: Callable[[], Awaitable[Any]]) -> None:
+        while True:
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                self.gone = True
+                return
+
+    def __call__(self) -> bool:
+        return self.gone
+
+    def stop(self) -> None:
+        self._task.cancel()
 
 
 def protocol_for_path(path: str) -> str:

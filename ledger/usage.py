@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The most tokens one bucket of one request can plausibly hold (a trillion); providers'
+# counts beyond it are not believed, so money stays far inside 64-bit integers.
+MAX_TOKENS = 10**12
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:

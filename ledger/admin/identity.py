@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ledger.admin.credentials import display_prefix, hash_key, new_client_key
@@ -18,8 +18,12 @@ from ledger.errors import (
     Conflict,
     InvalidRequest,
     NotFound,
+    ServiceUnavailable,
     TooManyFailedAuthentications,
 )
+
+# Errors that mean the key store cannot be reached, as opposed to "no such key".
+_DATABASE_ERRORS = (DBAPIError, OSError, ConnectionError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +116,9 @@ class Authenticator:
         if not key:
             return False
         digest = self.hash(key)
-        # compare_digest on each: no early exit that would time the match.
-        return any(hmac.compare_digest(digest, known) for known in self._admin_hashes)
+        # compare_digest on each, all of them: no early exit that would time the match.
+        matches = [hmac.compare_digest(digest, known) for known in self._admin_hashes]
+        return any(matches)
 
     async def authenticate(self, key: str | None, client: str | None = None) -> Principal:
         """The principal for ``key``; raises :class:`AuthenticationFailed` otherwise.
@@ -140,14 +145,24 @@ class Authenticator:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        async with self._sessions() as session:
-            row = (
-                await session.execute(
-                    select(ApiKey.id, ApiKey.prefix, ApiKey.revoked_at, Team.id, Team.name)
-                    .join(Team, Team.id == ApiKey.team_id)
-                    .where(ApiKey.key_hash == digest)
-                )
-            ).first()
+        try:
+            async with self._sessions() as session:
+                row = (
+                    await session.execute(
+                        select(ApiKey.id, ApiKey.prefix, ApiKey.revoked_at, Team.id, Team.name)
+                        .join(Team, Team.id == ApiKey.team_id)
+                        .where(ApiKey.key_hash == digest)
+                    )
+                ).first()
+        except _DATABASE_ERRORS as exc:
+            if cached is not None:
+                # Valid moments ago, and the key store is down: keep serving it (a revocation
+                # made through another process waits for the database, as it must).
+                return cached[0]
+            raise ServiceUnavailable(
+                "Keys cannot be checked right now: the database is unreachable. Try again shortly.",
+                code="auth_unavailable",
+            ) from exc
         if row is None or row.revoked_at is not None:
             self._cache.pop(digest, None)
             raise AuthenticationFailed("Invalid or revoked API key.")

@@ -231,9 +231,12 @@ class BudgetGuard:
             raise
         except _DATABASE_ERRORS as exc:
             self._undo_leases(holds)
-            if all(h.rule.fail_open for h in exact):
+            # Every hard budget, not only those that had reached the exact path: the
+            # database may fail while a lease is being taken, before a hold is in `exact`.
+            hard = [hold for hold in holds if hold.rule.hard]
+            if all(hold.rule.fail_open for hold in hard):
                 logger.warning("budget state unavailable; failing open for %s", request_id)
-                for hold in exact:
+                for hold in hard:
                     hold.amount = 0
                 return reservation
             raise ServiceUnavailable(

@@ -226,6 +226,9 @@ class Journal:
                 "id": entry.request_id,
                 "entry": {
                     "requested_model": entry.requested_model,
+                    # Known only once the body is parsed: budgets and reports match on them.
+                    "end_user": entry.end_user,
+                    "tags": entry.tags,
                     "served_model": entry.served_model,
                     "provider": entry.provider,
                     "stream": entry.stream,

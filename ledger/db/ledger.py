@@ -84,6 +84,11 @@ class LedgerEntry:
         row["ended_at"] = self.ended_at or self.started_at
         if row["error"] is not None:
             row["error"] = row["error"][:2000]
+        for name, value in row.items():
+            # PostgreSQL text cannot hold NUL, and one refused entry would hold back its
+            # whole batch: a client's or provider's NUL is kept as U+FFFD instead.
+            if isinstance(value, str) and "\x00" in value:
+                row[name] = value.replace("\x00", "\ufffd")
         return row
 
 

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.budgets.store import apply_settlements
@@ -27,8 +27,6 @@ from ledger.reports.rollups import apply_entries_to_rollups
 logger = logging.getLogger("ledger.writer")
 
 REPLAY_INTERVAL_S = 1.0
-# Errors that mean "the database is not there", as opposed to "this entry is bad".
-_OUTAGE_ERRORS = (DBAPIError, OSError, ConnectionError, TimeoutError)
 
 
 async def write_entries(engine: AsyncEngine, entries: Sequence[LedgerEntry]) -> list[str]:
@@ -112,7 +110,11 @@ class LedgerWriter:
     async def record(self, entry: LedgerEntry) -> None:
         """Queue ``entry``; return when it is committed (or journaled during an outage)."""
         if self._task is None:
-            raise RuntimeError("the ledger writer is not running")
+            if self._journal is None:
+                raise RuntimeError("the ledger writer is not running")
+            # Stopped (shutting down): the journal keeps it for the next start to write.
+            self._journal.pending([entry])
+            return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((entry, done))
         # The entry is written even if this caller is cancelled while waiting.
@@ -125,6 +127,10 @@ class LedgerWriter:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._write(batch)
+            except Exception as exc:  # the writer must outlive any one batch
+                logger.exception("ledger writer failed on a batch of %d", len(batch))
+                for _, done in batch:
+                    _settle(done, exc)
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -133,27 +139,36 @@ class LedgerWriter:
         entries = [entry for entry, _ in batch]
         try:
             await write_entries(self._engine, entries)
-        except IntegrityError:
+        except Exception as exc:
+            if is_outage(exc):
+                self._outage(entries, exc)
+                for _, done in batch:
+                    if self._journal is None:
+                        _settle(done, RuntimeError("the database is unavailable"))
+                    else:
+                        _settle(done, None)
+                return
             if len(batch) > 1:
                 # One bad entry must not sink its neighbours: write them one by one.
                 for item in batch:
                     await self._write([item])
                 return
-            logger.exception("ledger entry %s was refused by the database", entries[0].request_id)
+            self._refused(entries[0], exc)
             _settle(batch[0][1], RuntimeError("the ledger entry could not be written"))
-            return
-        except _OUTAGE_ERRORS as exc:
-            self._outage(entries, exc)
-            for _, done in batch:
-                if self._journal is None:
-                    _settle(done, RuntimeError("the database is unavailable"))
-                else:
-                    _settle(done, None)
             return
         self.database_available = True
         self._committed(entries)
         for _, done in batch:
             _settle(done, None)
+
+    def _refused(self, entry: LedgerEntry, exc: BaseException) -> None:
+        """The database will never take this entry as it is: say so loudly, with the entry."""
+        logger.error(
+            "ledger entry %s was refused by the database (%s: %s); entry: %s",
+            entry.request_id, type(exc).__name__, exc, entry.as_row(),
+        )  # fmt: skip
+        if self._journal is not None:
+            self._journal.done([entry.request_id])
 
     def _outage(self, entries: list[LedgerEntry], exc: BaseException) -> None:
         if self.database_available:
@@ -184,12 +199,34 @@ class LedgerWriter:
             chunk = self._pending[: self._max_batch]
             try:
                 await write_entries(self._engine, chunk)
-            except _OUTAGE_ERRORS:
-                return
+            except Exception as exc:
+                if is_outage(exc):
+                    return
+                # Not the outage: one of them is bad. Write them one by one.
+                for entry in chunk:
+                    try:
+                        await write_entries(self._engine, [entry])
+                    except Exception as single:
+                        if is_outage(single):
+                            return
+                        self._refused(entry, single)
+                    else:
+                        self._committed([entry])
+                    self._pending.remove(entry)
+                continue
             del self._pending[: len(chunk)]
             self.database_available = True
             self._committed(chunk)
             logger.warning("wrote %d journaled ledger entries", len(chunk))
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database is unreachable, not that the data is bad."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    return isinstance(exc, OSError | ConnectionError | TimeoutError)
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:

@@ -79,10 +79,9 @@ class GatewayCall:
     end_user: str | None = None
     tags: str | None = None
     forward_headers: dict[str, str] = field(default_factory=dict)
-    body_error: LedgerError | None = None
-    client: str | None = (
-        None  # the caller's address, for throttling bad keys  # found while reading the body (size, type)
-    )
+    body_error: LedgerError | None = None  # found while reading the body (size, type)
+    client: str | None = None  # the caller's address, for throttling bad keys
+    client_gone: Callable[[], bool] | None = None  # true once the client has disconnected
 
 
 @dataclass(slots=True)
@@ -108,6 +107,9 @@ class Gateway:
         metrics: Metrics | None = None,
     ) -> None:
         self._metrics = metrics
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._auth = authenticator
         self._budgets = budgets
         self._router = router
@@ -135,6 +137,8 @@ class Gateway:
             )
 
         entry = self._new_entry(call, principal, started)
+        self._in_flight += 1
+        self._idle.clear()
         current_request_id.set(entry.request_id)
         self._writer.begin(entry)
         priced: tuple[Route, Price] | None = None
@@ -228,6 +232,10 @@ class Gateway:
                 entry.usage_source = "provider"
             self._settle(entry, usage, price, route)
             entry.status, entry.http_status = "ok", upstream.status
+            if call.client_gone is not None and call.client_gone():
+                # Answered and paid for, but nobody is there to receive it.
+                entry.status = "client_disconnected"
+                entry.error = "The client disconnected before the answer was sent."
             await self._record(entry, reservation)
             headers = {**upstream.headers, **reservation.headers, **_ledger_headers(entry)}
             headers["x-ledger-cost-usd"] = format_usd(entry.cost_nanos)
@@ -463,12 +471,16 @@ class Gateway:
                 # Tell the client in its own protocol rather than ending the stream silently.
                 yield _stream_error_event(request.protocol, error)
             except (asyncio.CancelledError, GeneratorExit):
-                entry.status = "client_disconnected"
-                entry.error = "The client disconnected before the stream ended."
+                # Cancelled: by the client leaving, or by Ledger's own shutdown deadline.
+                entry.status = "interrupted"
+                entry.error = "Ledger stopped before the stream ended."
                 raise
             finally:
                 entry.provider_seconds += time.perf_counter() - relay_started
                 with anyio.CancelScope(shield=True):
+                    if entry.status == "interrupted" and await _client_left(call):
+                        entry.status = "client_disconnected"
+                        entry.error = "The client disconnected before the stream ended."
                     await upstream.aclose()
                     self._settle_stream(entry, request, route, price, relay)
                     await self._record(entry, reservation)
@@ -546,8 +558,18 @@ class Gateway:
             await self._writer.record(entry)
         except Exception:
             logger.exception("ledger entry %s could not be recorded", entry.request_id)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
         if self._metrics is not None:
             self._observe(entry)
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait until every request in flight has been recorded; returns how many remain."""
+        with anyio.move_on_after(timeout_s):
+            await self._idle.wait()
+        return self._in_flight
 
     def _observe(self, entry: LedgerEntry) -> None:
         assert self._metrics is not None
@@ -572,6 +594,15 @@ class Gateway:
 
 
 # -- small pure helpers -----------------------------------------------------------------
+
+
+async def _client_left(call: GatewayCall) -> bool:
+    """Whether the client disconnected (rather than Ledger stopping the stream)."""
+    if call.client_gone is None:
+        return False
+    # The disconnect that cancelled the stream may still be on its way to the watcher.
+    await asyncio.sleep(0.01)
+    return call.client_gone()
 
 
 async def _started(stream: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
@@ -663,8 +694,8 @@ def _status_for(error: LedgerError) -> str:
         return "timeout"
     if isinstance(error, UpstreamFailed):
         return "upstream_error"
-    if error.status == 429 and error.code == "budget_exceeded":
-        return "blocked"
+    if error.code in ("budget_exceeded", "budget_unavailable"):
+        return "blocked"  # refused by a budget (or its unreadable state), never forwarded
     return "invalid_request" if error.status < 500 else "upstream_error"
 
 

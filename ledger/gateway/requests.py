@@ -40,6 +40,8 @@ def decode_json_object(raw: bytes) -> dict[str, Any]:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:  # msgspec's answer to some invalid UTF-8 in strings
+        raise InvalidRequest("The request body is not valid UTF-8.") from exc
     except RecursionError as exc:  # msgspec's answer to deeply nested arrays or objects
         raise InvalidRequest("The request body is nested too deeply to be a request.") from exc
     if not isinstance(body, dict):
@@ -84,6 +86,7 @@ def parse_openai_chat(body: dict[str, Any]) -> ParsedRequest:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise InvalidRequest("'user' must be a string.", param="user")
+    _no_nul(user, "user")
     return ParsedRequest(
         protocol=OPENAI,
         endpoint="chat",
@@ -112,6 +115,7 @@ def parse_anthropic_messages(body: dict[str, Any], *, count_only: bool = False) 
     if metadata is not None and not isinstance(metadata, dict):
         raise InvalidRequest("metadata: must be an object", param="metadata")
     user = metadata.get("user_id") if metadata else None
+    _no_nul(user, "metadata.user_id")
     return ParsedRequest(
         protocol=ANTHROPIC,
         endpoint="count_tokens" if count_only else "messages",
@@ -129,7 +133,14 @@ def _model(body: Mapping[str, Any]) -> str:
         raise InvalidRequest("'model' is required and must be a non-empty string.", param="model")
     if len(model) > 200:
         raise InvalidRequest("'model' is too long.", param="model")
+    _no_nul(model, "model")
     return model
+
+
+def _no_nul(value: Any, name: str) -> None:
+    """Names that are stored (model, end user) cannot hold NUL: PostgreSQL text cannot."""
+    if isinstance(value, str) and "\x00" in value:
+        raise InvalidRequest(f"'{name}' must not contain NUL characters.", param=name)
 
 
 def _optional_bool(body: Mapping[str, Any], name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -12,7 +13,13 @@ from ledger.admin.identity import Authenticator
 from ledger.errors import InvalidRequest, LedgerError
 from ledger.gateway.lifecycle import Gateway, GatewayCall, GatewayReply
 from ledger.gateway.routing import ModelRouter
-from ledger.http import client_address, credential_from_headers, error_response, read_body
+from ledger.http import (
+    DisconnectWatch,
+    client_address,
+    credential_from_headers,
+    error_response,
+    read_body,
+)
 from ledger.providers import anthropic, openai
 
 _ACCEPTED_CONTENT_TYPES = ("application/json", "text/plain", "")
@@ -51,12 +58,30 @@ async def _serve(
         forward_headers={h: v for h in forwarded if (v := request.headers.get(h))},
         body_error=body_error,
         client=client_address(request),
+        client_gone=(watch := DisconnectWatch(request.receive)),
     )
     try:
         reply = await gateway.handle(call)
     except LedgerError as error:
+        watch.stop()
         return error_response(error, protocol)
+    if reply.stream is None:
+        watch.stop()
+    else:
+        reply.stream = _stop_when_done(reply.stream, watch)
     return _to_response(reply)
+
+
+async def _stop_when_done(
+    stream: AsyncIterator[bytes], watch: DisconnectWatch
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        if hasattr(stream, "aclose"):
+            await stream.aclose()
+        watch.stop()
 
 
 def _to_response(reply: GatewayReply) -> Response[bytes] | Stream:
@@ -136,11 +161,26 @@ async def seed_count_tokens(
     )
 
 
-@get(["/v1/models", "/api/v7/llm/v1/models"], operation_id="listModels", tags=["gateway"])
+@get("/v1/models", operation_id="listModels", tags=["gateway"])
 async def list_models(
     request: Request[Any, Any, Any], router: ModelRouter, authenticator: Authenticator
 ) -> Response[bytes]:
     """The models this gateway serves, in OpenAI's shape or, for Anthropic clients, theirs."""
+    return await _models(request, router, authenticator)
+
+
+# Its own handler: an OpenAPI operation id names one path, or the schema cannot be built.
+@get("/api/v7/llm/v1/models", operation_id="seedListModels", tags=["gateway"])
+async def seed_list_models(
+    request: Request[Any, Any, Any], router: ModelRouter, authenticator: Authenticator
+) -> Response[bytes]:
+    """The seed API's model list; the same answer as ``GET /v1/models``."""
+    return await _models(request, router, authenticator)
+
+
+async def _models(
+    request: Request[Any, Any, Any], router: ModelRouter, authenticator: Authenticator
+) -> Response[bytes]:
     protocol = "anthropic" if "anthropic-version" in request.headers else "openai"
     try:
         await authenticator.authenticate(credential_from_headers(request), client_address(request))
@@ -182,4 +222,5 @@ ROUTES = [
     seed_messages,
     seed_count_tokens,
     list_models,
+    seed_list_models,
 ]

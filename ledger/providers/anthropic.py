@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from ledger.providers.sse import SSEParser
-from ledger.usage import Usage
+from ledger.usage import MAX_TOKENS, Usage
 
 MESSAGES_PATH = "/messages"
 COUNT_TOKENS_PATH = "/messages/count_tokens"
@@ -144,6 +144,8 @@ def _collect_block_text(block: Any, parts: list[str]) -> None:
 
 
 def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    # A count no provider could mean (negative, or beyond any context window) is treated as
+    # not reported: a 70-bit integer would not even fit the ledger's 64-bit columns.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
         return 0
     return value
