@@ -70,6 +70,7 @@ class Services:
     budgets: BudgetGuard
     gateway: Gateway
     metrics: Metrics
+    read_sessions: async_sessionmaker[AsyncSession]
 
 
 async def start_services(settings: Settings, *, announce: bool = True) -> Services:
@@ -99,6 +100,10 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
             "real APIs."
         )
     sessions = create_sessionmaker(engine)
+    read_sessions = sessions
+    if settings.reports_database_url:
+        replica = create_engine(settings.reports_database_url, pool_size=settings.db_pool_size)
+        read_sessions = create_sessionmaker(replica)
     authenticator = Authenticator(sessions, secret, admin_hashes, ttl_s=settings.key_cache_ttl_s)
     router = ModelRouter(settings, providers, prices)
     budgets = BudgetGuard(engine, reservation_ttl_s=settings.reservation_ttl_s)
@@ -125,7 +130,7 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
     )
     return Services(
         settings, engine, sessions, authenticator, prices, router, providers, writer, journal,
-        budgets, gateway, metrics,
+        budgets, gateway, metrics, read_sessions,
     )  # fmt: skip
 
 
@@ -140,6 +145,9 @@ async def stop_services(services: Services) -> None:
     for provider in services.providers.values():
         await provider.transport.aclose()
     await services.engine.dispose()
+    replica = services.read_sessions.kw["bind"]
+    if replica is not services.engine:
+        await replica.dispose()
 
 
 async def recover_journals(engine: AsyncEngine, journal: Journal) -> None:
@@ -242,6 +250,7 @@ def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
             "gateway": service("gateway"),
             "router": service("router"),
             "sessions": service("sessions"),
+            "read_sessions": service("read_sessions"),
             "authenticator": service("authenticator"),
             "prices": service("prices"),
             "engine": service("engine"),

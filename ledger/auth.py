@@ -5,10 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ledger.admin.identity import Authenticator, Principal
 from ledger.errors import PermissionDenied
 from ledger.http import client_address, credential_from_headers
+
+
+def provide_read_sessions(
+    read_sessions: async_sessionmaker[AsyncSession],
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions for read-only routes: the reports replica when one is configured."""
+    return read_sessions
 
 
 async def provide_principal(

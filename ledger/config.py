@@ -63,6 +63,7 @@ class AlertChannelConfig:
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
+    reports_database_url: str | None = None  # a read replica for report and usage reads
     host: str = "127.0.0.1"
     port: int = 8080
     admin_key: str | None = field(default=None, repr=False)
@@ -100,6 +101,7 @@ class Settings:
 
 _ENV_FIELDS: dict[str, type] = {
     "database_url": str,
+    "reports_database_url": str,
     "host": str,
     "port": int,
     "admin_key": str,
@@ -153,8 +155,9 @@ def load_settings(
         env_name = f"LEDGER_{name.upper()}"
         if env_name in env and env[env_name] != "":
             values[name] = _coerce(env_name, env[env_name], kind)
-    if "database_url" in values:
-        values["database_url"] = normalise_database_url(values["database_url"])
+    for name in ("database_url", "reports_database_url"):
+        if name in values:
+            values[name] = normalise_database_url(values[name])
 
     providers = tuple(_provider(p, env) for p in _table_list(data, "providers"))
     provider_names = [p.name for p in providers]

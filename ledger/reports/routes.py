@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from ledger.admin.identity import Principal
-from ledger.auth import provide_admin, provide_principal
+from ledger.auth import provide_admin, provide_principal, provide_read_sessions
 from ledger.config import Settings, load_settings
 from ledger.db.tables import ApiKey, Team
 from ledger.errors import InvalidRequest, NotFound, PermissionDenied
@@ -77,6 +77,8 @@ class ReportsController(Controller):
     dependencies = {
         "principal": Provide(provide_principal),
         "report_settings": Provide(provide_report_settings, sync_to_thread=False),
+        # Reports only read: a read replica (LEDGER_REPORTS_DATABASE_URL) serves them.
+        "sessions": Provide(provide_read_sessions, sync_to_thread=False),
     }
 
     @get("/spend", operation_id="getSpendReport")

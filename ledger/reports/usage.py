@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ledger.admin.identity import Principal
-from ledger.auth import provide_principal
+from ledger.auth import provide_principal, provide_read_sessions
 from ledger.db.ledger import EntryFilter, get_entry, list_entries
 from ledger.db.tables import ApiKey, LedgerEntryRow, Team
 from ledger.errors import InvalidRequest, NotFound, PermissionDenied
@@ -89,7 +89,10 @@ async def _team_id(session: AsyncSession, principal: Principal, team: str | None
 class UsageController(Controller):
     path = "/api/usage"
     tags = ["usage"]
-    dependencies = {"principal": Provide(provide_principal)}
+    dependencies = {
+        "principal": Provide(provide_principal),
+        "sessions": Provide(provide_read_sessions, sync_to_thread=False),
+    }
 
     @get("/", operation_id="listUsage")
     async def list_usage(
