@@ -56,7 +56,7 @@ from tests.processes import LedgerProcess, free_port, write_provider_config
 
 STREAMS_IN_FLIGHT = 100
 RESERVATION_TTL_S = 2.0
-OUTAGE_S = 10.0  # the issue asks for 30 s; 10 s shows the same behaviour and keeps CI fast
+OUTAGE_S = 30.0  # as long as the issue asks: pools, timeouts and the journal all see it
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -602,7 +602,7 @@ def test_database_outage_fails_closed_journals_entries_and_replays_them_once(
     ids = [row["request_id"] for row in rows]
     every = [outcome for outcomes in sent.values() for outcome in outcomes]
     figures = tally(
-        "database_outage_10s",
+        f"database_outage_{OUTAGE_S:.0f}s",
         backend_of(database_url),
         len(every),
         ids,
