@@ -75,7 +75,11 @@ class Services:
 
 async def start_services(settings: Settings, *, announce: bool = True) -> Services:
     """Open the database, migrate, load prices and keys, start the ledger writer."""
-    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    engine = create_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        statement_cache_size=settings.pg_statement_cache_size,
+    )
     if settings.migrate_on_start:
         await upgrade(engine)
     await ensure_partitions(engine)
@@ -127,6 +131,7 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         budgets=budgets,
         default_max_output_tokens=settings.default_max_output_tokens,
         metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
     )
     return Services(
         settings, engine, sessions, authenticator, prices, router, providers, writer, journal,
@@ -216,6 +221,7 @@ def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = await start_services(settings, announce=announce)
         holder["services"] = services
+        app.state["services"] = services
         refresher = asyncio.create_task(_refresh_prices(services.prices))
         scheduler = None
         if settings.scheduler:
@@ -256,7 +262,6 @@ def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
             "engine": service("engine"),
             "budgets": service("budgets"),
             "services": Provide(lambda: holder["services"], sync_to_thread=False),
-            "max_body_bytes": Provide(lambda: settings.max_body_bytes, sync_to_thread=False),
         },
         exception_handlers={Exception: _render_exception},
         state=State({"settings": settings}),

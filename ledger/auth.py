@@ -12,6 +12,17 @@ from ledger.errors import PermissionDenied
 from ledger.http import client_address, credential_from_headers
 
 
+async def read_your_writes(request: Request[Any, Any, Any]) -> None:
+    """Before a read of the ledger: let every entry acknowledged so far reach the database.
+
+    Entries are acknowledged once journaled and committed a moment later; this makes a
+    read that follows a response see that response's entry.
+    """
+    services = request.app.state.get("services")
+    if services is not None:
+        await services.writer.flush()
+
+
 def provide_read_sessions(
     read_sessions: async_sessionmaker[AsyncSession],
 ) -> async_sessionmaker[AsyncSession]:

@@ -79,6 +79,7 @@ class Settings:
     key_cache_ttl_s: float = 2.0
     ledger_batch_max: int = 512
     db_pool_size: int = 10
+    pg_statement_cache_size: int = 100  # 0 behind PgBouncer in transaction mode
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
     workers: int = 1
@@ -114,6 +115,7 @@ _ENV_FIELDS: dict[str, type] = {
     "key_cache_ttl_s": float,
     "ledger_batch_max": int,
     "db_pool_size": int,
+    "pg_statement_cache_size": int,
     "log_level": str,
     "log_format": str,
     "workers": int,

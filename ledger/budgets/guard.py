@@ -136,6 +136,7 @@ class BudgetGuard:
         self._known: dict[tuple[int, datetime], PeriodState] = {}
         self._task: asyncio.Task[None] | None = None
         self._rules_loaded_at = 0.0
+        self._rules_signature: tuple[object, ...] = ()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -154,6 +155,7 @@ class BudgetGuard:
 
     async def reload_rules(self) -> None:
         async with self._engine.connect() as connection:
+            self._rules_signature = await store.rules_signature(connection)
             self._rules = await store.load_rules(connection)
         self._rules_loaded_at = time.monotonic()
 
@@ -451,6 +453,12 @@ class BudgetGuard:
         await self._return_leases(stale)
         if now - self._rules_loaded_at > self._rules_refresh_s:
             await self.reload_rules()
+        else:
+            # Another process may have created or changed a budget: notice within a tick.
+            async with self._engine.connect() as connection:
+                signature = await store.rules_signature(connection)
+            if signature != self._rules_signature:
+                await self.reload_rules()
 
     def _headers(self, holds: Sequence[Hold]) -> dict[str, str]:
         """Remaining budget of the tightest hard budget, as of the last synchronisation."""

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.admin.identity import Principal
-from ledger.auth import provide_admin
+from ledger.auth import provide_admin, read_your_writes
 from ledger.budgets import admin
 from ledger.budgets.guard import BudgetGuard
 from ledger.db.tables import Alert, AlertDelivery
@@ -19,6 +19,7 @@ from ledger.money import format_usd
 
 
 class BudgetController(Controller):
+    before_request = read_your_writes
     path = "/admin"
     tags = ["budgets"]
     dependencies = {"admin_principal": Provide(provide_admin)}

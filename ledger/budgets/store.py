@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -66,6 +66,16 @@ def rule_from_row(row: Mapping[str, Any]) -> BudgetRule:
         clamp_max_tokens=row["clamp_max_tokens"],
         fail_open=row["fail_open"],
     )
+
+
+async def rules_signature(connection: AsyncConnection) -> tuple[object, ...]:
+    """Changes whenever a budget is created, changed or retired (a cheap poll)."""
+    row = (
+        await connection.execute(
+            select(func.count(), func.max(Budget.updated_at), func.max(Budget.deleted_at))
+        )
+    ).one()
+    return tuple(row)
 
 
 async def load_rules(connection: AsyncConnection) -> list[BudgetRule]:

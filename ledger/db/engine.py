@@ -19,7 +19,9 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, *, pool_size: int = 10, null_pool: bool = False) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 10, null_pool: bool = False, statement_cache_size: int = 100
+) -> AsyncEngine:
     """Create the async engine with the per-backend settings Ledger relies on.
 
     SQLite runs in WAL mode with a busy timeout so that readers never block the
@@ -31,8 +33,9 @@ def create_engine(url: str, *, pool_size: int = 10, null_pool: bool = False) -> 
     elif not is_sqlite(url):
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
     if not is_sqlite(url):
-        # Statement caching is per connection; PgBouncer in transaction mode cannot keep it.
-        kwargs["connect_args"] = {"statement_cache_size": 0}
+        # Prepared statements live per connection: PgBouncer in transaction mode needs
+        # LEDGER_PG_STATEMENT_CACHE_SIZE=0; a direct connection re-prepares nothing.
+        kwargs["connect_args"] = {"statement_cache_size": statement_cache_size}
     engine = create_async_engine(url, **kwargs)
     if is_sqlite(url):
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
@@ -56,8 +59,9 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _begin_sqlite(connection: Any) -> None:
-    # A transaction that reads before it writes asks for ``sqlite_begin="IMMEDIATE"``:
-    # taking the write lock up front means it can never fail half-way with "database is
-    # locked" when another writer commits first. Plain reads stay lock-free.
-    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+    # Every transaction takes the write lock up front (IMMEDIATE), so one that reads
+    # before it writes can never fail half-way with "database is locked" when another
+    # writer commits first; busy_timeout makes it wait its turn instead. Readers that
+    # never write may ask for sqlite_begin="DEFERRED" to skip the queue.
+    mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
     connection.exec_driver_sql(f"BEGIN {mode}")

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from sqlalchemy.engine import make_url
 
 from ledger.budgets.store import Settlement
@@ -37,6 +38,9 @@ from ledger.db.ledger import LedgerEntry
 logger = logging.getLogger("ledger.journal")
 
 _SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+_encode = msgspec.json.Encoder().encode
 
 
 def journal_directory(base: str | None, database_url: str) -> Path:
@@ -278,6 +282,6 @@ class Journal:
     def _append_many(self, records: list[dict[str, Any]]) -> None:
         if self._fd is None or not records:
             return
-        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+        data = b"".join(_encode(record) + b"\n" for record in records)
         os.write(self._fd, data)
         self._size += len(data)

@@ -51,8 +51,14 @@ class LedgerWriter:
         max_batch: int = 512,
         journal: Journal | None = None,
         on_commit: Callable[[int], None] | None = None,
+        ack: str = "journal",
     ) -> None:
         self._on_commit = on_commit
+        # Acknowledge on the journal only when there is one to acknowledge on.
+        self._ack_on_journal = journal is not None and ack == "journal"
+        self._enqueued = 0  # sequence number of the last entry queued
+        self._settled = 0  # ... and of the last one committed (or journaled in an outage)
+        self._progress = asyncio.Condition()
         self._engine = engine
         self._max_batch = max_batch
         self._journal = journal
@@ -116,9 +122,25 @@ class LedgerWriter:
             self._journal.pending([entry])
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._ack_on_journal:
+            assert self._journal is not None
+            self._journal.pending([entry])  # durable from here on
+            done.set_result(None)
+        self._enqueued += 1
         self._queue.put_nowait((entry, done))
         # The entry is written even if this caller is cancelled while waiting.
         await asyncio.shield(done)
+
+    async def flush(self, timeout_s: float = 5.0) -> None:
+        """Wait until every entry recorded before this call is committed (read your writes)."""
+        target = self._enqueued
+        if self._settled >= target or self._task is None:
+            return
+        async with self._progress:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._progress.wait_for(lambda: self._settled >= target), timeout_s
+                )
 
     async def _run(self) -> None:
         while True:
@@ -134,6 +156,9 @@ class LedgerWriter:
             finally:
                 for _ in batch:
                     self._queue.task_done()
+                self._settled += len(batch)
+                async with self._progress:
+                    self._progress.notify_all()
 
     async def _write(self, batch: list[tuple[LedgerEntry, asyncio.Future[None]]]) -> None:
         entries = [entry for entry, _ in batch]
@@ -175,7 +200,8 @@ class LedgerWriter:
             logger.error("database unavailable, journaling ledger entries: %s", type(exc).__name__)
         self.database_available = False
         if self._journal is not None:
-            self._journal.pending(entries)
+            if not self._ack_on_journal:  # otherwise they were journaled when recorded
+                self._journal.pending(entries)
             self._pending.extend(entries)
 
     def _committed(self, entries: list[LedgerEntry]) -> None:

@@ -105,7 +105,9 @@ class Gateway:
         budgets: BudgetGuard,
         default_max_output_tokens: int,
         metrics: Metrics | None = None,
+        max_body_bytes: int = 32 * 1024 * 1024,
     ) -> None:
+        self.max_body_bytes = max_body_bytes
         self._metrics = metrics
         self._in_flight = 0
         self._idle = asyncio.Event()

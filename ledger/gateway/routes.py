@@ -27,13 +27,15 @@ _ACCEPTED_CONTENT_TYPES = ("application/json", "text/plain", "")
 
 async def _serve(
     request: Request[Any, Any, Any],
-    gateway: Gateway,
-    max_body_bytes: int,
     *,
     protocol: str,
     endpoint: str,
     seed_body: bool = False,
 ) -> Response[bytes] | Stream:
+    # Looked up here rather than injected: dependency resolution cost more than the rest
+    # of this function on the hot path.
+    gateway: Gateway = request.app.state["services"].gateway
+    max_body_bytes = gateway.max_body_bytes
     body_error: LedgerError | None = None
     raw = b""
     try:
@@ -99,47 +101,41 @@ _BODY = {"request_max_body_size": None}
 
 @post("/v1/chat/completions", operation_id="createChatCompletion", tags=["gateway"], **_BODY)
 async def chat_completions(
-    request: Request[Any, Any, Any], gateway: Gateway, max_body_bytes: int
+    request: Request[Any, Any, Any],
 ) -> Response[bytes] | Stream:
     """OpenAI-compatible chat completions, streaming or not."""
-    return await _serve(request, gateway, max_body_bytes, protocol="openai", endpoint="chat")
+    return await _serve(request, protocol="openai", endpoint="chat")
 
 
 @post("/v1/messages", operation_id="createMessage", tags=["gateway"], **_BODY)
 async def messages(
-    request: Request[Any, Any, Any], gateway: Gateway, max_body_bytes: int
+    request: Request[Any, Any, Any],
 ) -> Response[bytes] | Stream:
     """Anthropic-compatible messages, streaming or not."""
-    return await _serve(request, gateway, max_body_bytes, protocol="anthropic", endpoint="messages")
+    return await _serve(request, protocol="anthropic", endpoint="messages")
 
 
 @post("/v1/messages/count_tokens", operation_id="countMessageTokens", tags=["gateway"], **_BODY)
 async def count_tokens(
-    request: Request[Any, Any, Any], gateway: Gateway, max_body_bytes: int
+    request: Request[Any, Any, Any],
 ) -> Response[bytes] | Stream:
     """Anthropic-compatible token counting (the provider's, or a local estimate)."""
-    return await _serve(
-        request, gateway, max_body_bytes, protocol="anthropic", endpoint="count_tokens"
-    )
+    return await _serve(request, protocol="anthropic", endpoint="count_tokens")
 
 
 @post("/api/v7/llm/chat/completions", operation_id="seedChatCompletion", tags=["gateway"], **_BODY)
 async def seed_chat_completions(
-    request: Request[Any, Any, Any], gateway: Gateway, max_body_bytes: int
+    request: Request[Any, Any, Any],
 ) -> Response[bytes] | Stream:
     """The seed API's chat completions: ``model_id`` and ``key`` may travel in the body."""
-    return await _serve(
-        request, gateway, max_body_bytes, protocol="openai", endpoint="chat", seed_body=True
-    )
+    return await _serve(request, protocol="openai", endpoint="chat", seed_body=True)
 
 
 @post("/api/v7/llm/v1/messages", operation_id="seedCreateMessage", tags=["gateway"], **_BODY)
 async def seed_messages(
-    request: Request[Any, Any, Any], gateway: Gateway, max_body_bytes: int
+    request: Request[Any, Any, Any],
 ) -> Response[bytes] | Stream:
-    return await _serve(
-        request, gateway, max_body_bytes, protocol="anthropic", endpoint="messages", seed_body=True
-    )
+    return await _serve(request, protocol="anthropic", endpoint="messages", seed_body=True)
 
 
 @post(
@@ -149,12 +145,10 @@ async def seed_messages(
     **_BODY,
 )
 async def seed_count_tokens(
-    request: Request[Any, Any, Any], gateway: Gateway, max_body_bytes: int
+    request: Request[Any, Any, Any],
 ) -> Response[bytes] | Stream:
     return await _serve(
         request,
-        gateway,
-        max_body_bytes,
         protocol="anthropic",
         endpoint="count_tokens",
         seed_body=True,

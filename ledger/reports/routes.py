@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from ledger.admin.identity import Principal
-from ledger.auth import provide_admin, provide_principal, provide_read_sessions
+from ledger.auth import provide_admin, provide_principal, provide_read_sessions, read_your_writes
 from ledger.config import Settings, load_settings
 from ledger.db.tables import ApiKey, Team
 from ledger.errors import InvalidRequest, NotFound, PermissionDenied
@@ -72,6 +72,7 @@ def _file(content: bytes, media_type: str, filename: str, **headers: str) -> Res
 
 
 class ReportsController(Controller):
+    before_request = read_your_writes
     path = "/api/reports"
     tags = ["reports"]
     dependencies = {

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ledger.admin.identity import Principal
-from ledger.auth import provide_principal, provide_read_sessions
+from ledger.auth import provide_principal, provide_read_sessions, read_your_writes
 from ledger.db.ledger import EntryFilter, get_entry, list_entries
 from ledger.db.tables import ApiKey, LedgerEntryRow, Team
 from ledger.errors import InvalidRequest, NotFound, PermissionDenied
@@ -87,6 +87,7 @@ async def _team_id(session: AsyncSession, principal: Principal, team: str | None
 
 
 class UsageController(Controller):
+    before_request = read_your_writes
     path = "/api/usage"
     tags = ["usage"]
     dependencies = {
