@@ -40,9 +40,31 @@ def json_text(value: Any) -> str:
         return ""
 
 
+# tiktoken holds the GIL while it builds the list of token ids, so one huge call stalls the
+# event loop even from a worker thread. Long texts are counted in pieces of about this size.
+_PIECE_CHARS = 64 * 1024
+
+
 def count_tokens(encoding: tiktoken.Encoding, text: str) -> int:
     """Count the tokens of `text`, treating special-token strings as plain text."""
     if not text:
         return 0
     # encode_ordinary: user text containing "<|endoftext|>" is text, and encode() would raise.
-    return len(encoding.encode_ordinary(text))
+    if len(text) <= _PIECE_CHARS:
+        return len(encoding.encode_ordinary(text))
+    return sum(len(encoding.encode_ordinary(piece)) for piece in _pieces(text))
+
+
+def _pieces(text: str) -> list[str]:
+    """Split before a space that follows a non-space: no pre-token of the cl100k or o200k
+    patterns crosses such a point, so the pieces' counts add up to the whole's exactly."""
+    pieces = []
+    start = 0
+    while len(text) - start > _PIECE_CHARS:
+        cut = start + _PIECE_CHARS
+        while cut < len(text) and not (text[cut] == " " and not text[cut - 1].isspace()):
+            cut += 1
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces

@@ -859,3 +859,18 @@ async def test_concurrent_large_estimates_share_a_passed_limiter() -> None:
             tg.start_soon(run)
     assert results == [expected] * 4
     assert limiter.borrowed_tokens == 0
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_a_long_text_counted_in_pieces_counts_exactly_as_a_whole(name: str) -> None:
+    # Pieces keep the event loop responsive (tiktoken holds the GIL per call); they must
+    # not change the count.
+    import random
+
+    from ledger.tokens._values import count_tokens
+
+    rng = random.Random(7)
+    words = ["hello", "1234", "  ", "!!", "ça", "don't", "x/y", "—", "日本語", "\n", "end.", "  a"]
+    text = " ".join(rng.choice(words) for _ in range(60_000))
+    encoding = get_encoding(name)
+    assert count_tokens(encoding, text) == len(encoding.encode_ordinary(text))
