@@ -50,6 +50,7 @@ def test_entries_land_in_their_month_and_future_months_are_ready(
     client.chat.completions.create(
         model="gpt-4.1-mini", messages=[{"role": "user", "content": "partitioned"}]
     )
+    assert len(gateway.wait_for_entries(1)) == 1  # committed (acknowledged on the journal)
     now = datetime.now(UTC)
     this_month = f"ledger_entries_{now.year:04d}_{now.month:02d}"
     partitions = asyncio.run(_partitions(database_url))
