@@ -103,12 +103,14 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
             "provider (deterministic replies, no real model). Configure [[providers]] to proxy "
             "real APIs."
         )
-    sessions = create_sessionmaker(engine)
-    read_sessions = sessions
+    sessions = create_sessionmaker(engine, writes=True)
+    read_sessions = create_sessionmaker(engine)
     if settings.reports_database_url:
         replica = create_engine(settings.reports_database_url, pool_size=settings.db_pool_size)
         read_sessions = create_sessionmaker(replica)
-    authenticator = Authenticator(sessions, secret, admin_hashes, ttl_s=settings.key_cache_ttl_s)
+    authenticator = Authenticator(
+        read_sessions, secret, admin_hashes, ttl_s=settings.key_cache_ttl_s
+    )
     router = ModelRouter(settings, providers, prices)
     budgets = BudgetGuard(engine, reservation_ttl_s=settings.reservation_ttl_s)
     journal = Journal(journal_directory(settings.journal_dir, settings.database_url), budgets.owner)

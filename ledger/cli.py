@@ -211,7 +211,7 @@ async def _with_session(settings: Settings, fn: Callable[..., Awaitable[T]]) -> 
     try:
         await upgrade(engine)
         secret = await load_hash_secret(engine, settings.secret_key)
-        async with create_sessionmaker(engine).begin() as session:
+        async with create_sessionmaker(engine, writes=True).begin() as session:
             return await fn(session, secret)
     finally:
         await engine.dispose()
@@ -429,6 +429,7 @@ def budgets() -> None:
 def budgets_create(ctx: click.Context, **options: Any) -> None:
     """Create a budget, e.g. `ledger budgets create --team research --limit 500`."""
     from ledger.budgets import admin
+    from ledger.db.engine import write_transaction
     from ledger.money import format_usd
 
     data: dict[str, Any] = {
@@ -447,7 +448,7 @@ def budgets_create(ctx: click.Context, **options: Any) -> None:
         data["scope"] = "org"
 
     async def go(engine: Any) -> Any:
-        async with engine.begin() as connection:
+        async with write_transaction(engine) as connection:
             return await admin.create_budget(connection, data)
 
     rule = _run(lambda: _with_engine(_settings(ctx), go))

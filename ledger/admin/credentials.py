@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger.db.engine import write_transaction
 from ledger.db.tables import AdminCredential, InstanceSetting
 
 CLIENT_KEY_PREFIX = "sk-ledger-"
@@ -72,7 +73,7 @@ async def ensure_admin_key(engine: AsyncEngine, secret: bytes) -> str | None:
     if existing:
         return None
     key = new_admin_key()
-    async with engine.begin() as connection:
+    async with write_transaction(engine) as connection:
         if connection.dialect.name == "postgresql":
             # Two processes starting together must not both mint a key.
             await connection.exec_driver_sql("LOCK TABLE admin_credentials IN EXCLUSIVE MODE")

@@ -14,6 +14,7 @@ from ledger.admin.identity import Principal
 from ledger.auth import provide_admin, read_your_writes
 from ledger.budgets import admin
 from ledger.budgets.guard import BudgetGuard
+from ledger.db.engine import write_transaction
 from ledger.db.tables import Alert, AlertDelivery
 from ledger.money import format_usd
 
@@ -30,7 +31,7 @@ class BudgetController(Controller):
         budgets: BudgetGuard,
     ) -> dict[str, Any]:  # fmt: skip
         """Create a budget: scope, limit (decimal USD string), period, time zone, mode."""
-        async with engine.begin() as connection:
+        async with write_transaction(engine) as connection:
             rule = await admin.create_budget(connection, data)
         await budgets.reload_rules()
         return admin.rule_out(rule)
@@ -59,7 +60,7 @@ class BudgetController(Controller):
         self, budget_id: int, data: dict[str, Any], admin_principal: Principal,
         engine: AsyncEngine, budgets: BudgetGuard,
     ) -> dict[str, Any]:  # fmt: skip
-        async with engine.begin() as connection:
+        async with write_transaction(engine) as connection:
             rule = await admin.update_budget(connection, budget_id, data)
         await budgets.reload_rules()
         return admin.rule_out(rule)
@@ -69,7 +70,7 @@ class BudgetController(Controller):
         self, budget_id: int, admin_principal: Principal, engine: AsyncEngine,
         budgets: BudgetGuard,
     ) -> dict[str, Any]:  # fmt: skip
-        async with engine.begin() as connection:
+        async with write_transaction(engine) as connection:
             await admin.delete_budget(connection, budget_id)
         await budgets.reload_rules()
         return {"id": budget_id, "deleted": True}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -43,8 +46,22 @@ def create_engine(
     return engine
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+def create_sessionmaker(
+    engine: AsyncEngine, *, writes: bool = False
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions; ``writes=True`` for read-then-write work (admin changes) on SQLite."""
+    if writes:
+        engine = engine.execution_options(sqlite_begin="IMMEDIATE")
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A transaction that may read before it writes, safe against SQLite's lock upgrade."""
+    async with engine.connect() as connection:
+        connection = await connection.execution_options(sqlite_begin="IMMEDIATE")
+        async with connection.begin():
+            yield connection
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -59,9 +76,8 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _begin_sqlite(connection: Any) -> None:
-    # Every transaction takes the write lock up front (IMMEDIATE), so one that reads
-    # before it writes can never fail half-way with "database is locked" when another
-    # writer commits first; busy_timeout makes it wait its turn instead. Readers that
-    # never write may ask for sqlite_begin="DEFERRED" to skip the queue.
-    mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+    # A transaction that reads before it writes asks for sqlite_begin="IMMEDIATE" (see
+    # write_transaction): taking the write lock up front means it can never fail half-way
+    # with "database is locked" when another writer commits first. Reads stay lock-free.
+    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
     connection.exec_driver_sql(f"BEGIN {mode}")
