@@ -104,12 +104,14 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
             "real APIs."
         )
     sessions = create_sessionmaker(engine, writes=True)
-    read_sessions = create_sessionmaker(engine)
+    primary_reads = create_sessionmaker(engine)  # lock-free reads of the primary
+    read_sessions = primary_reads
     if settings.reports_database_url:
         replica = create_engine(settings.reports_database_url, pool_size=settings.db_pool_size)
         read_sessions = create_sessionmaker(replica)
+    # Keys are checked on the primary: a replica's lag would let a revoked key through.
     authenticator = Authenticator(
-        read_sessions, secret, admin_hashes, ttl_s=settings.key_cache_ttl_s
+        primary_reads, secret, admin_hashes, ttl_s=settings.key_cache_ttl_s
     )
     router = ModelRouter(settings, providers, prices)
     budgets = BudgetGuard(engine, reservation_ttl_s=settings.reservation_ttl_s)
