@@ -69,7 +69,6 @@ class LedgerWriter:
         self.database_available = True
         self.batches_written = 0
         self.entries_written = 0
-        self.last_batch_size = 0
 
     @property
     def backlog(self) -> int:
@@ -207,7 +206,6 @@ class LedgerWriter:
     def _committed(self, entries: list[LedgerEntry]) -> None:
         self.batches_written += 1
         self.entries_written += len(entries)
-        self.last_batch_size = len(entries)
         if self._on_commit is not None:
             self._on_commit(len(entries))
         if self._journal is not None:
