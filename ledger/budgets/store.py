@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -89,6 +89,13 @@ async def ensure_periods(
     connection: AsyncConnection, periods: Iterable[tuple[int, datetime, datetime | None]]
 ) -> None:
     """Create the period rows that do not exist yet, at zero (idempotent)."""
+    await connection.run_sync(create_missing_periods, list(periods))
+
+
+def create_missing_periods(
+    connection: Connection, periods: Iterable[tuple[int, datetime, datetime | None]]
+) -> None:
+    """:func:`ensure_periods` on a synchronous connection (the ledger writer's)."""
     values = [
         {
             "budget_id": budget_id,
@@ -104,7 +111,7 @@ async def ensure_periods(
     if not values:
         return
     insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
-    await connection.execute(
+    connection.execute(
         insert(BudgetPeriod).on_conflict_do_nothing(index_elements=["budget_id", "period_start"]),
         values,
     )
@@ -212,7 +219,7 @@ async def renew_reservations(
     return {row[0] for row in rows}
 
 
-async def apply_settlements(connection: AsyncConnection, settlements: Sequence[Settlement]) -> None:
+def apply_settlements(connection: Connection, settlements: Sequence[Settlement]) -> None:
     """Apply finished requests' spend and releases; runs in the ledger writer's transaction.
 
     Because the entries and these counter changes commit together, a budget's spend
@@ -220,7 +227,7 @@ async def apply_settlements(connection: AsyncConnection, settlements: Sequence[S
     """
     if not settlements:
         return
-    await ensure_periods(
+    create_missing_periods(
         connection, [(s.budget_id, s.period_start, s.period_end) for s in settlements]
     )
     spent: dict[tuple[int, datetime], int] = defaultdict(int)
@@ -240,7 +247,7 @@ async def apply_settlements(connection: AsyncConnection, settlements: Sequence[S
     t = BudgetReservation
     if request_ids:
         rows = (
-            await connection.execute(
+            connection.execute(
                 delete(t)
                 .where(t.id.in_(request_ids))
                 .returning(t.budget_id, t.period_start, t.amount_nanos)
@@ -251,7 +258,7 @@ async def apply_settlements(connection: AsyncConnection, settlements: Sequence[S
     for lease_id, amount in sorted(lease_release.items()):
         if amount <= 0:
             continue
-        result = await connection.execute(
+        result = connection.execute(
             update(t)
             .where(t.id == lease_id, t.amount_nanos >= amount)
             .values(amount_nanos=t.amount_nanos - amount)
@@ -261,7 +268,7 @@ async def apply_settlements(connection: AsyncConnection, settlements: Sequence[S
     p = BudgetPeriod
     for key in sorted(set(spent) | set(released)):
         budget_id, start = key
-        await connection.execute(
+        connection.execute(
             update(p)
             .where(p.budget_id == budget_id, p.period_start == start)
             .values(

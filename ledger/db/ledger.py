@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Connection, Select, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledger.budgets.store import Settlement
 from ledger.db.tables import LedgerEntryRow
@@ -96,21 +97,29 @@ _TRANSIENT = {"settlements", "team_name", "provider_seconds"}
 _COLUMNS = tuple(f.name for f in fields(LedgerEntry) if f.name not in _TRANSIENT)
 
 
-async def insert_entries(connection: AsyncConnection, entries: Sequence[LedgerEntry]) -> list[str]:
+def insert_entries(connection: Connection, entries: Sequence[LedgerEntry]) -> list[str]:
     """Insert entries in one statement, skipping request ids already in the ledger.
 
     Returns the request ids inserted. The caller owns the transaction.
     """
     if not entries:
         return []
-    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
-    statement = (
+    result = connection.execute(
+        _insert_statement(connection.dialect.name), [entry.as_row() for entry in entries]
+    )
+    return [row[0] for row in result]
+
+
+@functools.cache
+def _insert_statement(dialect: str) -> Any:
+    # Built once per dialect: building and cache-keying it per batch cost more than
+    # sending it.
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return (
         insert(LedgerEntryRow)
         .on_conflict_do_nothing(index_elements=["request_id", "started_at"])
         .returning(LedgerEntryRow.request_id)
     )
-    result = await connection.execute(statement, [entry.as_row() for entry in entries])
-    return [row[0] for row in result]
 
 
 @dataclass(frozen=True, slots=True)

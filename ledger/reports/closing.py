@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -61,14 +61,14 @@ class ClosedMonthInfo:
 # -- the writer's hook ------------------------------------------------------------------
 
 
-async def record_late_entries(connection: AsyncConnection, entries: Sequence[LedgerEntry]) -> None:
+def record_late_entries(connection: Connection, entries: Sequence[LedgerEntry]) -> None:
     """Add the entries that fall in a closed month to ``late_adjustments`` (pending)."""
     if not entries:
         return
     earliest = min(entry.started_at for entry in entries)
     latest = max(entry.started_at for entry in entries)
     closed = (
-        await connection.execute(
+        connection.execute(
             select(ClosedMonth.month, ClosedMonth.period_start, ClosedMonth.period_end).where(
                 ClosedMonth.period_end > earliest, ClosedMonth.period_start <= latest
             )
@@ -103,7 +103,7 @@ async def record_late_entries(connection: AsyncConnection, entries: Sequence[Led
             name: getattr(LateAdjustment, name) + statement.excluded[name] for name in _LATE_SUMS
         },
     )
-    await connection.execute(statement, rows)
+    connection.execute(statement, rows)
 
 
 _LATE_SUMS = ("entries", *monthly.LINE_FIELDS)

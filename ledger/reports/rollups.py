@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Connection,
     Integer,
     Table,
     and_,
@@ -147,9 +148,7 @@ def coarsen(groups: dict[DetailedKey, list[int]], level: RollupLevel) -> dict[Ro
     return coarse
 
 
-async def apply_entries_to_rollups(
-    connection: AsyncConnection, entries: Sequence[LedgerEntry]
-) -> None:
+def apply_entries_to_rollups(connection: Connection, entries: Sequence[LedgerEntry]) -> None:
     """Add ``entries`` to the rollups inside the caller's transaction (the writer's).
 
     The batch is summed in Python first, then each rollup row gets one upsert that
@@ -160,22 +159,22 @@ async def apply_entries_to_rollups(
         return
     groups = aggregate_entries(entries)
     for level in LEVELS:
-        await add_to_rollups(connection, level, coarsen(groups, level))
+        add_to_rollups(connection, level, coarsen(groups, level))
     # After the upserts on purpose: on PostgreSQL a month close holds a lock on the
     # rollups, so by now any close that could concern this batch is visible.
     from ledger.reports.closing import record_late_entries
 
-    await record_late_entries(connection, entries)
+    record_late_entries(connection, entries)
 
 
-async def add_to_rollups(
-    connection: AsyncConnection, level: RollupLevel, groups: dict[RollupKey, list[int]]
+def add_to_rollups(
+    connection: Connection, level: RollupLevel, groups: dict[RollupKey, list[int]]
 ) -> None:
     """Upsert rows that add ``groups`` to ``level`` (sorted, so writers never deadlock)."""
     if not groups:
         return
     rows = [_row(level, key, sums) for key, sums in sorted(groups.items())]
-    await connection.execute(_upsert(level.table.name, level.dimensions), rows)
+    connection.execute(_upsert(level.table.name, level.dimensions), rows)
 
 
 @functools.cache
