@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import sys
@@ -13,7 +14,6 @@ from typing import Any
 
 import anyio
 from litestar import Litestar, MediaType, Request, Response, get
-from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
@@ -217,8 +217,14 @@ async def _settle_interrupted(engine: AsyncEngine, entries: list[LedgerEntry]) -
         ]
 
 
-def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
-    """Build the Ledger application for ``settings``."""
+def create_app(settings: Settings, *, announce: bool = True, freeze_gc: bool = False) -> Litestar:
+    """Build the Ledger application for ``settings``.
+
+    ``freeze_gc`` is for a process that serves one app for its whole life (``ledger
+    serve``): everything alive once the services have started is moved out of the cyclic
+    collector's sight, so its full collections scan only what requests create (on a
+    fresh process they scanned about a million start-up objects, a pause of ~100 ms).
+    """
     holder: dict[str, Services] = {}
 
     @asynccontextmanager
@@ -231,6 +237,9 @@ def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
         if settings.scheduler:
             scheduler = LedgerScheduler(services.engine, ledger_jobs(services.engine, settings))
             scheduler.start()
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
@@ -276,7 +285,6 @@ def create_app(settings: Settings, *, announce: bool = True) -> Litestar:
             path="/schema",
             render_plugins=[ScalarRenderPlugin()],
         ),
-        cors_config=CORSConfig(allow_origins=[]),
         request_max_body_size=settings.max_body_bytes,
         debug=False,
         # Logging is configured once, by `ledger serve` (configure_logging): Litestar's own
@@ -387,7 +395,7 @@ def app_from_environment() -> Litestar:
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    return create_app(settings, freeze_gc=True)
 
 
 def announce_admin_key(key: str) -> None:
