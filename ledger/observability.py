@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +41,7 @@ class Metrics:
     """
 
     def __init__(self) -> None:
+        self._children: dict[tuple[str, str, str, str], _RequestChildren] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "ledger_requests_total",
@@ -86,6 +88,38 @@ class Metrics:
             multiprocess_mode="max",
         )
 
+    def observe_request(
+        self,
+        *,
+        team: str,
+        model: str,
+        status: str,
+        endpoint: str,
+        cost_nanos: int,
+        tokens: dict[str, int],
+        added_seconds: float,
+    ) -> None:
+        """Count one recorded request (the gateway calls this once per ledger entry)."""
+        children = self._children.get((team, model, status, endpoint))
+        if children is None:
+            # Looking a labelled child up takes a lock and a dict of tuples in
+            # prometheus_client: done once per label set, not per request.
+            children = _RequestChildren(
+                requests=self.requests.labels(team, model, status),
+                cost=self.cost.labels(team, model),
+                tokens={b: self.tokens.labels(team, model, b) for b in TOKEN_BUCKETS},
+                added_latency=self.added_latency.labels(endpoint),
+            )
+            if len(self._children) < _MAX_CACHED_LABEL_SETS:
+                self._children[(team, model, status, endpoint)] = children
+        children.requests.inc()
+        if cost_nanos:
+            children.cost.inc(cost_nanos)
+        for bucket, count in tokens.items():
+            if count:
+                children.tokens[bucket].inc(count)
+        children.added_latency.observe(added_seconds)
+
     def render(self) -> tuple[bytes, str]:
         """The exposition text; with several workers, the sum over all of them."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -93,6 +127,18 @@ class Metrics:
             MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+TOKEN_BUCKETS = ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output")
+_MAX_CACHED_LABEL_SETS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _RequestChildren:
+    requests: Any
+    cost: Any
+    tokens: dict[str, Any]
+    added_latency: Any
 
 
 class JsonFormatter(logging.Formatter):

@@ -7,7 +7,6 @@ takes the same time whatever the key.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from datetime import UTC, datetime
@@ -34,7 +33,7 @@ def new_admin_key() -> str:
 
 
 def hash_key(secret: bytes, key: str) -> str:
-    return hmac.new(secret, key.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return hmac.digest(secret, key.encode("utf-8", "surrogatepass"), "sha256").hex()
 
 
 def display_prefix(key: str) -> str:

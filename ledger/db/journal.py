@@ -57,15 +57,14 @@ def journal_directory(base: str | None, database_url: str) -> Path:
 
 
 def _entry_json(entry: LedgerEntry) -> dict[str, Any]:
+    # Datetimes stay as they are: the encoder writes them as RFC 3339, which
+    # datetime.fromisoformat reads back.
     row = entry.as_row()
-    for key, value in row.items():
-        if isinstance(value, datetime):
-            row[key] = value.isoformat()
     row["settlements"] = [
         {
             "budget_id": s.budget_id,
-            "period_start": s.period_start.isoformat(),
-            "period_end": s.period_end.isoformat() if s.period_end else None,
+            "period_start": s.period_start,
+            "period_end": s.period_end,
             "spent": s.spent,
             "release": s.release,
             "reservation_id": s.reservation_id,
@@ -221,7 +220,16 @@ class Journal:
     def started(self, entry: LedgerEntry) -> None:
         self._open_requests[entry.request_id] = self._segment
         self._segment_open[self._segment] = self._segment_open.get(self._segment, 0) + 1
-        self._append({"t": "start", "id": entry.request_id, "entry": _entry_json(entry)})
+        # Only what is known when the key is: the rest of the entry keeps its defaults.
+        started = {
+            "request_id": entry.request_id,
+            "started_at": entry.started_at,
+            "endpoint": entry.endpoint,
+            "team_id": entry.team_id,
+            "key_id": entry.key_id,
+            "end_user": entry.end_user,
+        }
+        self._append({"t": "start", "id": entry.request_id, "entry": started})
 
     def forwarding(self, entry: LedgerEntry, prompt_cost: int) -> None:
         self._append(

@@ -575,18 +575,21 @@ class Gateway:
 
     def _observe(self, entry: LedgerEntry) -> None:
         assert self._metrics is not None
-        team = entry.team_name or ""
-        model = entry.requested_model or ""
-        self._metrics.requests.labels(team, model, entry.status).inc()
-        if entry.cost_nanos:
-            self._metrics.cost.labels(team, model).inc(entry.cost_nanos)
-        for bucket in ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output"):
-            tokens = getattr(entry, f"{bucket}_tokens")
-            if tokens:
-                self._metrics.tokens.labels(team, model, bucket).inc(tokens)
         wall = (datetime.now(UTC) - entry.started_at).total_seconds()
-        self._metrics.added_latency.labels(entry.endpoint).observe(
-            max(0.0, wall - entry.provider_seconds)
+        self._metrics.observe_request(
+            team=entry.team_name or "",
+            model=entry.requested_model or "",
+            status=entry.status,
+            endpoint=entry.endpoint,
+            cost_nanos=entry.cost_nanos,
+            tokens={
+                "input": entry.input_tokens,
+                "cache_read": entry.cache_read_tokens,
+                "cache_write_5m": entry.cache_write_5m_tokens,
+                "cache_write_1h": entry.cache_write_1h_tokens,
+                "output": entry.output_tokens,
+            },
+            added_seconds=max(0.0, wall - entry.provider_seconds),
         )
 
     def _error_reply(self, protocol: str, error: LedgerError, entry: LedgerEntry) -> GatewayReply:

@@ -172,6 +172,13 @@ def encoding_name_for_model(model: str) -> str:
     text-embedding-3 / ada-002 models use cl100k_base; everything else, including unknown and
     future models (gpt-5 and later, o-series, gpt-oss), uses o200k_base.
     """
+    if not isinstance(model, str):
+        return O200K_BASE
+    return _encoding_name_for(model)
+
+
+@functools.lru_cache(maxsize=4096)  # a handful of names, looked up on every request
+def _encoding_name_for(model: str) -> str:
     name = _normalise_model_name(model)
     for prefix, encoding_name in _MODEL_PREFIXES:
         if name.startswith(prefix):
