@@ -89,9 +89,19 @@ async def _watch(receive: Callable[[], Awaitable[Any]], gone: _Flag) -> None:
             return
 
 
+_ANTHROPIC_PATHS = ("/v1/messages", "/api/v7/llm/v1/messages")
+
+
 def protocol_for_path(path: str) -> str:
-    """Which error shape a caller of ``path`` understands."""
-    return "anthropic" if "/messages" in path else "openai"
+    """Which error shape a caller of ``path`` understands: Anthropic's on its routes only.
+
+    Matched as whole path segments: a report or usage path whose parameter happens to
+    contain "/messages" (``/api/usage/messages-1``) is still answered in OpenAI's shape.
+    """
+    for prefix in _ANTHROPIC_PATHS:
+        if path == prefix or path.startswith(prefix + "/"):
+            return "anthropic"
+    return "openai"
 
 
 def error_response(error: LedgerError, protocol: str = "openai") -> Response[bytes]:
