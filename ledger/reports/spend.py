@@ -168,6 +168,12 @@ class SpendReport:
 
 async def spend_report(connection: AsyncConnection, query: SpendQuery) -> SpendReport:
     """Totals, groups and series for ``query``; every sum is exact."""
+    # First: a range with too many buckets is refused before any work is done for it.
+    buckets = (
+        bucket_keys(query.since, query.until, query.granularity, zone(query.timezone))
+        if query.granularity
+        else []
+    )
     sums, source = await aggregate(
         connection,
         since=query.since,
@@ -202,11 +208,6 @@ async def spend_report(connection: AsyncConnection, query: SpendQuery) -> SpendR
     series = sorted(
         ((bucket, group, values) for (bucket, group), values in series_sums.items()),
         key=lambda item: (item[0], order[item[1]]),
-    )
-    buckets = (
-        bucket_keys(query.since, query.until, query.granularity, zone(query.timezone))
-        if query.granularity
-        else []
     )
     return SpendReport(query, source, totals, groups, series, buckets, labels)
 
@@ -254,7 +255,9 @@ async def aggregate(
     strings ("" when missing). Values are in ``METRICS`` order.
     """
     tz = zone(timezone)
-    changes = offset_changes(tz, since, until)
+    # Offsets only place rows in buckets. Finding them takes time in proportion to the
+    # range, which nothing else bounds without a granularity (a year-1 ``since``).
+    changes = offset_changes(tz, since, until) if granularity is not None else []
     raw_only = (
         any(name in RAW_ONLY_DIMENSIONS for name in dimensions)
         or filters.needs_raw
