@@ -18,6 +18,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import ScalarRenderPlugin
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -44,6 +45,7 @@ from ledger.gateway.routes import ROUTES as GATEWAY_ROUTES
 from ledger.gateway.routing import ModelRouter
 from ledger.http import credential_from_headers, error_response, protocol_for_path
 from ledger.observability import Metrics
+from ledger.openapi import Readiness, errors
 from ledger.providers import Provider, build_providers
 from ledger.reports.routes import REPORT_ROUTES
 from ledger.reports.usage import UsageController
@@ -299,7 +301,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", operation_id="readyz", tags=["ops"], media_type=MediaType.JSON)
+@get(
+    "/readyz",
+    operation_id="readyz",
+    tags=["ops"],
+    media_type=MediaType.JSON,
+    responses={
+        200: ResponseSpec(Readiness, description="Ready.", generate_examples=False),
+        503: ResponseSpec(Readiness, description="Not ready.", generate_examples=False),
+    },
+)
 async def readyz(services: Services) -> Response[dict[str, Any]]:
     """Ready to serve: the database answers, the schema is current, the ledger is caught up."""
     checks: dict[str, Any] = {"ledger_backlog": services.writer.backlog}
@@ -320,7 +331,13 @@ async def readyz(services: Services) -> Response[dict[str, Any]]:
     return Response({"status": status, **checks}, status_code=200 if ready else 503)
 
 
-@get("/metrics", operation_id="metrics", tags=["ops"], media_type=MediaType.TEXT)
+@get(
+    "/metrics",
+    operation_id="metrics",
+    tags=["ops"],
+    media_type=MediaType.TEXT,
+    responses=errors("openai", 401),
+)
 async def metrics_endpoint(request: Request[Any, Any, Any], services: Services) -> Response[bytes]:
     """Prometheus metrics: spend by team is not public, so a token (or the admin key) is needed."""
     presented = credential_from_headers(request) or ""

@@ -16,6 +16,7 @@ from ledger.auth import provide_admin
 from ledger.db.prices import LivePrices, insert_prices, list_price_rows
 from ledger.errors import InvalidRequest
 from ledger.money import format_usd
+from ledger.openapi import admin_errors
 from ledger.pricing import PriceError, price_from_mapping
 
 
@@ -56,7 +57,7 @@ class AdminController(Controller):
     tags = ["admin"]
     dependencies = {"admin": Provide(provide_admin)}
 
-    @post("/teams", operation_id="createTeam")
+    @post("/teams", operation_id="createTeam", responses=admin_errors(400, 409, 413))
     async def create_team(
         self, data: TeamIn, admin: Principal, sessions: async_sessionmaker[AsyncSession]
     ) -> dict[str, Any]:
@@ -67,7 +68,7 @@ class AdminController(Controller):
             )
         return team_out(team)
 
-    @get("/teams", operation_id="listTeams")
+    @get("/teams", operation_id="listTeams", responses=admin_errors())
     async def list_teams(
         self, admin: Principal, sessions: async_sessionmaker[AsyncSession]
     ) -> dict[str, Any]:
@@ -75,7 +76,7 @@ class AdminController(Controller):
             teams = await identity.list_teams(session)
         return {"data": [team_out(team) for team in teams]}
 
-    @post("/keys", operation_id="createKey")
+    @post("/keys", operation_id="createKey", responses=admin_errors(400, 404, 413))
     async def create_key(
         self,
         data: KeyIn,
@@ -91,7 +92,7 @@ class AdminController(Controller):
             )
         return {**key_out(key, team.name), "key": plaintext}
 
-    @get("/keys", operation_id="listKeys")
+    @get("/keys", operation_id="listKeys", responses=admin_errors())
     async def list_keys(
         self, admin: Principal, sessions: async_sessionmaker[AsyncSession]
     ) -> dict[str, Any]:
@@ -99,7 +100,12 @@ class AdminController(Controller):
             keys = await identity.list_keys(session)
         return {"data": [key_out(key, team) for key, team in keys]}
 
-    @delete("/keys/{key_id:int}", operation_id="revokeKey", status_code=200)
+    @delete(
+        "/keys/{key_id:int}",
+        operation_id="revokeKey",
+        status_code=200,
+        responses=admin_errors(400, 404),
+    )
     async def revoke_key(
         self,
         key_id: int,
@@ -113,7 +119,7 @@ class AdminController(Controller):
         authenticator.forget_key(key_id)
         return key_out(key, team.name if team else "")
 
-    @post("/prices", operation_id="createPrice")
+    @post("/prices", operation_id="createPrice", responses=admin_errors(400, 413))
     async def create_price(
         self, data: dict[str, Any], admin: Principal, prices: LivePrices
     ) -> dict[str, Any]:
@@ -134,7 +140,7 @@ class AdminController(Controller):
         await prices.reload()
         return {**price_out(price), "id": ids[0] if ids else None}
 
-    @get("/prices", operation_id="listPrices")
+    @get("/prices", operation_id="listPrices", responses=admin_errors())
     async def list_prices(self, admin: Principal, prices: LivePrices) -> dict[str, Any]:
         rows = await list_price_rows(prices.engine)
         return {"data": [price_row_out(row) for row in rows]}

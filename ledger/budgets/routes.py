@@ -17,6 +17,7 @@ from ledger.budgets.guard import BudgetGuard
 from ledger.db.engine import write_transaction
 from ledger.db.tables import Alert, AlertDelivery
 from ledger.money import format_usd
+from ledger.openapi import admin_errors
 
 
 class BudgetController(Controller):
@@ -25,7 +26,7 @@ class BudgetController(Controller):
     tags = ["budgets"]
     dependencies = {"admin_principal": Provide(provide_admin)}
 
-    @post("/budgets", operation_id="createBudget")
+    @post("/budgets", operation_id="createBudget", responses=admin_errors(400, 413))
     async def create_budget(
         self, data: dict[str, Any], admin_principal: Principal, engine: AsyncEngine,
         budgets: BudgetGuard,
@@ -36,7 +37,7 @@ class BudgetController(Controller):
         await budgets.reload_rules()
         return admin.rule_out(rule)
 
-    @get("/budgets", operation_id="listBudgets")
+    @get("/budgets", operation_id="listBudgets", responses=admin_errors())
     async def list_budgets(
         self, admin_principal: Principal, engine: AsyncEngine, budgets: BudgetGuard
     ) -> dict[str, Any]:
@@ -48,14 +49,22 @@ class BudgetController(Controller):
             statuses = [await admin.budget_status(connection, rule, now) for rule in rules]
         return {"data": [admin.status_out(status) for status in statuses]}
 
-    @get("/budgets/{budget_id:int}", operation_id="getBudget")
+    @get(
+        "/budgets/{budget_id:int}",
+        operation_id="getBudget",
+        responses=admin_errors(400, 404),
+    )
     async def get_budget(
         self, budget_id: int, admin_principal: Principal, engine: AsyncEngine
     ) -> dict[str, Any]:
         async with engine.connect() as connection:
             return admin.rule_out(await admin.get_rule(connection, budget_id))
 
-    @patch("/budgets/{budget_id:int}", operation_id="updateBudget")
+    @patch(
+        "/budgets/{budget_id:int}",
+        operation_id="updateBudget",
+        responses=admin_errors(400, 404, 413),
+    )
     async def update_budget(
         self, budget_id: int, data: dict[str, Any], admin_principal: Principal,
         engine: AsyncEngine, budgets: BudgetGuard,
@@ -65,7 +74,12 @@ class BudgetController(Controller):
         await budgets.reload_rules()
         return admin.rule_out(rule)
 
-    @delete("/budgets/{budget_id:int}", operation_id="deleteBudget", status_code=200)
+    @delete(
+        "/budgets/{budget_id:int}",
+        operation_id="deleteBudget",
+        status_code=200,
+        responses=admin_errors(400, 404),
+    )
     async def delete_budget(
         self, budget_id: int, admin_principal: Principal, engine: AsyncEngine,
         budgets: BudgetGuard,
@@ -75,7 +89,11 @@ class BudgetController(Controller):
         await budgets.reload_rules()
         return {"id": budget_id, "deleted": True}
 
-    @get("/budgets/{budget_id:int}/status", operation_id="getBudgetStatus")
+    @get(
+        "/budgets/{budget_id:int}/status",
+        operation_id="getBudgetStatus",
+        responses=admin_errors(400, 404),
+    )
     async def budget_status(
         self, budget_id: int, admin_principal: Principal, engine: AsyncEngine
     ) -> dict[str, Any]:
@@ -85,7 +103,7 @@ class BudgetController(Controller):
             status = await admin.budget_status(connection, rule, datetime.now(UTC))
         return admin.status_out(status)
 
-    @get("/alerts", operation_id="listAlerts")
+    @get("/alerts", operation_id="listAlerts", responses=admin_errors(400))
     async def list_alerts(
         self, admin_principal: Principal, engine: AsyncEngine, limit: int = 100
     ) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.openapi.spec import Operation, Schema
 from litestar.response import Stream
 
 from ledger.admin.identity import Authenticator
@@ -19,6 +20,27 @@ from ledger.http import (
     credential_from_headers,
     error_response,
     read_body,
+)
+from ledger.openapi import (
+    CHAT_REQUEST,
+    CHAT_STREAM_EVENT,
+    COUNT_TOKENS_REQUEST,
+    GATEWAY_ERRORS,
+    GATEWAY_HEADERS,
+    KEY_ERRORS,
+    MESSAGE_REQUEST,
+    MESSAGE_STREAM_EVENT,
+    SEED_CHAT_REQUEST,
+    SEED_COUNT_TOKENS_REQUEST,
+    SEED_MESSAGE_REQUEST,
+    AnthropicMessage,
+    AnthropicModelList,
+    ChatCompletion,
+    MessageTokensCount,
+    OpenAIModelList,
+    answers,
+    documented,
+    header,
 )
 from ledger.providers import anthropic, openai
 
@@ -96,10 +118,39 @@ def _to_response(reply: GatewayReply) -> Response[bytes] | Stream:
     )
 
 
-_BODY = {"request_max_body_size": None}
+_BODY = {"request_max_body_size": None}  # read_body enforces the gateway's own limit
+_CHAT = {
+    "responses": answers(ChatCompletion, "openai", *GATEWAY_ERRORS["openai"]),
+    "status_code": 200,
+    "tags": ["gateway"],
+}
+_MESSAGES = {
+    "responses": answers(AnthropicMessage, "anthropic", *GATEWAY_ERRORS["anthropic"]),
+    "status_code": 200,
+    "tags": ["gateway"],
+}
+_COUNT_TOKENS = {
+    "responses": answers(MessageTokensCount, "anthropic", *GATEWAY_ERRORS["anthropic"]),
+    "status_code": 200,
+    "tags": ["gateway"],
+}
 
 
-@post("/v1/chat/completions", operation_id="createChatCompletion", tags=["gateway"], **_BODY)
+def _documented(request: Schema, stream_event: Schema | None = None) -> type[Operation]:
+    return documented(
+        request_body=request,
+        parameters=GATEWAY_HEADERS,
+        content={200: {"text/event-stream": stream_event}} if stream_event else None,
+    )
+
+
+@post(
+    "/v1/chat/completions",
+    operation_id="createChatCompletion",
+    operation_class=_documented(CHAT_REQUEST, CHAT_STREAM_EVENT),
+    **_CHAT,
+    **_BODY,
+)
 async def chat_completions(
     request: Request[Any, Any, Any],
 ) -> Response[bytes] | Stream:
@@ -107,7 +158,13 @@ async def chat_completions(
     return await _serve(request, protocol="openai", endpoint="chat")
 
 
-@post("/v1/messages", operation_id="createMessage", tags=["gateway"], **_BODY)
+@post(
+    "/v1/messages",
+    operation_id="createMessage",
+    operation_class=_documented(MESSAGE_REQUEST, MESSAGE_STREAM_EVENT),
+    **_MESSAGES,
+    **_BODY,
+)
 async def messages(
     request: Request[Any, Any, Any],
 ) -> Response[bytes] | Stream:
@@ -115,7 +172,13 @@ async def messages(
     return await _serve(request, protocol="anthropic", endpoint="messages")
 
 
-@post("/v1/messages/count_tokens", operation_id="countMessageTokens", tags=["gateway"], **_BODY)
+@post(
+    "/v1/messages/count_tokens",
+    operation_id="countMessageTokens",
+    operation_class=_documented(COUNT_TOKENS_REQUEST),
+    **_COUNT_TOKENS,
+    **_BODY,
+)
 async def count_tokens(
     request: Request[Any, Any, Any],
 ) -> Response[bytes] | Stream:
@@ -123,7 +186,13 @@ async def count_tokens(
     return await _serve(request, protocol="anthropic", endpoint="count_tokens")
 
 
-@post("/api/v7/llm/chat/completions", operation_id="seedChatCompletion", tags=["gateway"], **_BODY)
+@post(
+    "/api/v7/llm/chat/completions",
+    operation_id="seedChatCompletion",
+    operation_class=_documented(SEED_CHAT_REQUEST, CHAT_STREAM_EVENT),
+    **_CHAT,
+    **_BODY,
+)
 async def seed_chat_completions(
     request: Request[Any, Any, Any],
 ) -> Response[bytes] | Stream:
@@ -131,22 +200,31 @@ async def seed_chat_completions(
     return await _serve(request, protocol="openai", endpoint="chat", seed_body=True)
 
 
-@post("/api/v7/llm/v1/messages", operation_id="seedCreateMessage", tags=["gateway"], **_BODY)
+@post(
+    "/api/v7/llm/v1/messages",
+    operation_id="seedCreateMessage",
+    operation_class=_documented(SEED_MESSAGE_REQUEST, MESSAGE_STREAM_EVENT),
+    **_MESSAGES,
+    **_BODY,
+)
 async def seed_messages(
     request: Request[Any, Any, Any],
 ) -> Response[bytes] | Stream:
+    """The seed API's messages: ``model_id`` and ``key`` may travel in the body."""
     return await _serve(request, protocol="anthropic", endpoint="messages", seed_body=True)
 
 
 @post(
     "/api/v7/llm/v1/messages/count_tokens",
     operation_id="seedCountMessageTokens",
-    tags=["gateway"],
+    operation_class=_documented(SEED_COUNT_TOKENS_REQUEST),
+    **_COUNT_TOKENS,
     **_BODY,
 )
 async def seed_count_tokens(
     request: Request[Any, Any, Any],
 ) -> Response[bytes] | Stream:
+    """The seed API's token counting: ``model_id`` and ``key`` may travel in the body."""
     return await _serve(
         request,
         protocol="anthropic",
@@ -155,7 +233,20 @@ async def seed_count_tokens(
     )
 
 
-@get("/v1/models", operation_id="listModels", tags=["gateway"])
+_MODELS = {
+    "responses": answers(OpenAIModelList | AnthropicModelList, "either", *KEY_ERRORS),
+    "operation_class": documented(
+        parameters=[
+            header(
+                "anthropic-version", "When sent, the list (and any error) is in Anthropic's shape."
+            )
+        ]
+    ),
+    "tags": ["gateway"],
+}
+
+
+@get("/v1/models", operation_id="listModels", **_MODELS)
 async def list_models(
     request: Request[Any, Any, Any], router: ModelRouter, authenticator: Authenticator
 ) -> Response[bytes]:
@@ -164,7 +255,7 @@ async def list_models(
 
 
 # Its own handler: an OpenAPI operation id names one path, or the schema cannot be built.
-@get("/api/v7/llm/v1/models", operation_id="seedListModels", tags=["gateway"])
+@get("/api/v7/llm/v1/models", operation_id="seedListModels", **_MODELS)
 async def seed_list_models(
     request: Request[Any, Any, Any], router: ModelRouter, authenticator: Authenticator
 ) -> Response[bytes]:

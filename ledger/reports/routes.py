@@ -23,6 +23,7 @@ from ledger.auth import provide_admin, provide_principal, provide_read_sessions,
 from ledger.config import Settings, load_settings
 from ledger.db.tables import ApiKey, Team
 from ledger.errors import InvalidRequest, NotFound, PermissionDenied
+from ledger.openapi import CSV, KEY_ERRORS, XLSX, admin_errors, answers, documented, key_errors
 from ledger.reports import closing, present
 from ledger.reports.budgets import budget_statuses, recent_alerts
 from ledger.reports.months import InvalidMonth
@@ -71,6 +72,16 @@ def _file(content: bytes, media_type: str, filename: str, **headers: str) -> Res
     )
 
 
+def _format(*allowed: str) -> Any:
+    """The ``format`` query parameter; the enum is documentation, ``_check_format`` decides."""
+    return Parameter(
+        query="format",
+        default=allowed[0],
+        description=", ".join(allowed),
+        schema_extra={"enum": list(allowed)},
+    )
+
+
 class ReportsController(Controller):
     before_request = read_your_writes
     path = "/api/reports"
@@ -82,7 +93,12 @@ class ReportsController(Controller):
         "sessions": Provide(provide_read_sessions, sync_to_thread=False),
     }
 
-    @get("/spend", operation_id="getSpendReport")
+    @get(
+        "/spend",
+        operation_id="getSpendReport",
+        responses=key_errors(400, 403, 404),
+        operation_class=documented(content={200: CSV}),
+    )
     async def spend(
         self,
         principal: Principal,
@@ -102,7 +118,7 @@ class ReportsController(Controller):
         status: list[str] | None = None,
         tag: list[str] | None = None,
         top: int | None = Parameter(default=None, ge=1, le=1000),
-        fmt: str = Parameter(query="format", default="json", description="json or csv"),
+        fmt: str = _format("json", "csv"),
     ) -> Response[Any]:
         """Totals, groups and a calendar-aligned series of spend over ``[since, until)``.
 
@@ -143,12 +159,17 @@ class ReportsController(Controller):
             return _file(present.spend_csv(report), "text/csv", "spend.csv")
         return Response(present.spend_json(report), media_type=MediaType.JSON)
 
-    @get("/budgets", operation_id="getBudgetReport")
+    @get(
+        "/budgets",
+        operation_id="getBudgetReport",
+        responses=key_errors(400),
+        operation_class=documented(content={200: CSV}),
+    )
     async def budgets(
         self,
         principal: Principal,
         sessions: async_sessionmaker[AsyncSession],
-        fmt: str = Parameter(query="format", default="json", description="json or csv"),
+        fmt: str = _format("json", "csv"),
     ) -> Response[Any]:
         """Every budget the key may see in its current period, and the latest alerts."""
         _check_format(fmt, ("json", "csv"))
@@ -167,14 +188,20 @@ class ReportsController(Controller):
         }
         return Response(body, media_type=MediaType.JSON)
 
-    @get("/monthly/{month:str}", operation_id="getMonthlyReport")
+    @get(
+        "/monthly/{month:str}",
+        operation_id="getMonthlyReport",
+        # The handler returns the file's bytes: say what the JSON format's bytes hold.
+        responses=answers(dict[str, Any], "openai", *KEY_ERRORS, 400),
+        operation_class=documented(content={200: {**CSV, **XLSX}}),
+    )
     async def monthly(
         self,
         month: str,
         principal: Principal,
         sessions: async_sessionmaker[AsyncSession],
         report_settings: Settings,
-        fmt: str = Parameter(query="format", default="json", description="json, csv or xlsx"),
+        fmt: str = _format(*FORMATS),
     ) -> Response[bytes]:
         """The month's finance report; a closed month returns its frozen bytes.
 
@@ -201,7 +228,7 @@ class ReportsController(Controller):
             },
         )
 
-    @get("/me", operation_id="getReportPrincipal")
+    @get("/me", operation_id="getReportPrincipal", responses=key_errors())
     async def me(self, principal: Principal) -> dict[str, Any]:
         """Who the key is: the admin, or a team (what the dashboard may show)."""
         return {
@@ -211,7 +238,7 @@ class ReportsController(Controller):
             "key_prefix": principal.key_prefix,
         }
 
-    @get("/months", operation_id="listClosedMonths")
+    @get("/months", operation_id="listClosedMonths", responses=key_errors())
     async def months(
         self, principal: Principal, sessions: async_sessionmaker[AsyncSession]
     ) -> dict[str, Any]:
@@ -229,7 +256,12 @@ class MonthsAdminController(Controller):
         "report_settings": Provide(provide_report_settings, sync_to_thread=False),
     }
 
-    @post("/{month:str}/close", operation_id="closeMonth", status_code=200)
+    @post(
+        "/{month:str}/close",
+        operation_id="closeMonth",
+        status_code=200,
+        responses=admin_errors(400, 409),
+    )
     async def close(
         self,
         month: str,

@@ -18,6 +18,7 @@ from ledger.db.ledger import EntryFilter, get_entry, list_entries
 from ledger.db.tables import ApiKey, LedgerEntryRow, Team
 from ledger.errors import InvalidRequest, NotFound, PermissionDenied
 from ledger.money import format_usd
+from ledger.openapi import key_errors
 
 
 def entry_out(row: LedgerEntryRow, teams: dict[int, str], keys: dict[int, str]) -> dict[str, Any]:
@@ -95,7 +96,7 @@ class UsageController(Controller):
         "sessions": Provide(provide_read_sessions, sync_to_thread=False),
     }
 
-    @get("/", operation_id="listUsage")
+    @get("/", operation_id="listUsage", responses=key_errors(400, 403, 404))
     async def list_usage(
         self,
         principal: Principal,
@@ -132,7 +133,8 @@ class UsageController(Controller):
             "next_cursor": page[-1].id if len(rows) > limit else None,
         }
 
-    @get("/{request_id:str}", operation_id="getUsage")
+    # 400: a NUL in the id, which PostgreSQL text cannot hold.
+    @get("/{request_id:str}", operation_id="getUsage", responses=key_errors(400, 404))
     async def get_usage(
         self, request_id: str, principal: Principal, sessions: async_sessionmaker[AsyncSession]
     ) -> dict[str, Any]:
