@@ -7,16 +7,19 @@
   never produce a negative (or absurd) bucket; relays pass bytes through unchanged.
 - The same kind of bodies reach a live Ledger (wrong content types, oversize bodies with a
   small limit): never a 5xx, and each one past authentication is one ledger entry.
-- Schemathesis checks every operation of Ledger's own OpenAPI schema: no 5xx, and each
-  response matches its documented schema and content type.
+- Schemathesis checks every operation of Ledger's own OpenAPI schema, gateway included, on
+  each database: no 5xx, and each answer's status, content type and body (errors and
+  stream events included) are the ones documented.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,14 +27,17 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
     response_schema_conformance,
+    status_code_conformance,
 )
 
+from ledger.app import create_app
+from ledger.config import Settings
 from ledger.db.engine import create_engine
 from ledger.db.ledger import LedgerEntry
 from ledger.db.migrate import upgrade
@@ -43,6 +49,7 @@ from ledger.gateway.requests import (
     parse_anthropic_messages,
     parse_openai_chat,
 )
+from ledger.http import protocol_for_path
 from ledger.providers import anthropic, openai
 from ledger.providers.sse import SSEParser
 from ledger.usage import MAX_TOKENS, Usage
@@ -359,89 +366,171 @@ def test_an_entry_the_database_refuses_does_not_stop_the_ledger_writer(tmp_path:
     assert first_answered and next_recorded
 
 
+def test_a_report_over_decades_or_centuries_answers_promptly(gateway: LiveServer) -> None:
+    """Found by Schemathesis: a far-past ``since`` held the event loop for minutes."""
+    for params, status in (
+        (
+            {"since": "1990-01-01T00:00:00Z", "granularity": "month", "timezone": "Europe/Paris"},
+            200,
+        ),
+        ({"since": "0001-01-01T00:00:00Z", "granularity": "none", "timezone": "Europe/Paris"}, 200),
+        ({"since": "0001-01-01T00:00:00Z", "granularity": "day"}, 400),  # too many buckets
+    ):
+        started = time.monotonic()
+        response = gateway.admin.get("/api/reports/spend", params=params)
+        assert response.status_code == status, response.text
+        assert time.monotonic() - started < 5, params
+
+
 # -- Schemathesis ---------------------------------------------------------------------------
 
+SCHEMA_CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+# Which key each example sends: mostly the one the operation is for, sometimes the other
+# kind (a team key on an admin route, the admin key on a model route) or none at all.
+CREDENTIALS = st.sampled_from(["right", "right", "right", "other", "none"])
 
-@pytest.fixture(scope="module")
-def ledger_schema(
-    tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream
-) -> Iterator[Any]:
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('schema') / 'ledger.db'}"
-    with LiveServer(gateway_settings(url, fake_upstream)) as server:
-        server.team_key("schemathesis")
+
+@dataclass
+class LedgerUnderTest:
+    server: LiveServer
+    schema: Any
+    models: dict[str, list[str]]  # provider name -> the catalog models it serves
+
+
+@pytest.fixture
+def ledger_schema(database_url: str, fake_upstream: FakeUpstream) -> Iterator[LedgerUnderTest]:
+    with LiveServer(gateway_settings(database_url, fake_upstream)) as server:
+        key = server.team_key("schemathesis")
+        listed = httpx.get(server.url + "/v1/models", headers={"authorization": f"Bearer {key}"})
+        models: dict[str, list[str]] = {}
+        for model in listed.json()["data"]:
+            models.setdefault(model["owned_by"], []).append(model["id"])
         schema = schemathesis.openapi.from_url(server.url + "/schema/openapi.json")
         schema.config.base_url = server.url
-        yield schema, httpx.get(server.url + "/schema/openapi.json").json()
+        yield LedgerUnderTest(server, schema, models)
 
 
 # Schemathesis's pytest plugin does not run under pytest 9 yet: drive each operation's
 # Hypothesis strategy directly instead.
-def test_every_operation_of_the_openapi_schema(ledger_schema: Any) -> None:
-    """No 5xx, and each answer matches the schema's response body and content type.
+def test_every_operation_of_the_openapi_schema(ledger_schema: LedgerUnderTest) -> None:
+    """Every answer of every operation, gateway included, is one the schema documents.
 
-    Status codes are not checked against the schema: Ledger's 401/403/404/429 answers
-    are not declared per operation (Litestar documents only the success code and 400).
+    No 5xx; the status is declared for the operation; the content type is one declared for
+    that status; the body matches its schema (errors in the protocol's shape, gateway
+    bodies as the providers send them, and each event of a stream).
     """
-    schema, document = ledger_schema
-    raw = _raw_byte_operations(document)
-    # The gateway relays the provider's bytes, so its handlers return Response[bytes], which
-    # the schema can only call "a string": their JSON bodies are checked by the SDK tests.
-    assert {"createChatCompletion", "createMessage", "listModels"} <= raw
+    seen: dict[str, set[tuple[int, str]]] = {}
     failures: list[str] = []
-    operations = 0
-    for result in schema.get_all_operations():
+    for result in ledger_schema.schema.get_all_operations():
         operation = result.ok()
-        operations += 1
-        checks = [not_a_server_error, content_type_conformance]
-        if operation.definition.raw.get("operationId") not in raw:
-            checks.append(success_schema_conformance)
-
-        check = _property_of(operation, checks)
+        operation_id = operation.definition.raw["operationId"]
+        check = _property_of(operation, ledger_schema, seen.setdefault(operation_id, set()))
         try:
             check()
         except (Exception, BaseExceptionGroup) as failure:
-            failures.append(f"{operation.label}: {str(failure)[:600]}")
-    assert operations >= 30
+            failures.append(f"{operation.label}: {str(failure)[:1500]}")
     assert not failures, "\n\n".join(failures)
+    assert len(seen) >= 30
+    # The examples reach the provider and back, both protocols, streamed or not.
+    for operation_id in ("createChatCompletion", "seedChatCompletion"):
+        assert {(200, "application/json"), (200, "text/event-stream")} <= seen[operation_id]
+    for operation_id in ("createMessage", "seedCreateMessage"):
+        assert {(200, "application/json"), (200, "text/event-stream")} <= seen[operation_id]
+    for operation_id in ("countMessageTokens", "listModels", "getSpendReport", "listTeams"):
+        assert (200, "application/json") in seen[operation_id], seen[operation_id]
+    assert (200, "text/csv") in seen["getSpendReport"]
+    assert {status for status, _ in seen["listTeams"]} >= {200, 401, 403}
 
 
-@schemathesis.check
-def success_schema_conformance(ctx: Any, response: Any, case: Any) -> bool | None:
-    """The documented body schema, for successful answers.
+def _property_of(operation: Any, ledger: LedgerUnderTest, seen: set[tuple[int, str]]) -> Any:
+    """A Hypothesis test of one operation: its generated cases, sent with some key."""
+    definition = operation.definition.raw
+    gateway = "gateway" in definition.get("tags", [])
+    # A fresh key for each operation: an example of revokeKey may have revoked the last one.
+    team_key = ledger.server.team_key("schemathesis")
+    keys = {
+        "right": team_key if gateway else ADMIN_KEY,
+        "other": ADMIN_KEY if gateway else team_key,
+    }
+    provider = "anthropic" if "/messages" in operation.path else "openai"
+    served = st.sampled_from([None, *ledger.models[provider]])
 
-    Errors are left out: the schema documents Litestar's 400 body (``status_code``,
-    ``detail``), but Ledger answers every error in the caller's protocol's shape.
-    """
-    if response.status_code >= 400:
-        return None
-    return response_schema_conformance(ctx, response, case)
+    def check(case: Any, credential: str, model: str | None) -> None:
+        if isinstance(case.body, dict):
+            if model is not None:
+                # A generated name is almost never a served model: name one, most of the time,
+                # so that the provider's answers (and streams) are checked too.
+                case.body["model" if "model" in case.body else "model_id"] = model
+            if "key" in case.body:
+                # The seed API's key in the body: a generated one is never valid, and enough
+                # bad keys from one client would get every later example a 429.
+                case.body["key"] = team_key
+        headers = {"authorization": f"Bearer {keys[credential]}"} if credential in keys else {}
+        response = case.call_and_validate(headers=headers, checks=SCHEMA_CHECKS)
+        media_type = response.headers.get("content-type", [""])[0].split(";")[0]
+        seen.add((response.status_code, media_type))
 
-
-def _property_of(operation: Any, checks: list[Any]) -> Any:
-    """A Hypothesis test of one operation: its generated cases, sent with the admin key."""
-
-    @settings(
+    # Generated bodies reach the provider only by chance (any optional field may be one
+    # Ledger refuses): these do, each way it can answer, whatever Hypothesis draws.
+    for body in _requests_the_provider_answers(operation, ledger.models[provider][0]):
+        check = example(case=operation.Case(body=body), credential="right", model=None)(check)
+    check = given(case=operation.as_strategy(), credential=CREDENTIALS, model=served)(check)
+    return settings(
         max_examples=25, deadline=None, derandomize=True, database=None,
         suppress_health_check=list(HealthCheck),
-    )  # fmt: skip
-    @given(case=operation.as_strategy())
-    def check(case: Any) -> None:
-        case.call_and_validate(headers={"authorization": f"Bearer {ADMIN_KEY}"}, checks=checks)
-
-    return check
+    )(check)  # fmt: skip
 
 
-def _raw_byte_operations(document: dict[str, Any]) -> set[str]:
-    """Gateway operations, and those whose success response the schema calls a string."""
-    raw = set()
-    for item in document["paths"].values():
-        for operation in item.values():
-            if "gateway" in operation.get("tags", []):
-                raw.add(operation["operationId"])
-            for status, response in operation.get("responses", {}).items():
-                if not status.startswith("2"):
+def _requests_the_provider_answers(operation: Any, model: str) -> list[dict[str, Any]]:
+    properties = _request_properties(operation)
+    if "messages" not in properties:
+        return []
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "Hello"}]}
+    body["model_id" if "model_id" in properties else "model"] = model
+    if "max_tokens" in properties:
+        body["max_tokens"] = 16
+    if "stream" not in properties:
+        return [body]
+    return [body, {**body, "stream": True}]
+
+
+def _request_properties(operation: Any) -> dict[str, Any]:
+    content = operation.definition.raw.get("requestBody", {}).get("content", {})
+    return content.get("application/json", {}).get("schema", {}).get("properties", {})
+
+
+def test_the_schema_documents_errors_in_the_protocol_shapes(tmp_path: Path) -> None:
+    """Litestar's own error body (status_code, detail) is never sent, so never documented."""
+    settings_ = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    document = create_app(settings_, announce=False).openapi_schema.to_schema()
+    shapes = {"#/components/schemas/OpenAIError", "#/components/schemas/AnthropicError"}
+    operations = 0
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            operations += 1
+            anthropic = protocol_for_path(path) == "anthropic"
+            for status, response in operation["responses"].items():
+                if status.startswith("2") or (path, status) == ("/readyz", "503"):
                     continue
-                for content in response.get("content", {}).values():
-                    if content.get("schema") == {"type": "string"}:
-                        raw.add(operation["operationId"])
-    return raw
+                schema = response["content"]["application/json"]["schema"]
+                refs = {schema.get("$ref")} | {s.get("$ref") for s in schema.get("oneOf", [])}
+                refs.discard(None)
+                assert refs and refs <= shapes, (method, path, status, schema)
+                if anthropic:
+                    assert refs == {"#/components/schemas/AnthropicError"}, (method, path)
+                elif path not in ("/v1/models", "/api/v7/llm/v1/models"):
+                    assert refs == {"#/components/schemas/OpenAIError"}, (method, path)
+    assert operations >= 30
+
+
+def test_only_the_anthropic_routes_answer_errors_in_anthropic_shape() -> None:
+    for path in ("/v1/messages", "/v1/messages/count_tokens", "/api/v7/llm/v1/messages"):
+        assert protocol_for_path(path) == "anthropic", path
+    # A parameter that happens to spell "messages" does not make a route Anthropic's.
+    for path in ("/api/usage/messages-1", "/api/reports/monthly/messages", "/v1/chat/completions"):
+        assert protocol_for_path(path) == "openai", path
