@@ -100,7 +100,7 @@ def serve(
         "timeout_graceful_shutdown": 30,
     }
     if settings.workers == 1:
-        uvicorn.run(create_app(settings, freeze_gc=True), **options)
+        uvicorn.run(create_app(settings, serving_process=True), **options)
         return
     # Several workers: prepare the database once here, then every worker skips it.
     _run(lambda: _prepare_for_workers(settings))
