@@ -60,7 +60,8 @@ RULES_SETTLE_S = 7.0  # BudgetGuard reloads budget rules every 5 s in each proce
 DEFAULT_LITELLM = "/opt/litellm-venv/bin/python"
 SMALL_PROMPT = [
     {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "Write one sentence about what a cost-accounting gateway does."},
+    # wrk puts the request's number in place of %%N%%: every user prompt is new.
+    {"role": "user", "content": "Request %%N%%: one sentence on what a cost-accounting gateway does."},
 ]
 
 

@@ -21,6 +21,11 @@ function init(args)
    if args[2] and args[2] ~= "" then
       headers["Authorization"] = args[2]
    end
+   -- A body holding "%%N%%" gets the request's number there, so that no two prompts are
+   -- the same (nothing on the path can answer from a cache of what it counted before).
+   numbered = body:find("%%N%%", 1, true) ~= nil
+   template = body
+   request_headers = headers
    prepared = wrk.format("POST", nil, headers, body)
    sent = 0
    bad = 0
@@ -28,6 +33,10 @@ end
 
 function request()
    sent = sent + 1
+   if numbered then
+      local numbered_body = template:gsub("%%%%N%%%%", tostring(sent))
+      return wrk.format("POST", nil, request_headers, numbered_body)
+   end
    return prepared
 end
 
