@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Boolean, Connection, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.budgets.model import BudgetRule, parse_thresholds
-from ledger.db.tables import Budget, BudgetPeriod, BudgetReservation
+from ledger.db.tables import Budget, BudgetPeriod, BudgetReservation, Timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,25 +95,37 @@ def create_missing_periods(
     connection: Connection, periods: Iterable[tuple[int, datetime, datetime | None]]
 ) -> None:
     """:func:`ensure_periods` on a synchronous connection (the ledger writer's)."""
+    now = datetime.now(UTC)
     values = [
-        {
-            "budget_id": budget_id,
-            "period_start": start,
-            "period_end": end,
-            "spent_nanos": 0,
-            "reserved_nanos": 0,
-            "blocked": False,
-            "updated_at": datetime.now(UTC),
-        }
+        {"budget_id": budget_id, "start": start, "end": end, "blocked": False, "now": now}
         for budget_id, start, end in sorted(set(periods), key=lambda p: (p[0], p[1]))
     ]
-    if not values:
-        return
-    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
-    connection.execute(
-        insert(BudgetPeriod).on_conflict_do_nothing(index_elements=["budget_id", "period_start"]),
-        values,
-    )
+    if values:
+        connection.execute(_CREATE_PERIOD, values)
+
+
+# The writer's statements are built once, as text with typed parameters: building and
+# cache-keying expression objects for every batch cost more than running them, and it
+# ran on the thread that shares the interpreter with the event loop.
+_CREATE_PERIOD = sql_text(
+    "INSERT INTO budget_periods (budget_id, period_start, period_end, spent_nanos, "
+    "reserved_nanos, blocked, updated_at) VALUES (:budget_id, :start, :end, 0, 0, :blocked, "
+    ":now) ON CONFLICT (budget_id, period_start) DO NOTHING"
+).bindparams(
+    bindparam("start", type_=Timestamp()),
+    bindparam("end", type_=Timestamp()),
+    bindparam("blocked", type_=Boolean()),
+    bindparam("now", type_=Timestamp()),
+)
+_SHRINK_LEASE = sql_text(
+    "UPDATE budget_reservations SET amount_nanos = amount_nanos - :amount "
+    "WHERE id = :lease_id AND amount_nanos >= :amount"
+)
+_SETTLE_PERIOD = sql_text(
+    "UPDATE budget_periods SET spent_nanos = spent_nanos + :spent, "
+    "reserved_nanos = reserved_nanos - :released, updated_at = :now "
+    "WHERE budget_id = :budget_id AND period_start = :start"
+).bindparams(bindparam("start", type_=Timestamp()), bindparam("now", type_=Timestamp()))
 
 
 async def try_reserve(
@@ -258,25 +269,26 @@ def apply_settlements(connection: Connection, settlements: Sequence[Settlement])
     for lease_id, amount in sorted(lease_release.items()):
         if amount <= 0:
             continue
-        result = connection.execute(
-            update(t)
-            .where(t.id == lease_id, t.amount_nanos >= amount)
-            .values(amount_nanos=t.amount_nanos - amount)
-        )
+        result = connection.execute(_SHRINK_LEASE, {"lease_id": lease_id, "amount": amount})
         if result.rowcount:
             released[lease_period[lease_id]] += amount
-    p = BudgetPeriod
-    for key in sorted(set(spent) | set(released)):
-        budget_id, start = key
-        connection.execute(
-            update(p)
-            .where(p.budget_id == budget_id, p.period_start == start)
-            .values(
-                spent_nanos=p.spent_nanos + spent.get(key, 0),
-                reserved_nanos=p.reserved_nanos - released.get(key, 0),
-                updated_at=datetime.now(UTC),
-            )
-        )
+    now = datetime.now(UTC)
+    periods = sorted(set(spent) | set(released))
+    if not periods:
+        return
+    connection.execute(
+        _SETTLE_PERIOD,
+        [
+            {
+                "budget_id": budget_id,
+                "start": start,
+                "spent": spent.get((budget_id, start), 0),
+                "released": released.get((budget_id, start), 0),
+                "now": now,
+            }
+            for budget_id, start in periods
+        ],
+    )
 
 
 async def _release(

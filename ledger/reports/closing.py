@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, String, bindparam, insert, select, update
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger.db.tables import ClosedMonth, LateAdjustment, MonthSnapshot
+from ledger.db.tables import ClosedMonth, LateAdjustment, MonthSnapshot, Timestamp
 from ledger.errors import Conflict
 from ledger.reports import monthly, render
 from ledger.reports.months import month_bounds, month_label, parse_month
@@ -67,12 +67,8 @@ def record_late_entries(connection: Connection, entries: Sequence[LedgerEntry]) 
         return
     earliest = min(entry.started_at for entry in entries)
     latest = max(entry.started_at for entry in entries)
-    closed = (
-        connection.execute(
-            select(ClosedMonth.month, ClosedMonth.period_start, ClosedMonth.period_end).where(
-                ClosedMonth.period_end > earliest, ClosedMonth.period_start <= latest
-            )
-        )
+    closed = connection.execute(
+        _CLOSED_MONTHS_TOUCHED, {"earliest": earliest, "latest": latest}
     ).all()
     if not closed:
         return
@@ -105,6 +101,16 @@ def record_late_entries(connection: Connection, entries: Sequence[LedgerEntry]) 
     )
     connection.execute(statement, rows)
 
+
+# Built once: every batch of the ledger writer runs it (see rollups.add_to_rollups).
+_CLOSED_MONTHS_TOUCHED = (
+    sql_text(
+        "SELECT month, period_start, period_end FROM closed_months "
+        "WHERE period_end > :earliest AND period_start <= :latest"
+    )
+    .bindparams(bindparam("earliest", type_=Timestamp()), bindparam("latest", type_=Timestamp()))
+    .columns(month=String(), period_start=Timestamp(), period_end=Timestamp())
+)
 
 _LATE_SUMS = ("entries", *monthly.LINE_FIELDS)
 
