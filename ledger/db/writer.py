@@ -154,7 +154,7 @@ class LedgerWriter:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            if self._ack_on_journal and self._gather_s:
+            if self._ack_on_journal and self._gather_s and self._queue.qsize() < self._max_batch:
                 # Callers already have their answer (the journal holds their entries), so
                 # waiting a moment costs them nothing, and a fuller batch costs far less
                 # per entry: one transaction, one update per budget period and rollup row.
