@@ -61,7 +61,10 @@ DEFAULT_LITELLM = "/opt/litellm-venv/bin/python"
 SMALL_PROMPT = [
     {"role": "system", "content": "You are a helpful assistant."},
     # wrk puts the request's number in place of %%N%%: every user prompt is new.
-    {"role": "user", "content": "Request %%N%%: one sentence on what a cost-accounting gateway does."},
+    {
+        "role": "user",
+        "content": "Request %%N%%: one sentence on what a cost-accounting gateway does.",
+    },
 ]
 
 
@@ -631,9 +634,11 @@ class Bench:
             )
             self.rows.append(
                 Row(
-                    f"4. group commit, {name} (≥ 10,000 entries/s)"
+                    f"4. group commit, {name} (≥ 10,000 entries/s committed)"
                     + ("" if "record()" in name else ", with the request's journal + budget work"),
-                    f"{figures['entries_per_s']:,.0f}/s (batch {figures['mean_batch']:.0f}, ack p99 {figures['ack_p99_ms']:.0f} ms)",
+                    f"{figures['entries_per_s']:,.0f}/s committed (batch "
+                    f"{figures['mean_batch']:.0f}; acknowledged once journaled, ack p99 "
+                    f"{figures['ack_p99_ms']:.1f} ms)",
                     verdict=_verdict(figures["entries_per_s"] >= 10_000 and ok),
                     ratio="exact" if ok else "MISMATCH",
                 )
