@@ -63,10 +63,6 @@ class DisconnectWatch:
         self._gone = _Flag()
         self._task = asyncio.create_task(_watch(receive, self._gone))
 
-    @property
-    def gone(self) -> bool:
-        return self._gone.value
-
     def __call__(self) -> bool:
         return self._gone.value
 
