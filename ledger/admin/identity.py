@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from dataclasses import dataclass
@@ -86,6 +87,11 @@ class Authenticator:
     Valid client keys are cached for ``ttl_s`` seconds so the hot path does not hit
     the database on every request. Revoking a key through this process takes effect
     at once; through another process, within ``ttl_s``.
+
+    A key in steady use never waits for the database: in the second half of its cache
+    lifetime one background lookup renews it. A key that is not cached is looked up
+    once however many requests present it at the same moment; otherwise every expiry
+    under load would send a burst of identical queries and stall all of them.
     """
 
     def __init__(
@@ -103,6 +109,10 @@ class Authenticator:
         self._ttl_s = ttl_s
         self._max_cached = max_cached
         self._cache: dict[str, tuple[Principal, float]] = {}
+        self._lookups: dict[str, asyncio.Task[Principal]] = {}
+        # Bumped by every revocation here: a lookup that began before it must not
+        # put the revoked key back into the cache.
+        self._generation = 0
         self.throttle = FailureThrottle()
 
     @property
@@ -146,16 +156,13 @@ class Authenticator:
         cached = self._cache.get(digest)
         now = time.monotonic()
         if cached is not None and cached[1] > now:
+            if cached[1] - now < self._ttl_s / 2 and digest not in self._lookups:
+                self._start_lookup(digest).add_done_callback(_consume_exception)
             return cached[0]
+        lookup = self._lookups.get(digest) or self._start_lookup(digest)
         try:
-            async with self._sessions() as session:
-                row = (
-                    await session.execute(
-                        select(ApiKey.id, ApiKey.prefix, ApiKey.revoked_at, Team.id, Team.name)
-                        .join(Team, Team.id == ApiKey.team_id)
-                        .where(ApiKey.key_hash == digest)
-                    )
-                ).first()
+            # Shielded: one caller giving up must not cancel the lookup the others await.
+            return await asyncio.shield(lookup)
         except _DATABASE_ERRORS as exc:
             if cached is not None:
                 # Valid moments ago, and the key store is down: keep serving it (a revocation
@@ -165,22 +172,48 @@ class Authenticator:
                 "Keys cannot be checked right now: the database is unreachable. Try again shortly.",
                 code="auth_unavailable",
             ) from exc
+
+    def _start_lookup(self, digest: str) -> asyncio.Task[Principal]:
+        task = asyncio.get_running_loop().create_task(self._look_up(digest))
+        self._lookups[digest] = task
+        task.add_done_callback(lambda _: self._lookups.pop(digest, None))
+        return task
+
+    async def _look_up(self, digest: str) -> Principal:
+        generation = self._generation
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    select(ApiKey.id, ApiKey.prefix, ApiKey.revoked_at, Team.id, Team.name)
+                    .join(Team, Team.id == ApiKey.team_id)
+                    .where(ApiKey.key_hash == digest)
+                )
+            ).first()
         if row is None or row.revoked_at is not None:
             self._cache.pop(digest, None)
             raise AuthenticationFailed("Invalid or revoked API key.")
         principal = Principal(
             is_admin=False, team_id=row[3], team_name=row[4], key_id=row[0], key_prefix=row[1]
         )
-        if len(self._cache) >= self._max_cached:
-            self._cache.clear()
-        self._cache[digest] = (principal, now + self._ttl_s)
+        if generation == self._generation:
+            if len(self._cache) >= self._max_cached:
+                self._cache.clear()
+            self._cache[digest] = (principal, time.monotonic() + self._ttl_s)
         return principal
 
     def forget_key(self, key_id: int) -> None:
         """Drop a revoked key from this process's cache."""
+        self._generation += 1
         for digest, (principal, _) in list(self._cache.items()):
             if principal.key_id == key_id:
                 del self._cache[digest]
+
+
+def _consume_exception(task: asyncio.Task[Principal]) -> None:
+    # A background renewal that fails leaves the cached entry to expire; the next
+    # request looks the key up itself and reports what went wrong.
+    if not task.cancelled():
+        task.exception()
 
 
 # Teams ------------------------------------------------------------------------------
