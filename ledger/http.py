@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
 from litestar import Request, Response
 
 from ledger.errors import (
+    InvalidRequest,
     LedgerError,
     PayloadTooLarge,
     anthropic_error_body,
@@ -19,12 +20,17 @@ from ledger.errors import (
 
 def credential_from_headers(request: Request[Any, Any, Any]) -> str | None:
     """The key from ``Authorization: Bearer``, else ``x-api-key``, else None."""
-    authorization = request.headers.get("authorization")
+    return credential_in(request.headers)
+
+
+def credential_in(headers: Mapping[str, str]) -> str | None:
+    """:func:`credential_from_headers` for headers already in a mapping (lower-case names)."""
+    authorization = headers.get("authorization")
     if authorization:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    api_key = request.headers.get("x-api-key")
+    api_key = headers.get("x-api-key")
     return api_key.strip() if api_key and api_key.strip() else None
 
 
@@ -33,19 +39,36 @@ def client_address(request: Request[Any, Any, Any]) -> str | None:
     return request.client.host if request.client else None
 
 
-async def read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
+def scope_headers(scope: Mapping[str, Any]) -> dict[str, str]:
+    """An ASGI scope's headers by lower-case name; a repeated header keeps its first value."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1").lower()
+        if name not in headers:
+            headers[name] = raw_value.decode("latin-1")
+    return headers
+
+
+async def read_body(
+    headers: Mapping[str, str], receive: Callable[[], Awaitable[Any]], limit: int
+) -> bytes:
     """The whole body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(limit)
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("The client disconnected before sending the whole body.")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(limit)
         parts.append(chunk)
-    return b"".join(parts)
+        if not message.get("more_body", False):
+            return b"".join(parts)
 
 
 class DisconnectWatch:
@@ -66,15 +89,20 @@ class DisconnectWatch:
     def __call__(self) -> bool:
         return self._gone.value
 
+    async def wait(self) -> None:
+        """Return once the client has disconnected (never, after :meth:`stop`)."""
+        await self._gone.event.wait()
+
     def stop(self) -> None:
         self._task.cancel()
 
 
 class _Flag:
-    __slots__ = ("value",)
+    __slots__ = ("event", "value")
 
     def __init__(self) -> None:
         self.value = False
+        self.event = asyncio.Event()
 
 
 async def _watch(receive: Callable[[], Awaitable[Any]], gone: _Flag) -> None:
@@ -82,6 +110,7 @@ async def _watch(receive: Callable[[], Awaitable[Any]], gone: _Flag) -> None:
         message = await receive()
         if message.get("type") == "http.disconnect":
             gone.value = True
+            gone.event.set()
             return
 
 
@@ -100,10 +129,15 @@ def protocol_for_path(path: str) -> str:
     return "openai"
 
 
-def error_response(error: LedgerError, protocol: str = "openai") -> Response[bytes]:
+def error_body(error: LedgerError, protocol: str = "openai") -> bytes:
+    """``error`` as JSON in the caller's protocol."""
     body = anthropic_error_body(error) if protocol == "anthropic" else openai_error_body(error)
+    return msgspec.json.encode(body)
+
+
+def error_response(error: LedgerError, protocol: str = "openai") -> Response[bytes]:
     return Response(
-        content=msgspec.json.encode(body),
+        content=error_body(error, protocol),
         status_code=error.status,
         headers=dict(error.headers),
         media_type="application/json",

@@ -1,25 +1,30 @@
-"""The gateway's HTTP routes: thin adapters from Litestar to :class:`Gateway`."""
+"""The gateway's HTTP routes: thin adapters from ASGI to :class:`Gateway`."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NoReturn
 
+import anyio
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.middleware import DefineMiddleware
 from litestar.openapi.spec import Operation, Schema
-from litestar.response import Stream
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from ledger.admin.identity import Authenticator
 from ledger.errors import InvalidRequest, LedgerError
-from ledger.gateway.lifecycle import Gateway, GatewayCall, GatewayReply
+from ledger.gateway.lifecycle import Gateway, GatewayCall
 from ledger.gateway.routing import ModelRouter
 from ledger.http import (
     DisconnectWatch,
     client_address,
     credential_from_headers,
+    credential_in,
+    error_body,
     error_response,
     read_body,
+    scope_headers,
 )
 from ledger.openapi import (
     CHAT_REQUEST,
@@ -45,77 +50,119 @@ from ledger.openapi import (
 from ledger.providers import anthropic, openai
 
 _ACCEPTED_CONTENT_TYPES = ("application/json", "text/plain", "")
+_FORWARDED_HEADERS = openai.FORWARDED_REQUEST_HEADERS + anthropic.FORWARDED_REQUEST_HEADERS
 
 
-async def _serve(
-    request: Request[Any, Any, Any],
-    *,
-    protocol: str,
-    endpoint: str,
-    seed_body: bool = False,
-) -> Response[bytes] | Stream:
-    # Looked up here rather than injected: dependency resolution cost more than the rest
-    # of this function on the hot path.
-    gateway: Gateway = request.app.state["services"].gateway
-    max_body_bytes = gateway.max_body_bytes
-    body_error: LedgerError | None = None
-    raw = b""
+class ServeGateway:
+    """Serves one gateway route at the ASGI level, as the route's own middleware.
+
+    Litestar routes the request here, to the route's only middleware, which answers it
+    and never calls the handler behind it: the handler is there for the route and its
+    OpenAPI operation. Litestar's request parsing, dependency resolution and response
+    objects cost about as much CPU per request as the whole accounting did, and the
+    gateway needs none of them: it reads the body, hands a :class:`GatewayCall` to
+    :class:`Gateway`, and sends back bytes.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, protocol: str, endpoint: str, seed_body: bool = False
+    ) -> None:
+        self._protocol = protocol
+        self._endpoint = endpoint
+        self._seed_body = seed_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gateway: Gateway = scope["app"].state["services"].gateway
+        headers = scope_headers(scope)
+        body_error: LedgerError | None = None
+        raw = b""
+        try:
+            content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type not in _ACCEPTED_CONTENT_TYPES and not content_type.endswith("+json"):
+                body_error = InvalidRequest(
+                    f"Content-Type must be application/json, not {content_type!r}."
+                )
+                body_error.status = 415
+            raw = await read_body(headers, receive, gateway.max_body_bytes)
+        except LedgerError as error:
+            body_error = error
+        client = scope.get("client")
+        call = GatewayCall(
+            protocol=self._protocol,
+            endpoint=self._endpoint,
+            raw_body=raw,
+            credential=credential_in(headers),
+            seed_body=self._seed_body,
+            end_user=headers.get("x-ledger-user"),
+            tags=headers.get("x-ledger-tags"),
+            forward_headers={h: v for h in _FORWARDED_HEADERS if (v := headers.get(h))},
+            body_error=body_error,
+            client=client[0] if client else None,
+            client_gone=(watch := DisconnectWatch(receive)),
+        )
+        try:
+            reply = await gateway.handle(call)
+        except LedgerError as error:
+            watch.stop()
+            headers = {**error.headers, "content-type": "application/json"}
+            await _send_whole(send, error.status, headers, error_body(error, self._protocol))
+            return
+        if reply.stream is None:
+            watch.stop()
+            await _send_whole(send, reply.status, reply.headers, reply.body)
+        else:
+            await _send_stream(send, reply.status, reply.headers, reply.stream, watch)
+
+
+def served(protocol: str, endpoint: str, *, seed_body: bool = False) -> DefineMiddleware:
+    return DefineMiddleware(ServeGateway, protocol=protocol, endpoint=endpoint, seed_body=seed_body)
+
+
+def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [
+        (name.encode("latin-1"), value.encode("latin-1", "replace"))
+        for name, value in headers.items()
+    ]
+
+
+async def _send_whole(send: Send, status: int, headers: dict[str, str], body: bytes) -> None:
+    headers = {"content-type": "application/json", **headers, "content-length": str(len(body))}
+    await send({"type": "http.response.start", "status": status, "headers": _raw_headers(headers)})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _send_stream(
+    send: Send,
+    status: int,
+    headers: dict[str, str],
+    stream: AsyncIterator[bytes],
+    watch: DisconnectWatch,
+) -> None:
+    """Relay ``stream`` chunk by chunk; a client that leaves cancels it where it is."""
+    headers = {key: value for key, value in headers.items() if key != "content-length"}
     try:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type not in _ACCEPTED_CONTENT_TYPES and not content_type.endswith("+json"):
-            body_error = InvalidRequest(
-                f"Content-Type must be application/json, not {content_type!r}."
-            )
-            body_error.status = 415
-        raw = await read_body(request, max_body_bytes)
-    except LedgerError as error:
-        body_error = error
-    forwarded = openai.FORWARDED_REQUEST_HEADERS + anthropic.FORWARDED_REQUEST_HEADERS
-    call = GatewayCall(
-        protocol=protocol,
-        endpoint=endpoint,
-        raw_body=raw,
-        credential=credential_from_headers(request),
-        seed_body=seed_body,
-        end_user=request.headers.get("x-ledger-user"),
-        tags=request.headers.get("x-ledger-tags"),
-        forward_headers={h: v for h in forwarded if (v := request.headers.get(h))},
-        body_error=body_error,
-        client=client_address(request),
-        client_gone=(watch := DisconnectWatch(request.receive)),
-    )
-    try:
-        reply = await gateway.handle(call)
-    except LedgerError as error:
-        watch.stop()
-        return error_response(error, protocol)
-    if reply.stream is None:
-        watch.stop()
-    else:
-        reply.stream = _stop_when_done(reply.stream, watch)
-    return _to_response(reply)
+        await send(
+            {"type": "http.response.start", "status": status, "headers": _raw_headers(headers)}
+        )
+        async with anyio.create_task_group() as group:
 
+            async def relay() -> None:
+                async for chunk in stream:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                group.cancel_scope.cancel()
 
-async def _stop_when_done(
-    stream: AsyncIterator[bytes], watch: DisconnectWatch
-) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in stream:
-            yield chunk
+            group.start_soon(relay)
+            await watch.wait()
+            group.cancel_scope.cancel()
     finally:
         if hasattr(stream, "aclose"):
             await stream.aclose()
         watch.stop()
 
 
-def _to_response(reply: GatewayReply) -> Response[bytes] | Stream:
-    if reply.stream is not None:
-        return Stream(reply.stream, status_code=reply.status, headers=reply.headers)
-    headers = dict(reply.headers)
-    media_type = headers.pop("content-type", "application/json")
-    return Response(
-        content=reply.body, status_code=reply.status, headers=headers, media_type=media_type
-    )
+def _served_by_middleware() -> NoReturn:
+    raise RuntimeError("gateway routes are answered by ServeGateway, their middleware")
 
 
 _BODY = {"request_max_body_size": None}  # read_body enforces the gateway's own limit
@@ -149,13 +196,12 @@ def _documented(request: Schema, stream_event: Schema | None = None) -> type[Ope
     operation_id="createChatCompletion",
     operation_class=_documented(CHAT_REQUEST, CHAT_STREAM_EVENT),
     **_CHAT,
+    middleware=[served("openai", "chat")],
     **_BODY,
 )
-async def chat_completions(
-    request: Request[Any, Any, Any],
-) -> Response[bytes] | Stream:
+async def chat_completions() -> Response[bytes]:
     """OpenAI-compatible chat completions, streaming or not."""
-    return await _serve(request, protocol="openai", endpoint="chat")
+    _served_by_middleware()
 
 
 @post(
@@ -163,13 +209,12 @@ async def chat_completions(
     operation_id="createMessage",
     operation_class=_documented(MESSAGE_REQUEST, MESSAGE_STREAM_EVENT),
     **_MESSAGES,
+    middleware=[served("anthropic", "messages")],
     **_BODY,
 )
-async def messages(
-    request: Request[Any, Any, Any],
-) -> Response[bytes] | Stream:
+async def messages() -> Response[bytes]:
     """Anthropic-compatible messages, streaming or not."""
-    return await _serve(request, protocol="anthropic", endpoint="messages")
+    _served_by_middleware()
 
 
 @post(
@@ -177,13 +222,12 @@ async def messages(
     operation_id="countMessageTokens",
     operation_class=_documented(COUNT_TOKENS_REQUEST),
     **_COUNT_TOKENS,
+    middleware=[served("anthropic", "count_tokens")],
     **_BODY,
 )
-async def count_tokens(
-    request: Request[Any, Any, Any],
-) -> Response[bytes] | Stream:
+async def count_tokens() -> Response[bytes]:
     """Anthropic-compatible token counting (the provider's, or a local estimate)."""
-    return await _serve(request, protocol="anthropic", endpoint="count_tokens")
+    _served_by_middleware()
 
 
 @post(
@@ -191,13 +235,12 @@ async def count_tokens(
     operation_id="seedChatCompletion",
     operation_class=_documented(SEED_CHAT_REQUEST, CHAT_STREAM_EVENT),
     **_CHAT,
+    middleware=[served("openai", "chat", seed_body=True)],
     **_BODY,
 )
-async def seed_chat_completions(
-    request: Request[Any, Any, Any],
-) -> Response[bytes] | Stream:
+async def seed_chat_completions() -> Response[bytes]:
     """The seed API's chat completions: ``model_id`` and ``key`` may travel in the body."""
-    return await _serve(request, protocol="openai", endpoint="chat", seed_body=True)
+    _served_by_middleware()
 
 
 @post(
@@ -205,13 +248,12 @@ async def seed_chat_completions(
     operation_id="seedCreateMessage",
     operation_class=_documented(SEED_MESSAGE_REQUEST, MESSAGE_STREAM_EVENT),
     **_MESSAGES,
+    middleware=[served("anthropic", "messages", seed_body=True)],
     **_BODY,
 )
-async def seed_messages(
-    request: Request[Any, Any, Any],
-) -> Response[bytes] | Stream:
+async def seed_messages() -> Response[bytes]:
     """The seed API's messages: ``model_id`` and ``key`` may travel in the body."""
-    return await _serve(request, protocol="anthropic", endpoint="messages", seed_body=True)
+    _served_by_middleware()
 
 
 @post(
@@ -219,18 +261,12 @@ async def seed_messages(
     operation_id="seedCountMessageTokens",
     operation_class=_documented(SEED_COUNT_TOKENS_REQUEST),
     **_COUNT_TOKENS,
+    middleware=[served("anthropic", "count_tokens", seed_body=True)],
     **_BODY,
 )
-async def seed_count_tokens(
-    request: Request[Any, Any, Any],
-) -> Response[bytes] | Stream:
+async def seed_count_tokens() -> Response[bytes]:
     """The seed API's token counting: ``model_id`` and ``key`` may travel in the body."""
-    return await _serve(
-        request,
-        protocol="anthropic",
-        endpoint="count_tokens",
-        seed_body=True,
-    )
+    _served_by_middleware()
 
 
 _MODELS = {
