@@ -23,7 +23,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -59,7 +59,7 @@ OUTPUT_PRICE = {OPENAI: Decimal("1.60"), ANTHROPIC: Decimal("15.00")}
 PER_KIND = 6  # requests of each kind in a burst: 24 (or 12 for stream-only rows)
 READ_TIMEOUT_S = 1.0  # the provider read timeout of the Ledger under test (answered with 504)
 CONNECT_TIMEOUT_S = 0.5
-ABORT_AFTER_S = 0.25  # "disconnect before the first byte": the provider stalls longer
+ABORT_WITHIN_S = 10.0  # an aborting client leaves once the provider has its request
 CLOSE_AFTER_EVENTS = 5  # "disconnect mid-stream"
 SLOW_READ_S = 0.05  # "very slow reader": a pause after every event
 # The team budget is far from its limit (requests run on leases); the key budget is near
@@ -273,32 +273,53 @@ def matrix(
 # -- one burst ----------------------------------------------------------------------------
 
 
-async def _given_up(call: Awaitable[Outcome], kind: Kind) -> Outcome:
-    try:
-        return await asyncio.wait_for(call, ABORT_AFTER_S)
-    except TimeoutError:
-        return Outcome(kind, "aborted")
+async def _given_up(call: Awaitable[Outcome], kind: Kind, arrived: Callable[[], bool]) -> Outcome:
+    """Leave once the provider has the request (and is still thinking): before any byte.
+
+    Leaving after a fixed time instead lost the row under load: a client slower than the
+    time allowed gave up before its request was even sent, and nothing reached Ledger.
+    """
+    task = asyncio.ensure_future(call)
+    deadline = time.monotonic() + ABORT_WITHIN_S
+    while not task.done() and not arrived() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return Outcome(kind, "aborted")
 
 
-async def _burst(server: LiveServer, key: str, tag: str, scenario: Scenario) -> list[Outcome]:
+async def _burst(
+    server: LiveServer, key: str, tag: str, scenario: Scenario, upstream: FakeUpstream
+) -> list[Outcome]:
     clients = Clients(server.url, key, tag)
     calls = []
     for index in range(PER_KIND):
-        for kind in scenario.kinds:
+        for number, kind in enumerate(scenario.kinds):
             # A number in the prompt makes each request distinct, as real traffic is.
+            text = f"{scenario.text} n{index}k{number} {tag}"
             call = clients.send(
                 kind,
-                f"{scenario.text} n{index}",
+                text,
                 model=scenario.model_prefix + MODELS[kind.protocol],
                 mode=scenario.client,
                 close_after=CLOSE_AFTER_EVENTS,
                 pause_s=SLOW_READ_S,
             )
-            calls.append(_given_up(call, kind) if scenario.client == "abort" else call)
+            if scenario.client == "abort":
+                call = _given_up(call, kind, _arrival_of(upstream, text))
+            calls.append(call)
     try:
         return list(await asyncio.gather(*calls))
     finally:
         await clients.close()
+
+
+def _arrival_of(upstream: FakeUpstream, text: str) -> Callable[[], bool]:
+    marker = text.encode()
+    return lambda: any(marker in request.body for request in upstream.requests)
 
 
 # -- checks -------------------------------------------------------------------------------
@@ -385,7 +406,7 @@ def _wait_until_released(
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
 def test_every_request_of_a_faulty_burst_is_one_ledger_entry(
-    matrix: LiveServer, module_database_url: str, scenario: Scenario
+    matrix: LiveServer, module_database_url: str, scenario: Scenario, fake_upstream: FakeUpstream
 ) -> None:
     run = uuid.uuid4().hex[:10]
     team, tag = f"fm-{run}", f"run-{run}"
@@ -402,7 +423,7 @@ def test_every_request_of_a_faulty_burst_is_one_ledger_entry(
         assert response.status_code == 201, response.text
         budget_ids.append(response.json()["id"])
 
-    outcomes = asyncio.run(_burst(matrix, key, tag, scenario))
+    outcomes = asyncio.run(_burst(matrix, key, tag, scenario, fake_upstream))
     sent = len(outcomes)
 
     # Every client got a clear answer in its own protocol.
@@ -436,7 +457,7 @@ def test_every_request_of_a_faulty_burst_is_one_ledger_entry(
 
 
 def test_plain_request_whose_client_left_before_the_answer_is_recorded_as_disconnected(
-    matrix: LiveServer,
+    matrix: LiveServer, fake_upstream: FakeUpstream
 ) -> None:
     team = f"gone-{uuid.uuid4().hex[:8]}"
     key = matrix.team_key(team)
@@ -444,8 +465,9 @@ def test_plain_request_whose_client_left_before_the_answer_is_recorded_as_discon
     async def leave() -> Outcome:
         clients = Clients(matrix.url, key)
         try:
-            call = clients.send(Kind(OPENAI, False), "fault=stall stall_s=0.6")
-            return await _given_up(call, Kind(OPENAI, False))
+            text = f"fault=stall stall_s=0.6 {team}"
+            call = clients.send(Kind(OPENAI, False), text)
+            return await _given_up(call, Kind(OPENAI, False), _arrival_of(fake_upstream, text))
         finally:
             await clients.close()
 
