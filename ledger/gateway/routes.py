@@ -104,8 +104,8 @@ class ServeGateway:
             reply = await gateway.handle(call)
         except LedgerError as error:
             watch.stop()
-            headers = {**error.headers, "content-type": "application/json"}
-            await _send_whole(send, error.status, headers, error_body(error, self._protocol))
+            body = error_body(error, self._protocol)
+            await _send_whole(send, error.status, dict(error.headers), body)
             return
         if reply.stream is None:
             watch.stop()
