@@ -318,8 +318,10 @@ async def _burst(
 
 
 def _arrival_of(upstream: FakeUpstream, text: str) -> Callable[[], bool]:
-    marker = text.encode()
-    return lambda: any(marker in request.body for request in upstream.requests)
+    # Only what arrives from now on: the session's fake has every earlier test's bodies,
+    # and each of 24 waiting clients polls every 10 ms.
+    marker, already = text.encode(), len(upstream.requests)
+    return lambda: any(marker in request.body for request in upstream.requests[already:])
 
 
 # -- checks -------------------------------------------------------------------------------
