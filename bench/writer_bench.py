@@ -31,7 +31,7 @@ from ledger.budgets.model import RequestScope
 from ledger.config import normalise_database_url
 from ledger.db.engine import create_engine, create_sessionmaker
 from ledger.db.journal import Journal, journal_directory
-from ledger.db.ledger import LedgerEntry
+from ledger.db.ledger import LedgerEntry, new_request_id
 from ledger.db.migrate import upgrade
 from ledger.db.tables import BudgetPeriod, LedgerEntryRow
 from ledger.db.writer import LedgerWriter
@@ -69,7 +69,7 @@ async def run(
     async def prepare() -> LedgerEntry:
         now = datetime.now(UTC)
         entry = LedgerEntry(
-            request_id="req_" + uuid.uuid4().hex,
+            request_id=new_request_id(),  # as the gateway makes them
             started_at=now,
             endpoint="chat.completions",
             team_id=team_id,

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import operator
+import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -24,6 +28,17 @@ ENTRY_STATUSES = (
     "client_disconnected",  # the client left before the response was complete
     "interrupted",  # Ledger stopped before the request finished
 )
+
+
+def new_request_id() -> str:
+    """A new request id: ``req_``, 12 hex digits of Unix milliseconds, 20 random ones.
+
+    Time first, like a UUIDv7: ids sort by when their request started, and every index
+    that leads with the request id is written at its right edge. Random ids (uuid4) put
+    each entry of a batch on a different index page, and SQLite's commits of a batch cost
+    three times as much.
+    """
+    return f"req_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 @dataclass(slots=True)
@@ -77,22 +92,41 @@ class LedgerEntry:
         return int((self.ended_at - self.started_at).total_seconds() * 1000)
 
     def as_row(self) -> dict[str, Any]:
-        row = {name: getattr(self, name) for name in _COLUMNS}
-        row["tags"] = json.dumps(self.tags) if self.tags else None
-        row["latency_ms"] = self.latency_ms
-        row["ended_at"] = self.ended_at or self.started_at
-        if row["error"] is not None:
-            row["error"] = row["error"][:2000]
-        for name, value in row.items():
+        return dict(zip(_INSERT_COLUMNS, self.as_values(), strict=True))
+
+    def as_values(self) -> list[Any]:
+        """The row's values in ``_INSERT_COLUMNS`` order, as the table stores them.
+
+        Built from one ``attrgetter`` call: it runs once per entry on the event loop (the
+        journal) and again per entry in every ledger batch, so it is kept cheap.
+        """
+        values = list(_column_values(self))
+        values.append(self.latency_ms)
+        values[_TAGS] = json.dumps(self.tags) if self.tags else None
+        if self.ended_at is None:
+            values[_ENDED_AT] = self.started_at
+        if self.error is not None and len(self.error) > 2000:
+            values[_ERROR] = self.error[:2000]
+        for index in _TEXT:
             # PostgreSQL text cannot hold NUL, and one refused entry would hold back its
             # whole batch: a client's or provider's NUL is kept as U+FFFD instead.
-            if isinstance(value, str) and "\x00" in value:
-                row[name] = value.replace("\x00", "\ufffd")
-        return row
+            value = values[index]
+            if value is not None and "\x00" in value:
+                values[index] = value.replace("\x00", "\ufffd")
+        return values
 
 
 _TRANSIENT = {"settlements", "team_name", "provider_seconds"}
 _COLUMNS = tuple(f.name for f in fields(LedgerEntry) if f.name not in _TRANSIENT)
+_INSERT_COLUMNS = (*_COLUMNS, "latency_ms")
+_column_values = operator.attrgetter(*_COLUMNS)
+_TAGS, _ENDED_AT, _ERROR = (_COLUMNS.index(name) for name in ("tags", "ended_at", "error"))
+# Columns that hold text (``tags`` once it is JSON): the ones a NUL could be in.
+_TEXT = tuple(
+    _COLUMNS.index(f.name)
+    for f in fields(LedgerEntry)
+    if f.name in _COLUMNS and (str(f.type).startswith("str") or f.name == "tags")
+)
 
 
 def insert_entries(connection: Connection, entries: Sequence[LedgerEntry]) -> list[str]:
@@ -106,23 +140,18 @@ def insert_entries(connection: Connection, entries: Sequence[LedgerEntry]) -> li
     inserted: list[str] = []
     dialect = connection.dialect
     converters = _converters(dialect)
-    rows = [entry.as_row() for entry in entries]
+    rows = [entry.as_values() for entry in entries]
+    for values in rows:
+        for index, convert in converters:
+            values[index] = convert(values[index])
     start = 0
     while start < len(rows):
         size = _chunk_size(len(rows) - start)
-        chunk = rows[start : start + size]
+        parameters = tuple(itertools.chain.from_iterable(rows[start : start + size]))
         start += size
-        parameters = tuple(
-            convert(row[name]) if convert is not None else row[name]
-            for row in chunk
-            for name, convert in converters
-        )
         result = connection.exec_driver_sql(_insert_sql(dialect.paramstyle, size), parameters)
         inserted.extend(row[0] for row in result)
     return inserted
-
-
-_INSERT_COLUMNS = (*_COLUMNS, "latency_ms")
 
 
 def _chunk_size(remaining: int) -> int:
@@ -133,21 +162,24 @@ def _chunk_size(remaining: int) -> int:
     return size
 
 
-def _converters(dialect: Dialect) -> tuple[tuple[str, Any], ...]:
-    """Each column with its type's bind processor for ``dialect`` (timestamps, booleans)."""
+def _converters(dialect: Dialect) -> tuple[tuple[int, Any], ...]:
+    """The columns whose type converts values for ``dialect``, by position, with how."""
     converters = _CONVERTERS.get(type(dialect))
     if converters is None:
         table = LedgerEntryRow.__table__
-        converters = tuple(
-            (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+        processors = (
+            table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
             for name in _INSERT_COLUMNS
+        )
+        converters = tuple(
+            (index, process) for index, process in enumerate(processors) if process is not None
         )
         _CONVERTERS[type(dialect)] = converters
     return converters
 
 
 # Per dialect class (SQLite's sync and async dialects store alike), not per engine.
-_CONVERTERS: dict[type[Dialect], tuple[tuple[str, Any], ...]] = {}
+_CONVERTERS: dict[type[Dialect], tuple[tuple[int, Any], ...]] = {}
 
 
 @functools.cache

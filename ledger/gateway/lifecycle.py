@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ import msgspec
 from ledger.admin.identity import Authenticator, Principal
 from ledger.budgets.guard import BudgetGuard, Reservation
 from ledger.budgets.model import RequestScope
-from ledger.db.ledger import LedgerEntry
+from ledger.db.ledger import LedgerEntry, new_request_id
 from ledger.db.prices import LivePrices
 from ledger.db.writer import LedgerWriter
 from ledger.errors import (
@@ -268,7 +267,7 @@ class Gateway:
 
     def _new_entry(self, call: GatewayCall, principal: Principal, started: datetime) -> LedgerEntry:
         return LedgerEntry(
-            request_id="req_" + uuid.uuid4().hex,
+            request_id=new_request_id(),
             started_at=started,
             endpoint=_endpoint_name(call),
             team_id=principal.team_id,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import time
+from datetime import datetime
 from decimal import Decimal
 
 import anyio
@@ -51,6 +54,22 @@ def test_non_streaming_completion_is_relayed_and_recorded_with_exact_cost(
     assert entry["estimated_input_tokens"] == count_openai_prompt_tokens(
         {"model": MODEL, "messages": messages}
     )
+
+
+def test_request_ids_sort_in_the_order_requests_started(gateway: LiveServer) -> None:
+    client = _client(gateway, gateway.team_key())
+    ids = []
+    for number in range(3):
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": f"question {number}"}]
+        )
+        ids.append(raw.headers["x-ledger-request-id"])
+        time.sleep(0.002)  # ids carry the millisecond they were made in
+    assert all(re.fullmatch(r"req_[0-9a-f]{32}", request_id) for request_id in ids), ids
+    assert ids == sorted(ids)
+    # The millisecond comes first: an id says when its request started.
+    started = datetime.fromisoformat(gateway.entry(ids[0])["started_at"])
+    assert abs(int(ids[0][4:16], 16) - started.timestamp() * 1000) < 1000
 
 
 def test_cached_and_reasoning_tokens_land_in_separate_buckets(gateway: LiveServer) -> None:
