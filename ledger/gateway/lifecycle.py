@@ -369,8 +369,12 @@ class Gateway:
                 **(body.get("stream_options") or {}),
                 "include_usage": True,
             }
-        if not changes and not call.seed_body:
+        if call.seed_body:
+            return msgspec.json.encode({**body, **changes})
+        if not changes:
             return call.raw_body
+        if body and not any(key in body for key in changes):
+            return _with_fields(call.raw_body, changes)
         return msgspec.json.encode({**body, **changes})
 
     async def _count_tokens(
@@ -730,6 +734,16 @@ def _largest_output_within(
         else:
             high = middle
     return low, worst_case(low)
+
+
+def _with_fields(raw: bytes, fields: dict[str, Any]) -> bytes:
+    """The JSON object ``raw`` with ``fields`` (keys it does not have) added at its start.
+
+    The client's bytes stay as they are: encoding the whole body again costs the event
+    loop milliseconds for a large prompt, and other requests wait for it.
+    """
+    start = raw.index(b"{")  # a JSON object, so only whitespace comes before it
+    return raw[:start] + msgspec.json.encode(fields)[:-1] + b"," + raw[start + 1 :]
 
 
 def _asks_for_cache(request: ParsedRequest) -> bool:

@@ -423,6 +423,31 @@ def test_under_a_hard_budget_a_request_without_max_tokens_is_capped_upstream(
     assert "max_tokens" not in sent
 
 
+def test_the_capped_body_is_the_clients_own_bytes_with_the_cap_in_front(
+    gateway: LiveServer, fake_upstream: FakeUpstream
+) -> None:
+    sent_by_client: list[bytes] = []
+    client = openai.OpenAI(
+        base_url=gateway.openai_base_url,
+        api_key=gateway.team_key("research"),
+        max_retries=0,
+        http_client=httpx.Client(
+            event_hooks={"request": [lambda request: sent_by_client.append(request.read())]}
+        ),
+    )
+    _create_budget(gateway, team="research", limit_usd="100")
+    marker = f"marker-{uuid.uuid4().hex[:8]}"
+    # Text the SDK writes with escapes, and a field Ledger does not know: both pass as sent.
+    client.chat.completions.create(
+        model=MODEL, messages=_messages(f"{marker} café 🚀"), extra_body={"x_custom": [1, 2.50]}
+    )
+    [request] = [r for r in fake_upstream.requests if marker in str(r.json)]
+    [original] = sent_by_client
+    cap = f'{{"max_completion_tokens":{DEFAULT_OUTPUT_CAP},'.encode()
+    assert request.body == cap + original[1:]
+    assert request.json["x_custom"] == [1, 2.50]
+
+
 # -- reservations never outlive their request --------------------------------------------------
 
 
