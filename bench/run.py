@@ -694,7 +694,7 @@ class Bench:
                         f"7. --workers {n}, 40 conn (grows with workers; budgets exact)",
                         f"{figures['rps']:.0f} req/s; {figures['recorded']} entries for "
                         f"{figures['completed']} answered ({figures.get('errors', 0)} errors); "
-                        f"budget exact: {figures['budget_exact']} (a budget created < 5 s before: "
+                        f"budget exact: {figures['budget_exact']} (a budget created a moment before: "
                         f"{figures.get('fresh_budget_exact')})",
                         f"{one:.0f} req/s (1 worker)",
                         f"{figures['rps'] / one:.2f}",
@@ -702,6 +702,7 @@ class Bench:
                             grows
                             and not figures.get("errors")
                             and figures["budget_exact"]
+                            and figures.get("fresh_budget_exact", True)
                             and figures["completed"] <= figures["recorded"] <= figures["sent"]
                         ),
                     )

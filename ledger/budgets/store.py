@@ -77,11 +77,17 @@ async def rules_signature(connection: AsyncConnection) -> tuple[object, ...]:
     return tuple(row)
 
 
+_ACTIVE_RULES = select(Budget.__table__).where(Budget.deleted_at.is_(None)).order_by(Budget.id)
+
+
 async def load_rules(connection: AsyncConnection) -> list[BudgetRule]:
-    rows = await connection.execute(
-        select(Budget.__table__).where(Budget.deleted_at.is_(None)).order_by(Budget.id)
-    )
+    rows = await connection.execute(_ACTIVE_RULES)
     return [rule_from_row(row) for row in rows.mappings()]
+
+
+def load_rules_in(connection: Connection) -> list[BudgetRule]:
+    """:func:`load_rules` on a synchronous connection (the ledger writer's)."""
+    return [rule_from_row(row) for row in connection.execute(_ACTIVE_RULES).mappings()]
 
 
 async def ensure_periods(

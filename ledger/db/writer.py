@@ -20,7 +20,8 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.budgets.store import apply_settlements
+from ledger.budgets.model import RequestScope
+from ledger.budgets.store import Settlement, apply_settlements, load_rules_in
 from ledger.db.engine import WriteTransactions
 from ledger.db.journal import Journal
 from ledger.db.ledger import LedgerEntry, insert_entries
@@ -39,9 +40,42 @@ def write_entries_in(connection: Connection, entries: Sequence[LedgerEntry]) -> 
     """
     written = set(insert_entries(connection, entries))
     fresh = [entry for entry in entries if entry.request_id in written]
-    apply_settlements(connection, [s for entry in fresh for s in entry.settlements])
+    settlements = [s for entry in fresh for s in entry.settlements]
+    apply_settlements(connection, settlements + spend_on_budgets_not_settled(connection, fresh))
     apply_entries_to_rollups(connection, fresh)
     return [entry.request_id for entry in fresh]
+
+
+def spend_on_budgets_not_settled(
+    connection: Connection, entries: Sequence[LedgerEntry]
+) -> list[Settlement]:
+    """The spend of ``entries`` on budgets their process did not know when it settled them.
+
+    A budget created through one process reaches the others' guards within about half a
+    second; requests they served meanwhile were neither reserved nor settled against it.
+    Matching each entry against the budgets as they are in this transaction adds that
+    spend with the entry itself, so a budget's spend equals its ledger entries from the
+    moment it exists, in every process.
+    """
+    costly = [entry for entry in entries if entry.cost_nanos]
+    if not costly:
+        return []
+    rules = load_rules_in(connection)
+    spend: list[Settlement] = []
+    for entry in costly:
+        settled = {s.budget_id for s in entry.settlements}
+        scope = RequestScope(
+            team_id=entry.team_id,
+            key_id=entry.key_id,
+            end_user=entry.end_user,
+            model=entry.requested_model,
+            tags=tuple(entry.tags),
+        )
+        for rule in rules:
+            if rule.id not in settled and rule.applies_to(scope):
+                start, end = rule.bounds(entry.started_at)
+                spend.append(Settlement(rule.id, start, end, entry.cost_nanos))
+    return spend
 
 
 async def write_entries(engine: AsyncEngine, entries: Sequence[LedgerEntry]) -> list[str]:

@@ -8,8 +8,10 @@ one atomic statement per budget in the shared database. So with the provider hon
 from __future__ import annotations
 
 import asyncio
+import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -112,3 +114,49 @@ def test_two_hundred_concurrent_requests_from_two_processes_never_overspend(
     assert len(entries) == SENT
     assert sum(e["status"] == "blocked" for e in entries) == SENT - admitted
     assert asyncio.run(_reservations_left(database_url)) == 0
+
+
+def test_a_new_budget_counts_what_other_processes_spend_before_they_see_it(
+    database_url: str, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A budget created through one process reaches the others within about half a second.
+
+    What they serve meanwhile is not held against the budget, but it is in the budget's
+    spend as soon as its entries are, not only after the next scheduled check (off here).
+    """
+    config = write_provider_config(tmp_path / "ledger.toml", fake_upstream)
+    with (
+        LedgerProcess(database_url, config=config, log=tmp_path / "a.log") as first,
+        LedgerProcess(database_url, config=config, log=tmp_path / "b.log") as second,
+    ):
+        admin = httpx.Client(
+            base_url=first.url, headers={"authorization": f"Bearer {first.admin_key}"}
+        )
+
+        def entries(count: int) -> list[dict[str, Any]]:
+            for _ in range(100):  # until the last one is committed
+                data = admin.get("/api/usage", params={"limit": 100}).json()["data"]
+                if len(data) >= count:
+                    return data
+                time.sleep(0.05)
+            raise AssertionError(f"{count} entries expected, {len(data)} committed")
+
+        assert admin.post("/admin/teams", json={"name": "agents"}).status_code == 201
+        key = admin.post("/admin/keys", json={"team": "agents"}).json()["key"]
+        client = openai.OpenAI(base_url=second.url + "/v1", api_key=key, max_retries=0)
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        [before] = entries(1)  # committed before the budget exists
+        budget = admin.post(
+            "/admin/budgets",
+            json={"team": "agents", "limit_usd": "100", "period": "monthly", "mode": "hard"},
+        ).json()
+        for number in range(10):  # through the process that has not reloaded its budgets yet
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": f"question {number}"}]
+            )
+        after = [e for e in entries(11) if e["request_id"] != before["request_id"]]
+        status = admin.get(f"/admin/budgets/{budget['id']}/status").json()
+        admin.close()
+    spent = Decimal(status["spent_usd"])
+    assert spent > 0
+    assert spent == sum(Decimal(e["cost_usd"]) for e in after)
