@@ -7,6 +7,7 @@ month, never 30 days.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -32,8 +33,13 @@ def period_bounds(period: str, tz: str, at: datetime) -> tuple[datetime, datetim
         raise PeriodError("period_bounds needs an aware datetime")
     if period == "none":
         return LIFETIME_START, None
-    local = at.astimezone(zone(tz))
-    day = local.date()
+    return _bounds_of_day(period, tz, at.astimezone(zone(tz)).date())
+
+
+# Every request asks for the bounds of each budget it falls under, and they change once a
+# day at most: the few distinct answers are kept rather than computed again each time.
+@functools.lru_cache(maxsize=1024)
+def _bounds_of_day(period: str, tz: str, day: date) -> tuple[datetime, datetime | None]:
     if period == "daily":
         start, end = day, day + timedelta(days=1)
     elif period == "weekly":  # ISO weeks start on Monday

@@ -303,14 +303,19 @@ class Gateway:
         return price
 
     async def _estimate(self, call: GatewayCall, request: ParsedRequest, route: Route) -> int:
+        size = len(call.raw_body)
         if request.protocol == OPENAI:
-            return await estimate_prompt_tokens(OPENAI, route.upstream_model, request.body)
+            return await estimate_prompt_tokens(
+                OPENAI, route.upstream_model, request.body, body_bytes=size
+            )
         provider = route.provider
         if provider.kind == "anthropic" and provider.use_count_tokens:
             counted = await self._upstream_count_tokens(call, request, route)
             if counted is not None:
                 return counted
-        return await estimate_prompt_tokens(ANTHROPIC, route.upstream_model, request.body)
+        return await estimate_prompt_tokens(
+            ANTHROPIC, route.upstream_model, request.body, body_bytes=size
+        )
 
     async def _upstream_count_tokens(
         self, call: GatewayCall, request: ParsedRequest, route: Route

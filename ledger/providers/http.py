@@ -71,30 +71,42 @@ class HttpTransport:
             else:
                 response.close()
 
+        async def read() -> bytes:
+            try:
+                return await response.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise self._broken(response, exc) from exc
+
         return UpstreamResponse(
             status=response.status,
             headers=relayable_headers(response.headers),
             chunks=self._chunks(response),
             _close=release,
+            _read=read,
         )
 
     async def _chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        # A broken connection cannot go back to the pool: close it at once rather than
-        # leave it to the garbage collector, whatever the caller does next.
         try:
             async for chunk in response.content.iter_any():
                 yield chunk
-        except TimeoutError as exc:
-            response.close()
-            raise UpstreamTimeout(
-                f"Provider {self._config.name!r} stopped sending for {self._config.timeout_s:g} s."
-            ) from exc
-        except aiohttp.ClientError as exc:
-            response.close()
-            raise UpstreamFailed(
-                f"Provider {self._config.name!r} broke the connection mid-response "
-                f"({type(exc).__name__})."
-            ) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._broken(response, exc) from exc
+
+    def _broken(self, response: aiohttp.ClientResponse, exc: BaseException) -> UpstreamFailed:
+        """The error for a response that broke off; its connection is closed at once.
+
+        A broken connection cannot go back to the pool: it is closed here rather than left
+        to the garbage collector, whatever the caller does next.
+        """
+        response.close()
+        name = self._config.name
+        if isinstance(exc, TimeoutError):
+            return UpstreamTimeout(
+                f"Provider {name!r} stopped sending for {self._config.timeout_s:g} s."
+            )
+        return UpstreamFailed(
+            f"Provider {name!r} broke the connection mid-response ({type(exc).__name__})."
+        )
 
     async def aclose(self) -> None:
         if self._session is not None:

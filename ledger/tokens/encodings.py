@@ -100,9 +100,19 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         return _cached_encoding(name)
 
 
+def is_loaded(name: str) -> bool:
+    """Whether encoding `name` is built in this process already (so getting it never waits)."""
+    return name in _BUILT
+
+
+_BUILT: set[str] = set()
+
+
 @functools.cache
 def _cached_encoding(name: str) -> tiktoken.Encoding:
-    return _build_encoding(name)
+    encoding = _build_encoding(name)
+    _BUILT.add(name)
+    return encoding
 
 
 def _build_encoding(name: str) -> tiktoken.Encoding:

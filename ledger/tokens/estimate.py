@@ -17,12 +17,20 @@ import anyio.to_thread
 from anyio.lowlevel import RunVar
 
 from ledger.tokens.anthropic_approx import approximate_anthropic_prompt
-from ledger.tokens.encodings import O200K_BASE, encoding_name_for_model, get_encoding
+from ledger.tokens.encodings import (
+    O200K_BASE,
+    encoding_name_for_model,
+    get_encoding,
+    is_loaded,
+)
 from ledger.tokens.openai_chat import count_openai_chat_prompt
 
 # Bodies with at most this much text, in at most this many JSON values, are counted inline.
 _INLINE_MAX_CHARS = 32 * 1024
 _INLINE_MAX_VALUES = 4096
+# A body of at most this many bytes is within both limits (a JSON value takes two bytes at
+# least, with its separator), so its size alone says it can be counted inline.
+_SMALL_BODY_BYTES = 2 * _INLINE_MAX_VALUES
 # Counting threads at once per event loop: counting is CPU-bound, more threads than cores only
 # adds memory (a 1M-token count briefly holds ~40 MB of token ids).
 _MAX_CONCURRENT_COUNTS = 2
@@ -45,24 +53,30 @@ async def estimate_prompt_tokens(
     body: dict[str, Any],
     *,
     limiter: anyio.CapacityLimiter | None = None,
+    body_bytes: int | None = None,
 ) -> int:
     """Estimate a request's prompt tokens without blocking the event loop.
 
     `protocol` is "openai" (Chat Completions body, counted as `count_openai_chat_prompt` does)
     or "anthropic" (Messages body, `approximate_anthropic_prompt`, which errs high). Bodies
     with more than about 32 KiB of text are counted in a worker thread; at most `limiter`'s
-    tokens worth of counts run at once (by default 2 per event loop).
+    tokens worth of counts run at once (by default 2 per event loop). `body_bytes`, the size of
+    the body as it arrived, lets a small body be counted at once, without sizing it first.
 
     Raises:
         ValueError: `protocol` is neither "openai" nor "anthropic".
     """
     count: Callable[[dict[str, Any]], int]
     if protocol == "openai":
-        count = functools.partial(count_openai_chat_prompt, model)
         encoding_name = encoding_name_for_model(model)
+        if _is_small(body_bytes) and is_loaded(encoding_name):
+            return count_openai_chat_prompt(model, body)
+        count = functools.partial(count_openai_chat_prompt, model)
     elif protocol == "anthropic":
-        count = approximate_anthropic_prompt
         encoding_name = O200K_BASE
+        if _is_small(body_bytes) and is_loaded(encoding_name):
+            return approximate_anthropic_prompt(body)
+        count = approximate_anthropic_prompt
     else:
         raise ValueError(f"unknown protocol {protocol!r}: expected 'openai' or 'anthropic'")
 
@@ -75,6 +89,10 @@ async def estimate_prompt_tokens(
     if _fits_inline(body):
         return count(body)
     return await anyio.to_thread.run_sync(count, body, limiter=limiter)
+
+
+def _is_small(body_bytes: int | None) -> bool:
+    return body_bytes is not None and body_bytes <= _SMALL_BODY_BYTES
 
 
 def _state() -> _LoopState:
