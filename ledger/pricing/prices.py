@@ -8,6 +8,7 @@ file or an admin request.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -286,9 +287,13 @@ def _is_long_context(total_input_tokens: int, price: Price) -> bool:
 
 def _rates(price: Price, long_context: bool) -> _Rates:
     if not long_context:
-        return _Rates(*(getattr(price, name) for name in _BASE_FIELDS))
+        return _Rates(*_base_rates(price))
     # Price.__post_init__ guarantees all five tier prices exist with a threshold.
-    return _Rates(*(getattr(price, name) for name in _LONG_CONTEXT_FIELDS))
+    return _Rates(*_long_context_rates(price))
+
+
+_base_rates = operator.attrgetter(*_BASE_FIELDS)
+_long_context_rates = operator.attrgetter(*_LONG_CONTEXT_FIELDS)
 
 
 def _check_nanos(name: str, value: object) -> None:

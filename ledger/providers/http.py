@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
+import yarl
 
 from ledger.config import ProviderConfig
 from ledger.errors import UpstreamFailed, UpstreamTimeout
@@ -18,6 +19,7 @@ class HttpTransport:
         self._config = config
         self._auth_headers = dict(auth_headers)
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, yarl.URL] = {}  # parsed once per path, not per request
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -31,13 +33,18 @@ class HttpTransport:
                 ),
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),
+                # A provider's cookies are neither kept nor sent back: API calls need none,
+                # and one client's request must never carry state from another's.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
     async def send(
         self, path: str, body: bytes, headers: Mapping[str, str], *, stream: bool
     ) -> UpstreamResponse:
-        url = self._config.normalised_base_url + path
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = yarl.URL(self._config.normalised_base_url + path)
         request_headers = {**headers, **self._auth_headers, "user-agent": "ledger"}
         name = self._config.name
         try:
