@@ -33,11 +33,20 @@ def period_bounds(period: str, tz: str, at: datetime) -> tuple[datetime, datetim
         raise PeriodError("period_bounds needs an aware datetime")
     if period == "none":
         return LIFETIME_START, None
-    return _bounds_of_day(period, tz, at.astimezone(zone(tz)).date())
+    latest = _latest.get((period, tz))
+    if latest is not None and latest[1] is not None and latest[0] <= at < latest[1]:
+        return latest
+    bounds = _bounds_of_day(period, tz, at.astimezone(zone(tz)).date())
+    _latest[(period, tz)] = bounds
+    return bounds
 
 
 # Every request asks for the bounds of each budget it falls under, and they change once a
-# day at most: the few distinct answers are kept rather than computed again each time.
+# day at most: the latest answer per period and zone is kept, and checked by comparison
+# alone (no zone conversion), and answers for other days are kept too.
+_latest: dict[tuple[str, str], tuple[datetime, datetime | None]] = {}
+
+
 @functools.lru_cache(maxsize=1024)
 def _bounds_of_day(period: str, tz: str, day: date) -> tuple[datetime, datetime | None]:
     if period == "daily":
