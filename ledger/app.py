@@ -28,13 +28,10 @@ from ledger.admin.credentials import admin_key_hashes, ensure_admin_key, hash_ke
 from ledger.admin.identity import Authenticator
 from ledger.admin.routes import AdminController
 from ledger.budgets.guard import BudgetGuard
-from ledger.budgets.model import RequestScope
 from ledger.budgets.routes import BudgetController
-from ledger.budgets.store import Settlement, load_rules
 from ledger.config import Settings
 from ledger.db.engine import create_engine, create_sessionmaker
 from ledger.db.journal import Journal, journal_directory
-from ledger.db.ledger import LedgerEntry
 from ledger.db.migrate import current_revision, head_revision, upgrade
 from ledger.db.partitions import ensure_partitions
 from ledger.db.prices import LivePrices, sync_prices
@@ -166,7 +163,6 @@ async def recover_journals(engine: AsyncEngine, journal: Journal) -> None:
     recovered = journal.take_over_orphans()
     entries = recovered.pending + recovered.interrupted
     if entries:
-        await _settle_interrupted(engine, recovered.interrupted)
         try:
             written = await write_entries(engine, entries)
         except Exception as exc:
@@ -189,34 +185,6 @@ async def recover_journals(engine: AsyncEngine, journal: Journal) -> None:
             len(written), len(recovered.interrupted),
         )  # fmt: skip
     Journal.remove(recovered.files)
-
-
-async def _settle_interrupted(engine: AsyncEngine, entries: list[LedgerEntry]) -> None:
-    """Charge each interrupted request's journaled cost to every budget it fell under.
-
-    Its process died before settling, so without this the budgets would miss what the
-    ledger records until the next scheduled check. Settlements are written with the
-    entries, so a replayed recovery charges nothing twice; the dead process's
-    reservations are not released here but expire and are swept as usual.
-    """
-    charged = [entry for entry in entries if entry.cost_nanos > 0]
-    if not charged:
-        return
-    async with engine.connect() as connection:
-        rules = await load_rules(connection)
-    for entry in charged:
-        scope = RequestScope(
-            team_id=entry.team_id,
-            key_id=entry.key_id,
-            end_user=entry.end_user,
-            model=entry.requested_model,
-            tags=tuple(entry.tags),
-        )
-        entry.settlements = [
-            Settlement(rule.id, *rule.bounds(entry.started_at), spent=entry.cost_nanos)
-            for rule in rules
-            if rule.applies_to(scope)
-        ]
 
 
 SERVING_SWITCH_INTERVAL_S = 0.001

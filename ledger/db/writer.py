@@ -49,13 +49,14 @@ def write_entries_in(connection: Connection, entries: Sequence[LedgerEntry]) -> 
 def spend_on_budgets_not_settled(
     connection: Connection, entries: Sequence[LedgerEntry]
 ) -> list[Settlement]:
-    """The spend of ``entries`` on budgets their process did not know when it settled them.
+    """The spend of ``entries`` on budgets their process did not settle them against.
 
     A budget created through one process reaches the others' guards within about half a
     second; requests they served meanwhile were neither reserved nor settled against it.
-    Matching each entry against the budgets as they are in this transaction adds that
-    spend with the entry itself, so a budget's spend equals its ledger entries from the
-    moment it exists, in every process.
+    And a request interrupted by its process's death, recovered from the journal, was
+    never settled at all. Matching each entry against the budgets as they are in this
+    transaction adds that spend with the entry itself, so a budget's spend equals its
+    ledger entries from the moment it exists, in every process.
     """
     costly = [entry for entry in entries if entry.cost_nanos]
     if not costly:
