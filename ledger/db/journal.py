@@ -56,25 +56,6 @@ def journal_directory(base: str | None, database_url: str) -> Path:
     return root / identity
 
 
-def _entry_json(entry: LedgerEntry) -> dict[str, Any]:
-    # Datetimes stay as they are: the encoder writes them as RFC 3339, which
-    # datetime.fromisoformat reads back.
-    row = entry.as_row()
-    row["settlements"] = [
-        {
-            "budget_id": s.budget_id,
-            "period_start": s.period_start,
-            "period_end": s.period_end,
-            "spent": s.spent,
-            "release": s.release,
-            "reservation_id": s.reservation_id,
-            "lease": s.lease,
-        }
-        for s in entry.settlements
-    ]
-    return row
-
-
 def entry_from_json(data: dict[str, Any]) -> LedgerEntry:
     data = dict(data)
     settlements = data.pop("settlements", [])
@@ -257,9 +238,9 @@ class Journal:
         """The database could not take these entries: keep them for replay."""
         for entry in entries:
             self._track(entry.request_id)
-        self._append_many(
-            [{"t": "entry", "id": e.request_id, "entry": _entry_json(e)} for e in entries]
-        )
+        # The entry as it is (msgspec encodes the dataclass, its settlements and its
+        # datetimes as RFC 3339 itself); entry_from_json reads it back.
+        self._append_many([{"t": "entry", "id": e.request_id, "entry": e} for e in entries])
 
     def done(self, request_ids: list[str]) -> None:
         self._append_many([{"t": "done", "id": request_id} for request_id in request_ids])
