@@ -389,15 +389,9 @@ def prices_import(ctx: click.Context, path: str, dry_run: bool) -> None:
 
 
 async def _with_engine(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
-    from ledger.db.engine import create_engine
-    from ledger.db.migrate import upgrade
+    from ledger.db.migrate import with_migrated_engine
 
-    engine = create_engine(settings.database_url, null_pool=True)
-    try:
-        await upgrade(engine)
-        return await fn(engine)
-    finally:
-        await engine.dispose()
+    return await with_migrated_engine(settings.database_url, fn)
 
 
 @main.group()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -14,7 +15,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.db.engine import is_sqlite
+from ledger.db.engine import create_engine, is_sqlite
+
+T = TypeVar("T")
 
 # Any constant works; it only has to be the same in every Ledger process.
 _MIGRATION_LOCK_ID = 0x1ED6E2
@@ -86,3 +89,16 @@ def _upgrade(connection: Connection, revision: str) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, revision)
+
+
+async def with_migrated_engine(database_url: str, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """``work(engine)`` once the database's schema is current; the engine is disposed after.
+
+    For the command-line tools: each command opens, migrates and closes its own engine.
+    """
+    engine = create_engine(database_url, null_pool=True)
+    try:
+        await upgrade(engine)
+        return await work(engine)
+    finally:
+        await engine.dispose()

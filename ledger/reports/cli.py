@@ -29,18 +29,9 @@ def _settings(ctx: click.Context) -> Settings:
 
 def _with_engine(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``fn(engine)`` on a migrated database, then dispose of the engine."""
-    from ledger.db.engine import create_engine
-    from ledger.db.migrate import upgrade
+    from ledger.db.migrate import with_migrated_engine
 
-    async def go() -> T:
-        engine = create_engine(settings.database_url, null_pool=True)
-        try:
-            await upgrade(engine)
-            return await fn(engine)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(go())
+    return asyncio.run(with_migrated_engine(settings.database_url, fn))
 
 
 @click.group()
