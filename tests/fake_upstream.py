@@ -23,6 +23,7 @@ with a bad value is answered with a 400.
 ==========================  ==================================================================
 ``call_tool``               with ``tools`` in the request, call the first tool with
                             ``{"city": "Paris"}`` instead of replying with text
+``set_cookie``              (non-streaming) answer with ``Set-Cookie: provider_session=…``
 ``reply_words=N``           reply ``"word0 word1 …"`` (N words) instead of the echo
 ``cached=N``                OpenAI ``prompt_tokens_details.cached_tokens`` (clamped to
                             ``prompt_tokens``); Anthropic ``cache_read_input_tokens``
@@ -141,6 +142,7 @@ class Directives:
 
     fault: str | None = None
     call_tool: bool = False
+    set_cookie: bool = False
     reply_words: int | None = None
     cached: int = 0
     cache_write: int = 0
@@ -154,8 +156,8 @@ def parse_directives(text: str) -> Directives:
     """Parse the directives in `text`; raise `DirectiveError` on a bad value."""
     values: dict[str, Any] = {}
     for word in text.split():
-        if word == "call_tool":
-            values["call_tool"] = True
+        if word in ("call_tool", "set_cookie"):
+            values[word] = True
             continue
         key, sep, raw = word.partition("=")
         if not sep:
@@ -420,7 +422,8 @@ async def _send_json(
 ) -> web.StreamResponse:
     """Send `payload`, or with ``fault=reset`` half of it and then a connection reset."""
     if directives.fault != "reset":
-        return web.json_response(payload)
+        cookie = {"Set-Cookie": f"provider_session={_new_id('s_')}; Path=/"}
+        return web.json_response(payload, headers=cookie if directives.set_cookie else None)
     body = json.dumps(payload).encode()
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     response.content_length = len(body)

@@ -13,13 +13,14 @@ import logging
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import openai
 import pytest
 from litestar import Litestar
 from litestar.handlers import HTTPRouteHandler
@@ -31,7 +32,7 @@ from ledger.http import protocol_for_path
 from ledger.observability import JsonFormatter
 from tests.fake_upstream import DEFAULT_API_KEY, FakeUpstream
 from tests.integration.fault_support import ZERO_USD, ledger_rows
-from tests.live import ADMIN_KEY, LiveServer
+from tests.live import ADMIN_KEY, LiveServer, gateway_settings
 from tests.processes import LedgerProcess, write_provider_config
 
 # What each gateway route may do. "billed": reaches the provider only once authenticated
@@ -649,3 +650,31 @@ def test_dashboard_forbids_framing_and_sets_no_cookie(
     _no_bad_cookie(response)
     for asset in ("dashboard.js", "dashboard.css"):
         _no_bad_cookie(http.get(gateway.url + "/dashboard/static/" + asset))
+
+
+def test_a_cookie_one_request_got_from_the_provider_never_rides_on_another(
+    database_url: str, fake_upstream: FakeUpstream
+) -> None:
+    # By host name: HTTP clients keep no cookies for a bare IP address, real providers have names.
+    settings = gateway_settings(database_url, fake_upstream)
+    by_name = tuple(
+        replace(p, base_url=p.base_url.replace("127.0.0.1", "localhost"))
+        for p in settings.providers
+    )
+    with LiveServer(replace(settings, providers=by_name)) as server:
+        server.create_team("research")
+        server.create_team("ops")
+        first = openai.OpenAI(
+            base_url=server.openai_base_url, api_key=server.team_key("research"), max_retries=0
+        )
+        second = openai.OpenAI(
+            base_url=server.openai_base_url, api_key=server.team_key("ops"), max_retries=0
+        )
+        first.chat.completions.create(
+            model="gpt-4.1-mini", messages=[{"role": "user", "content": "set_cookie first"}]
+        )
+        second.chat.completions.create(
+            model="gpt-4.1-mini", messages=[{"role": "user", "content": "marker-second"}]
+        )
+    [sent] = [r for r in fake_upstream.requests if "marker-second" in str(r.json)]
+    assert "cookie" not in sent.headers
