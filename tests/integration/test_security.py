@@ -673,8 +673,9 @@ def test_a_cookie_one_request_got_from_the_provider_never_rides_on_another(
         first.chat.completions.create(
             model="gpt-4.1-mini", messages=[{"role": "user", "content": "set_cookie first"}]
         )
+        marker = f"marker-{uuid.uuid4().hex[:8]}"
         second.chat.completions.create(
-            model="gpt-4.1-mini", messages=[{"role": "user", "content": "marker-second"}]
+            model="gpt-4.1-mini", messages=[{"role": "user", "content": marker}]
         )
-    [sent] = [r for r in fake_upstream.requests if "marker-second" in str(r.json)]
+    [sent] = [r for r in fake_upstream.requests if marker in str(r.json)]
     assert "cookie" not in sent.headers
