@@ -68,17 +68,15 @@ async def estimate_prompt_tokens(
     """
     count: Callable[[dict[str, Any]], int]
     if protocol == "openai":
-        encoding_name = encoding_name_for_model(model)
-        if _is_small(body_bytes) and is_loaded(encoding_name):
-            return count_openai_chat_prompt(model, body)
         count = functools.partial(count_openai_chat_prompt, model)
+        encoding_name = encoding_name_for_model(model)
     elif protocol == "anthropic":
-        encoding_name = O200K_BASE
-        if _is_small(body_bytes) and is_loaded(encoding_name):
-            return approximate_anthropic_prompt(body)
         count = approximate_anthropic_prompt
+        encoding_name = O200K_BASE
     else:
         raise ValueError(f"unknown protocol {protocol!r}: expected 'openai' or 'anthropic'")
+    if body_bytes is not None and body_bytes <= _SMALL_BODY_BYTES and is_loaded(encoding_name):
+        return count(body)  # small enough by its size alone: no sizing walk, no loop state
 
     state = _state()
     limiter = limiter or state.limiter
@@ -89,10 +87,6 @@ async def estimate_prompt_tokens(
     if _fits_inline(body):
         return count(body)
     return await anyio.to_thread.run_sync(count, body, limiter=limiter)
-
-
-def _is_small(body_bytes: int | None) -> bool:
-    return body_bytes is not None and body_bytes <= _SMALL_BODY_BYTES
 
 
 def _state() -> _LoopState:
