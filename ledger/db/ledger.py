@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ledger.budgets.model import RequestScope
 from ledger.budgets.store import Settlement
 from ledger.db.tables import LedgerEntryRow
 
@@ -90,6 +91,16 @@ class LedgerEntry:
         if self.ended_at is None:
             return 0
         return int((self.ended_at - self.started_at).total_seconds() * 1000)
+
+    def budget_scope(self) -> RequestScope:
+        """What the budgets match this request on, as far as it is known."""
+        return RequestScope(
+            team_id=self.team_id,
+            key_id=self.key_id,
+            end_user=self.end_user,
+            model=self.requested_model,
+            tags=tuple(self.tags),
+        )
 
     def as_row(self) -> dict[str, Any]:
         return dict(zip(_INSERT_COLUMNS, self.as_values(), strict=True))

@@ -20,7 +20,6 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.budgets.model import RequestScope
 from ledger.budgets.store import Settlement, apply_settlements, load_rules_in
 from ledger.db.engine import WriteTransactions
 from ledger.db.journal import Journal
@@ -68,13 +67,7 @@ def spend_on_budgets_not_settled(
         settled = {s.budget_id for s in entry.settlements}
         if every_rule <= settled:  # the usual case: its process knew every budget
             continue
-        scope = RequestScope(
-            team_id=entry.team_id,
-            key_id=entry.key_id,
-            end_user=entry.end_user,
-            model=entry.requested_model,
-            tags=tuple(entry.tags),
-        )
+        scope = entry.budget_scope()
         for rule in rules:
             if rule.id not in settled and rule.applies_to(scope):
                 start, end = rule.bounds(entry.started_at)

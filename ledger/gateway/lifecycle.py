@@ -173,13 +173,7 @@ class Gateway:
             entry.estimated_input_tokens = await self._estimate(call, request, route)
 
             # 5. Reserve the worst case on every hard budget that applies, or refuse.
-            scope = RequestScope(
-                team_id=principal.team_id,
-                key_id=principal.key_id,
-                end_user=entry.end_user,
-                model=request.model,
-                tags=tuple(entry.tags),
-            )
+            scope = entry.budget_scope()  # team, key, user, model and tags are known now
             output_cap = self._output_cap(request, scope)
             estimate = entry.estimated_input_tokens
             caches = _asks_for_cache(request)
