@@ -81,6 +81,9 @@ class FailureThrottle:
         return [t for t in self._failures.get(client, ()) if now - t < self._window_s]
 
 
+_REFUSED = "Invalid or revoked API key."
+
+
 class Authenticator:
     """Turns a presented key into a :class:`Principal`.
 
@@ -92,6 +95,11 @@ class Authenticator:
     lifetime one background lookup renews it. A key that is not cached is looked up
     once however many requests present it at the same moment; otherwise every expiry
     under load would send a burst of identical queries and stall all of them.
+
+    A refused key is remembered for ``refused_ttl_s``: a client stuck on a wrong key
+    costs one query, not one per request. That cannot refuse a good key, since
+    Ledger generates every key itself (nobody can present one before it exists) and
+    a revocation is final.
     """
 
     def __init__(
@@ -101,6 +109,7 @@ class Authenticator:
         admin_hashes: set[str],
         *,
         ttl_s: float = 2.0,
+        refused_ttl_s: float = 30.0,
         max_cached: int = 100_000,
     ) -> None:
         self._sessions = sessions
@@ -109,6 +118,9 @@ class Authenticator:
         self._ttl_s = ttl_s
         self._max_cached = max_cached
         self._cache: dict[str, tuple[Principal, float]] = {}
+        self._refused_ttl_s = refused_ttl_s
+        # Kept apart from ``_cache`` so a flood of made-up keys cannot evict good ones.
+        self._refused: dict[str, float] = {}
         self._lookups: dict[str, asyncio.Task[Principal]] = {}
         # Bumped by every revocation here: a lookup that began before it must not
         # put the revoked key back into the cache.
@@ -153,8 +165,11 @@ class Authenticator:
         digest = self.hash(key)
         if self._is_admin_digest(digest):
             return ADMIN
-        cached = self._cache.get(digest)
         now = time.monotonic()
+        refused_until = self._refused.get(digest)
+        if refused_until is not None and refused_until > now:
+            raise AuthenticationFailed(_REFUSED)
+        cached = self._cache.get(digest)
         if cached is not None and cached[1] > now:
             if cached[1] - now < self._ttl_s / 2 and digest not in self._lookups:
                 self._start_lookup(digest).add_done_callback(_consume_exception)
@@ -191,7 +206,10 @@ class Authenticator:
             ).first()
         if row is None or row.revoked_at is not None:
             self._cache.pop(digest, None)
-            raise AuthenticationFailed("Invalid or revoked API key.")
+            if len(self._refused) >= self._max_cached:
+                self._refused.clear()
+            self._refused[digest] = time.monotonic() + self._refused_ttl_s
+            raise AuthenticationFailed(_REFUSED)
         principal = Principal(
             is_admin=False, team_id=row[3], team_name=row[4], key_id=row[0], key_prefix=row[1]
         )

@@ -100,6 +100,17 @@ def test_a_burst_with_an_unknown_key_is_refused_with_one_lookup(
     assert key_lookups.count - before == 1
 
 
+def test_a_client_stuck_on_a_wrong_key_costs_one_lookup_not_one_per_request(
+    server: LiveServer, key_lookups: KeyLookups
+) -> None:
+    server.team_key()
+    before = key_lookups.count
+    for _ in range(5):  # one after another: no lookup in flight to share
+        outcome = asyncio.run(_ask_many(server, "sk-ledger-a-typo-in-the-config-0000000", 1))
+        assert outcome == ["401"]
+    assert key_lookups.count - before == 1
+
+
 def test_a_key_revoked_by_another_process_stops_working_within_the_cache_lifetime(
     server: LiveServer, database_url: str
 ) -> None:
