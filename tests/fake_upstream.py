@@ -31,6 +31,7 @@ with a bad value is answered with a 400.
 ``cache_write_1h=N``        Anthropic 1-hour cache write tokens
 ``reasoning=N``             OpenAI ``reasoning_tokens``, also added to ``completion_tokens``
 ``chunk_delay_ms=N``        pause between stream events (default 0)
+``body_end_delay_ms=N``     (streams) pause between the last event and the body's end
 ``stall_s=S``               how long the stall faults sleep (default 30 s)
 ``fault=http_400``          that status with a protocol-shaped error body; also ``http_429``
                             (with ``Retry-After: 7``), ``http_500``, ``http_502``, ``http_503``
@@ -115,6 +116,7 @@ class RecordedRequest:
     headers: dict[str, str]
     json: Any | None
     body: bytes
+    peer: str = ""  # "host:port" of the connection it came on: one per kept-alive connection
 
 
 _STATUS_FAULTS = frozenset({"http_400", "http_429", "http_500", "http_502", "http_503"})
@@ -129,6 +131,7 @@ _INT_DIRECTIVES = (
     "reasoning",
     "reply_words",
     "chunk_delay_ms",
+    "body_end_delay_ms",
 )
 
 
@@ -149,6 +152,7 @@ class Directives:
     cache_write_1h: int = 0
     reasoning: int = 0
     chunk_delay_ms: int = 0
+    body_end_delay_ms: int = 0  # between a stream's last event and the end of its body
     stall_s: float = _DEFAULT_STALL_S
 
 
@@ -469,6 +473,8 @@ async def _send_stream(
             case "stall_stream":
                 await asyncio.sleep(directives.stall_s)
         await _write_events(response, [*stream.content[half:], *stream.tail], delay)
+        if directives.body_end_delay_ms:
+            await asyncio.sleep(directives.body_end_delay_ms / 1000)
         await response.write_eof()
     except ConnectionError:
         pass  # the client went away; nothing left to do
@@ -910,6 +916,9 @@ class FakeUpstream:
                 headers={name.lower(): value for name, value in request.headers.items()},
                 json=parsed,
                 body=raw,
+                peer="{}:{}".format(*(request.transport.get_extra_info("peername") or ("", 0))[:2])
+                if request.transport is not None
+                else "",
             )
             with self._lock:
                 self._requests.append(recorded)

@@ -91,6 +91,12 @@ class GatewayReply:
     stream: AsyncIterator[bytes] | None = None
 
 
+# Yielded by a reply's stream once the client has every byte of its response. The
+# response ends there; what the stream does after it (waiting for the provider's body
+# to end, settling, recording) neither keeps the client waiting nor needs it to stay.
+END_OF_RESPONSE = b""
+
+
 class Gateway:
     """Everything the lifecycle needs, wired once at start-up."""
 
@@ -457,15 +463,22 @@ class Gateway:
             try:
                 async for chunk in upstream.chunks:
                     out = relay.feed(chunk)
+                    if relay.done:
+                        # The last event: complete now, whenever the body's end arrives
+                        # and whether or not the client waits for it (the SDKs don't).
+                        entry.status = "ok"
                     if out:
                         if entry.first_token_at is None:
                             entry.first_token_at = datetime.now(UTC)
                         yield out
+                    if relay.done:
+                        break
                 tail = relay.finish()
                 if tail:
                     yield tail
                 if relay.done:
-                    entry.status = "ok"
+                    entry.ended_at = datetime.now(UTC)
+                    yield END_OF_RESPONSE
                 else:
                     entry.status = "upstream_error"
                     entry.error = relay.provider_error or "The provider's stream ended early."
@@ -476,8 +489,9 @@ class Gateway:
                 yield _stream_error_event(request.protocol, error)
             except (asyncio.CancelledError, GeneratorExit):
                 # Cancelled: by the client leaving, or by Ledger's own shutdown deadline.
-                entry.status = "interrupted"
-                entry.error = "Ledger stopped before the stream ended."
+                if not relay.done:
+                    entry.status = "interrupted"
+                    entry.error = "Ledger stopped before the stream ended."
                 raise
             finally:
                 entry.provider_seconds += time.perf_counter() - relay_started
@@ -485,7 +499,7 @@ class Gateway:
                     if entry.status == "interrupted" and await _client_left(call):
                         entry.status = "client_disconnected"
                         entry.error = "The client disconnected before the stream ended."
-                    await upstream.aclose()
+                    await upstream.aclose(finished=relay.done)
                     self._settle_stream(entry, request, route, price, relay)
                     await self._record(entry, reservation)
 
@@ -555,7 +569,8 @@ class Gateway:
 
     async def _record(self, entry: LedgerEntry, reservation: Reservation | None = None) -> None:
         """Settle the reservation with the actual cost and write the entry: one commit."""
-        entry.ended_at = datetime.now(UTC)
+        if entry.ended_at is None:  # a stream ends when its client has every byte
+            entry.ended_at = datetime.now(UTC)
         if reservation is not None:
             entry.settlements = self._budgets.settle(reservation, entry.cost_nanos)
         try:

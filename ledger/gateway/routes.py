@@ -14,7 +14,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from ledger.admin.identity import Authenticator
 from ledger.errors import InvalidRequest, LedgerError
-from ledger.gateway.lifecycle import Gateway, GatewayCall
+from ledger.gateway.lifecycle import END_OF_RESPONSE, Gateway, GatewayCall
 from ledger.gateway.routing import ModelRouter
 from ledger.http import (
     DisconnectWatch,
@@ -147,9 +147,16 @@ async def _send_stream(
         async with anyio.create_task_group() as group:
 
             async def relay() -> None:
+                ended = False
                 async for chunk in stream:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    if chunk == END_OF_RESPONSE:
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        ended = True
+                        watch.stop()  # leaving now is the client's right, not an event
+                    elif not ended:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if not ended:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
                 group.cancel_scope.cancel()
 
             group.start_soon(relay)

@@ -39,7 +39,7 @@ class UpstreamResponse:
     status: int
     headers: dict[str, str]
     chunks: AsyncIterator[bytes]
-    _close: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
+    _close: Callable[[bool], Awaitable[None]] | None = field(default=None, repr=False)
     # The whole body at once, where the transport has a quicker way than chunk by chunk.
     _read: Callable[[], Awaitable[bytes]] | None = field(default=None, repr=False)
 
@@ -49,10 +49,19 @@ class UpstreamResponse:
         parts = [chunk async for chunk in self.chunks]
         return b"".join(parts)
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, finished: bool = False) -> None:
+        """Let go of the response.
+
+        ``finished``: the provider has sent its last event, so what may remain of the body
+        (its end marker) is worth a moment's wait to keep the connection for reuse.
+        Otherwise the rest is abandoned at once.
+        """
+        close_chunks = getattr(self.chunks, "aclose", None)
+        if close_chunks is not None:
+            await close_chunks()
         if self._close is not None:
             close, self._close = self._close, None
-            await close()
+            await close(finished)
 
 
 class Transport(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -10,6 +11,10 @@ import yarl
 from ledger.config import ProviderConfig
 from ledger.errors import UpstreamFailed, UpstreamTimeout
 from ledger.providers.base import UpstreamResponse, relayable_headers
+
+# How long the body's end may trail a stream's last event before the connection is
+# dropped instead of reused.
+_BODY_END_WAIT_S = 1.0
 
 
 class HttpTransport:
@@ -70,7 +75,13 @@ class HttpTransport:
                 f"Provider {name!r} could not be reached ({type(exc).__name__})."
             ) from exc
 
-        async def release() -> None:
+        async def release(finished: bool) -> None:
+            if finished and not response.content.is_eof():
+                try:
+                    async with asyncio.timeout(_BODY_END_WAIT_S):
+                        await response.content.read()
+                except (TimeoutError, aiohttp.ClientError):
+                    pass
             # An unread body means the client left early: drop the connection rather
             # than hand a half-read one back to the pool.
             if response.content.is_eof():

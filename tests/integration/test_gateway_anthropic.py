@@ -194,6 +194,23 @@ def test_stream_helper_gives_the_final_message_and_the_ledger_agrees(
     )
 
 
+def test_a_stream_whose_body_ends_late_is_complete_and_keeps_its_connection(
+    gateway: LiveServer, fake_upstream: FakeUpstream
+) -> None:
+    client = _client(gateway, gateway.team_key())
+    marker = f"late-end-{uuid.uuid4().hex}"
+    for sent in range(1, 4):
+        with client.messages.stream(
+            model=MODEL, max_tokens=256, messages=_user(f"{marker} body_end_delay_ms=150")
+        ) as stream:
+            assert stream.get_final_message().stop_reason == "end_turn"
+        entries = gateway.wait_for_entries(sent)
+        assert [e["status"] for e in entries] == ["ok"] * sent
+        assert all(e["usage_source"] == "provider" for e in entries)
+    peers = {r.peer for r in fake_upstream.requests if marker in r.body.decode()}
+    assert len(peers) == 1, peers
+
+
 def test_raw_stream_events_reach_the_client_in_order(gateway: LiveServer) -> None:
     client = _client(gateway, gateway.team_key())
     with client.messages.with_streaming_response.create(

@@ -193,6 +193,44 @@ def test_stream_with_include_usage_keeps_the_usage_chunk(gateway: LiveServer) ->
     assert Decimal(entries[0]["cost_usd"]) == _cost(usage.prompt_tokens, 0, usage.completion_tokens)
 
 
+def test_a_stream_the_client_closes_on_done_is_recorded_complete(gateway: LiveServer) -> None:
+    # The sync SDK closes its connection the moment it reads [DONE], often before the
+    # response's last bytes: the stream was complete all the same, and is recorded so.
+    client = _client(gateway, gateway.team_key())
+    for index in range(20):
+        for _ in client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"closing {index}"}], stream=True
+        ):
+            pass
+    entries = gateway.wait_for_entries(20)
+    assert len(entries) == 20
+    assert [e["status"] for e in entries] == ["ok"] * 20
+    assert all(e["usage_source"] == "provider" for e in entries)
+
+
+def test_a_stream_whose_body_ends_late_keeps_its_provider_connection(
+    gateway: LiveServer, fake_upstream: FakeUpstream
+) -> None:
+    # A provider may end the body a moment after the last event; the client is not kept
+    # waiting for it, and the connection still goes back to the pool rather than closed.
+    client = _client(gateway, gateway.team_key())
+    marker = f"late-end-{time.monotonic_ns()}"
+    for sent in range(1, 5):
+        chunks = list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": f"{marker} body_end_delay_ms=150"}],
+                stream=True,
+            )
+        )
+        assert chunks
+        # Recorded once the body has ended, when the connection is free again.
+        entries = gateway.wait_for_entries(sent)
+        assert [e["status"] for e in entries] == ["ok"] * sent
+    peers = {r.peer for r in fake_upstream.requests if marker in r.body.decode()}
+    assert len(peers) == 1, peers
+
+
 @pytest.mark.anyio
 async def test_async_client_streams_and_non_streams(gateway: LiveServer) -> None:
     key = await anyio.to_thread.run_sync(gateway.team_key)
