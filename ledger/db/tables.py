@@ -153,7 +153,7 @@ class LedgerEntryRow(Base):
     # Unique with started_at rather than alone: on PostgreSQL the table is partitioned by
     # month, and a unique key there must contain the partition key. A replayed entry has
     # the same request id and start, so writes stay idempotent.
-    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    request_id: Mapped[str] = mapped_column(String(64))  # found by the unique key's index
     kind: Mapped[str] = mapped_column(String(16), default="request")
     corrects_request_id: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(Timestamp())
