@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import msgspec
@@ -74,27 +74,61 @@ async def read_body(
 class DisconnectWatch:
     """Notices when the client goes away while its request is being served.
 
-    Started once the body has been read: from then on the only message the server can
-    deliver is ``http.disconnect``.
+    Used once the body has been read: from then on the only message the server can
+    deliver is ``http.disconnect``. Nothing runs until it is needed: a stream waits for
+    the disconnect in a task of its own (:meth:`wait`); a whole response only asks, once,
+    whether it has already happened (calling the watch). A task per request for that
+    one question cost more than anything else Ledger added around the response.
     """
 
     def __init__(self, receive: Callable[[], Awaitable[Any]]) -> None:
-        # The watching task must not refer back to this object: a cancelled task keeps its
-        # CancelledError, whose traceback holds the task's frame, and a frame that held
-        # ``self`` would close a reference cycle — garbage for the cyclic collector on
-        # every request, and its pauses were the server's worst latencies.
+        self._receive = receive
         self._gone = _Flag()
-        self._task = asyncio.create_task(_watch(receive, self._gone))
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def __call__(self) -> bool:
+        """Whether the client has disconnected, as far as the server has told."""
+        if self._task is None and not self._gone.value and not self._stopped:
+            self._gone.value = _disconnect_waiting(self._receive)
         return self._gone.value
 
     async def wait(self) -> None:
         """Return once the client has disconnected (never, after :meth:`stop`)."""
+        if self._task is None and not self._stopped:
+            # The task must not refer back to this object: a cancelled task keeps its
+            # CancelledError, whose traceback holds the task's frame, and a frame that held
+            # ``self`` would close a reference cycle — garbage for the cyclic collector on
+            # every request, and its pauses were the server's worst latencies.
+            self._task = asyncio.create_task(_watch(self._receive, self._gone))
         await self._gone.event.wait()
 
     def stop(self) -> None:
-        self._task.cancel()
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+
+
+def _disconnect_waiting(receive: Callable[[], Awaitable[Any]]) -> bool:
+    """Whether ``receive`` has a disconnect ready, without waiting for one.
+
+    Runs ``receive()`` to its first suspension only: a server that already knows the
+    client is gone answers at once; otherwise it would wait, and the call is abandoned
+    (closing the coroutine undoes its wait).
+    """
+    pending = receive()
+    if not isinstance(pending, Coroutine):
+        return False
+    try:
+        pending.send(None)
+    except StopIteration as answered:
+        message = answered.value
+        return isinstance(message, dict) and message.get("type") == "http.disconnect"
+    except Exception:  # a server's oddity must not cost the request its answer
+        return False
+    finally:
+        pending.close()
+    return False
 
 
 class _Flag:
