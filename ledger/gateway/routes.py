@@ -147,16 +147,11 @@ async def _send_stream(
         async with anyio.create_task_group() as group:
 
             async def relay() -> None:
-                ended = False
                 async for chunk in stream:
                     if chunk == END_OF_RESPONSE:
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
-                        ended = True
-                        watch.stop()  # leaving now is the client's right, not an event
-                    elif not ended:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if not ended:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        break  # the stream's own ending runs in ``aclose`` below
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
                 group.cancel_scope.cancel()
 
             group.start_soon(relay)
