@@ -115,6 +115,11 @@ class Bench:
 
     def start(self) -> None:
         self.results["machine"] = machine()
+        _progress(
+            f"{self.results['machine']['cpus']} CPUs; a CPU-bound loop runs "
+            f"{self.results['machine']['parallel_cpu_slowdown']}x slower beside another "
+            "(1.0: two real cores)"
+        )
         self.results["command"] = " ".join(["python", "bench/run.py", *sys.argv[1:]])
         self.results["rounds"] = self.rounds
         self.results["seconds_per_point"] = self.seconds
@@ -675,8 +680,10 @@ class Bench:
                     verdict=_verdict(k["requests"] <= k["recorded"] <= k["sent"]),
                 )
             )
-        w = r.get("workers", {})
-        if not w.get("available"):
+        w = r.get("workers")
+        if w is None:
+            pass  # not measured in this run (--only)
+        elif not w.get("available"):
             self.rows.append(
                 Row(
                     "7. ledger serve --workers N",
@@ -829,7 +836,55 @@ def machine() -> dict[str, Any]:
         "nginx": subprocess.run(
             ["nginx", "-v"], capture_output=True, text=True, check=False
         ).stderr.strip(),
+        "packages": _package_versions(),
+        "parallel_cpu_slowdown": parallel_cpu_slowdown(),
     }
+
+
+_PACKAGES = ("litestar", "uvicorn", "uvloop", "httptools", "aiohttp", "sqlalchemy", "aiosqlite",
+             "asyncpg", "msgspec", "tiktoken")  # fmt: skip
+
+
+def _package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+_SPIN = "import time\nt = time.perf_counter()\nx = 0\nfor i in range(5_000_000): x += i\nprint(time.perf_counter() - t)"
+
+
+def parallel_cpu_slowdown(repeats: int = 3) -> float | None:
+    """How much slower a CPU-bound loop runs while another runs on the other CPU.
+
+    1.0 on two real cores. On a VM whose virtual CPUs share a physical core, or whose
+    host is busy, it is higher, and every figure that needs both CPUs at once (the
+    server beside its load driver, a writer thread beside the event loop) suffers with
+    it: worth knowing before comparing runs from different machines.
+    """
+    if (os.cpu_count() or 1) < 2 or shutil.which("taskset") is None:
+        return None
+
+    def spin(cpu: int) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            ["taskset", "-c", str(cpu), sys.executable, "-c", _SPIN],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    ratios = []
+    for _ in range(repeats):
+        alone = float(spin(0).communicate()[0])
+        pair = [spin(0), spin(1)]
+        together = max(float(process.communicate()[0]) for process in pair)
+        ratios.append(together / alone)
+    return round(statistics.median(ratios), 2)
 
 
 def _ratio(value: float, base: float) -> str:
