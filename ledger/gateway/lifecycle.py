@@ -757,7 +757,9 @@ def _with_fields(raw: bytes, fields: dict[str, Any]) -> bytes:
     loop milliseconds for a large prompt, and other requests wait for it.
     """
     start = raw.index(b"{")  # a JSON object, so only whitespace comes before it
-    return raw[:start] + msgspec.json.encode(fields)[:-1] + b"," + raw[start + 1 :]
+    # One copy of the body, not two: ``a + b + c`` builds an intermediate as large as it.
+    head = msgspec.json.encode(fields)[:-1] + b","
+    return b"".join((raw[:start], head, memoryview(raw)[start + 1 :]))
 
 
 def _asks_for_cache(request: ParsedRequest) -> bool:
