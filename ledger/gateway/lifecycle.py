@@ -763,8 +763,24 @@ def _with_fields(raw: bytes, fields: dict[str, Any]) -> bytes:
 
 
 def _asks_for_cache(request: ParsedRequest) -> bool:
-    """Anthropic prompt caching writes at up to twice the input price: reserve for it."""
-    return request.protocol == ANTHROPIC and b"cache_control" in msgspec.json.encode(request.body)
+    """Anthropic prompt caching writes at up to twice the input price: reserve for it.
+
+    A ``cache_control`` key anywhere in the body (system, message blocks, tools, the top
+    level) asks for it; the words in a prompt's text do not. Only objects and arrays are
+    walked, so a 4.5 MB prompt costs no more to check than a short one.
+    """
+    if request.protocol != ANTHROPIC:
+        return False
+    containers: list[Any] = [request.body]
+    while containers:
+        value = containers.pop()
+        if isinstance(value, dict):
+            if "cache_control" in value:
+                return True
+            containers.extend(v for v in value.values() if isinstance(v, dict | list))
+        else:
+            containers.extend(v for v in value if isinstance(v, dict | list))
+    return False
 
 
 def _wrong_protocol_message(route: Route, request: ParsedRequest) -> str:

@@ -634,3 +634,46 @@ def test_a_blocked_entry_names_the_budget_that_blocked_it(gateway: LiveServer) -
     entry = gateway.entry(refused.value.response.headers["x-ledger-request-id"])
     assert entry["status"] == "blocked"
     assert entry["budget_id"] == budget["id"]
+
+
+def test_a_request_that_asks_for_caching_is_reserved_at_the_cache_write_rate(
+    gateway: LiveServer,
+) -> None:
+    """Claude's one-hour cache writes cost twice its input price; a prompt that merely
+    talks about caching is not charged for them."""
+    claude = anthropic.Anthropic(
+        base_url=gateway.url, api_key=gateway.team_key("cachers"), max_retries=0
+    )
+    _create_budget(gateway, team="cachers", limit_usd=TINY, name="cache cap")
+    cache_write_1h = Decimal("6.00") / 10**6  # claude-sonnet-4-5, per token
+
+    def reserved(**request: Any) -> Decimal:
+        """The worst case the refusal names for ``request``."""
+        with pytest.raises(anthropic.RateLimitError) as refused:
+            claude.messages.create(model=CLAUDE, max_tokens=MAX_TOKENS, **request)
+        message = refused.value.response.json()["error"]["message"]
+        return Decimal(message.split("may cost up to $")[1][: len(ZERO)])
+
+    def worst(input_rate: Decimal, **request: Any) -> Decimal:
+        return count_anthropic_input_tokens(request) * input_rate + MAX_TOKENS * CLAUDE_OUTPUT
+
+    ephemeral = {"type": "ephemeral"}
+    cached_system = {
+        "system": [{"type": "text", "text": "Be terse.", "cache_control": ephemeral}],
+        "messages": _messages(),
+    }
+    cached_block = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": QUESTION, "cache_control": ephemeral}],
+            }
+        ]
+    }
+    mentions_it = {
+        "system": [{"type": "text", "text": "Explain cache_control in one line."}],
+        "messages": _messages('What does "cache_control": {"type": "ephemeral"} do?'),
+    }
+    assert reserved(**cached_system) == worst(cache_write_1h, **cached_system)
+    assert reserved(**cached_block) == worst(cache_write_1h, **cached_block)
+    assert reserved(**mentions_it) == worst(CLAUDE_INPUT, **mentions_it)
