@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -71,6 +72,10 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+# How long the SQLite writer's thread steps aside after each statement (see below).
+WRITER_PAUSE_S = 0.0003
+
+
 class WriteTransactions:
     """Runs synchronous units of write work, each in one transaction of its own.
 
@@ -79,9 +84,15 @@ class WriteTransactions:
     event loop and aiosqlite's thread, and a ledger batch is about ten statements, so
     one hand-off per transaction instead is most of the writer's cost saved. On
     PostgreSQL (asyncpg needs no thread) the same work runs on the async engine.
+
+    The thread steps aside for ``pause_s`` after each statement, letting go of the GIL
+    and the CPU. Without it a batch ran as one stretch of a millisecond or more, and a
+    request that arrived meanwhile waited for the GIL: at one connection that was the
+    p99 (2.3-2.5 ms, against 1.3-1.4 ms with the pause, in alternating runs). The
+    batch's writes take a few milliseconds longer; no request waits for them.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, pause_s: float = WRITER_PAUSE_S) -> None:
         self._engine = engine
         self._thread_engine: Engine | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -90,6 +101,8 @@ class WriteTransactions:
             thread_engine = create_sync_engine(url.set(drivername="sqlite"))
             event.listen(thread_engine, "connect", _configure_sqlite)
             event.listen(thread_engine, "begin", _begin_sqlite)
+            if pause_s > 0:
+                event.listen(thread_engine, "after_cursor_execute", _pause_for(pause_s))
             # Write-only transactions: take the write lock at BEGIN, never half-way.
             self._thread_engine = thread_engine.execution_options(sqlite_begin="IMMEDIATE")
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ledger-sqlite-writer")
@@ -120,6 +133,13 @@ class WriteTransactions:
         # Whatever is running finishes first; the connection is closed in its thread.
         await asyncio.get_running_loop().run_in_executor(executor, engine.dispose)
         executor.shutdown(wait=True)
+
+
+def _pause_for(seconds: float) -> Callable[..., None]:
+    def pause(*_args: Any) -> None:
+        time.sleep(seconds)  # releases the GIL: the event loop runs meanwhile
+
+    return pause
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
