@@ -1,0 +1,220 @@
+"""A quick A/B of throughput at one concurrency: the bare pass-through against Ledger.
+
+Where ``run.py`` measures every target (about ten minutes), this measures one thing in
+a minute or two, to try a change: requests/s at ``--connections`` for the pass-through
+and for ``ledger serve`` on SQLite and/or PostgreSQL, rounds interleaved, and the CPU
+each server thread spent per request (user + system, from ``/proc/PID/task``). On one
+event loop the loop thread is what saturates first, so its CPU per request is the
+figure a change must move.
+
+    python bench/ab.py                                   # SQLite and PostgreSQL, 20 connections
+    python bench/ab.py --databases sqlite --rounds 3 --seconds 10
+    python bench/ab.py --py-spy /tmp/prof                # + py-spy --gil in the last round
+
+Ledger is started from whichever ``ledger`` package Python imports, so a git worktree
+with ``PYTHONPATH=<worktree>`` measures that tree; environment variables reach the
+servers unchanged. Needs what ``run.py`` needs (wrk, nginx-light, PostgreSQL at
+``--postgres`` for that database); ``--py-spy`` needs ``pip install py-spy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+from load import run_wrk  # noqa: E402
+from servers import (  # noqa: E402
+    JSON_MODEL,
+    LedgerServer,
+    PassthroughServer,
+    Server,
+    cpu_seconds,
+    free_port,
+)
+from upstream import NginxUpstream  # noqa: E402
+
+PROMPT = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {
+        "role": "user",
+        "content": "Request %%N%%: one sentence on what a cost-accounting gateway does.",
+    },
+]
+
+
+@dataclass
+class Contender:
+    name: str
+    url: str
+    server: Server
+    token: str | None = None
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def thread_ticks(pid: int) -> dict[str, tuple[str, int, int]]:
+    """Each thread of ``pid``: its name, user and system clock ticks so far."""
+    threads: dict[str, tuple[str, int, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        threads[task.name] = (name, int(fields[11]), int(fields[12]))
+    return threads
+
+
+def per_thread_us(
+    before: dict[str, tuple[str, int, int]],
+    after: dict[str, tuple[str, int, int]],
+    requests: int,
+) -> list[dict[str, Any]]:
+    """CPU per request of each thread that used any, busiest first."""
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    rows = []
+    for tid, (name, user, system) in after.items():
+        _, user0, system0 = before.get(tid, (name, 0, 0))
+        if user + system - user0 - system0 <= 0:
+            continue
+        rows.append(
+            {
+                "thread": f"{name}/{tid}",
+                "user_us": (user - user0) * tick_us / max(1, requests),
+                "system_us": (system - system0) * tick_us / max(1, requests),
+            }
+        )
+    return sorted(rows, key=lambda row: -(row["user_us"] + row["system_us"]))
+
+
+def measure(
+    contender: Contender, body: Path, args: argparse.Namespace, spy_to: str | None
+) -> dict[str, Any]:
+    pid = contender.server.pid
+    spy = None
+    if spy_to:
+        spy = subprocess.Popen(
+            [
+                "py-spy", "record", "--gil", "--nonblocking", "-r", "997", "-f", "raw",
+                "-o", f"{spy_to}-{contender.name}.txt", "-p", str(pid),
+                "-d", str(max(1, round(args.seconds))),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    threads = thread_ticks(pid)
+    cpu = cpu_seconds(pid)
+    figures = run_wrk(
+        contender.url,
+        body,
+        connections=args.connections,
+        seconds=args.seconds,
+        token=contender.token,
+        cpus=args.load_cpus,
+    )
+    if spy is not None:
+        spy.wait()
+    requests = figures["requests"]
+    return {
+        "rps": figures["rps"],
+        "p99_ms": figures["p99_us"] / 1000,
+        "errors": figures["errors"] + figures.get("non_200", 0),
+        "cpu_us_per_request": (cpu_seconds(pid) - cpu) * 1e6 / max(1, requests),
+        "threads": per_thread_us(threads, thread_ticks(pid), requests),
+    }
+
+
+def fresh_postgres(url: str, database: str) -> str:
+    for sql in (f"DROP DATABASE IF EXISTS {database}", f"CREATE DATABASE {database}"):
+        subprocess.run(["psql", url, "-q", "-c", sql], check=True, capture_output=True)
+    base = url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{database}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--databases", default="sqlite,postgres")
+    parser.add_argument("--connections", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--load-cpus", default=str((os.cpu_count() or 1) - 1))
+    parser.add_argument("--py-spy", metavar="PREFIX", help="py-spy --gil raw profiles")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="ledger-ab-"))
+    body = work / "body.json"
+    body.write_text(json.dumps({"model": JSON_MODEL, "messages": PROMPT}), encoding="utf-8")
+    upstream = NginxUpstream(free_port(), cpus=args.load_cpus).start()
+    contenders: list[Contender] = []
+    try:
+        passthrough = PassthroughServer(work, upstream.url).start()
+        contenders.append(
+            Contender("passthrough", f"{passthrough.url}/json/v1/chat/completions", passthrough)
+        )
+        for database in args.databases.split(","):
+            if database == "sqlite":
+                url = f"sqlite+aiosqlite:///{work}/ledger.db"
+            else:
+                url = fresh_postgres(args.postgres, "ledger_bench_ab")
+            ledger = LedgerServer(work, url, upstream.url, label=f"ledger-{database}").start()
+            contenders.append(
+                Contender(
+                    f"ledger-{database}",
+                    f"{ledger.url}/v1/chat/completions",
+                    ledger,
+                    token=ledger.create_tenant(f"ab-{database}").key,
+                )
+            )
+        for contender in contenders:  # warm-up: connections, encodings, budget leases
+            run_wrk(contender.url, body, connections=args.connections, seconds=2,
+                    token=contender.token, cpus=args.load_cpus)  # fmt: skip
+        for round_ in range(args.rounds):
+            spy_to = args.py_spy if round_ == args.rounds - 1 else None
+            for contender in contenders:
+                run = measure(contender, body, args, spy_to)
+                contender.runs.append(run)
+                threads = ", ".join(
+                    f"{t['thread']} {t['user_us']:.0f}+{t['system_us']:.0f}"
+                    for t in run["threads"][:3]
+                )
+                print(
+                    f"round {round_ + 1} {contender.name:16s} {run['rps']:7.0f} req/s "
+                    f"p99 {run['p99_ms']:6.2f} ms  CPU {run['cpu_us_per_request']:4.0f} µs/req "
+                    f"(threads, user+system µs/req: {threads})  errors {run['errors']}",
+                    flush=True,
+                )
+    finally:
+        for contender in reversed(contenders):
+            contender.server.stop()
+        upstream.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    base = sum(run["rps"] for run in contenders[0].runs) / len(contenders[0].runs)
+    print(f"\n{'':16s} {'req/s':>8s} {'ratio':>6s} {'CPU µs/req':>11s}")
+    summary = {}
+    for contender in contenders:
+        rps = sum(run["rps"] for run in contender.runs) / len(contender.runs)
+        cpu = sum(run["cpu_us_per_request"] for run in contender.runs) / len(contender.runs)
+        summary[contender.name] = {"rps": rps, "ratio": rps / base, "runs": contender.runs}
+        print(f"{contender.name:16s} {rps:8.0f} {rps / base:6.3f} {cpu:11.0f}")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
