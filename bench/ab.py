@@ -34,6 +34,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from load import run_wrk  # noqa: E402
+from run import SMALL_PROMPT  # noqa: E402  (the body run.py measures, numbered per request)
 from servers import (  # noqa: E402
     JSON_MODEL,
     LedgerServer,
@@ -43,14 +44,6 @@ from servers import (  # noqa: E402
     free_port,
 )
 from upstream import NginxUpstream  # noqa: E402
-
-PROMPT = [
-    {"role": "system", "content": "You are a helpful assistant."},
-    {
-        "role": "user",
-        "content": "Request %%N%%: one sentence on what a cost-accounting gateway does.",
-    },
-]
 
 
 @dataclass
@@ -158,7 +151,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="ledger-ab-"))
     body = work / "body.json"
-    body.write_text(json.dumps({"model": JSON_MODEL, "messages": PROMPT}), encoding="utf-8")
+    body.write_text(json.dumps({"model": JSON_MODEL, "messages": SMALL_PROMPT}), encoding="utf-8")
     upstream = NginxUpstream(free_port(), cpus=args.load_cpus).start()
     contenders: list[Contender] = []
     try:
