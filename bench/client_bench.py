@@ -39,7 +39,7 @@ HEADERS = {
 def loop_thread_seconds() -> float:
     stat = Path(f"/proc/self/task/{threading.get_native_id()}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / 100
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def process_seconds() -> float:
