@@ -34,7 +34,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from load import run_wrk  # noqa: E402
-from run import SMALL_PROMPT  # noqa: E402  (the body run.py measures, numbered per request)
+from run import (  # noqa: E402  (the body run.py measures, numbered per request)
+    SMALL_PROMPT,
+    fresh_postgres,
+)
 from servers import (  # noqa: E402
     JSON_MODEL,
     LedgerServer,
@@ -126,13 +129,6 @@ def measure(
         "cpu_us_per_request": (cpu_seconds(pid) - cpu) * 1e6 / max(1, requests),
         "threads": per_thread_us(threads, thread_ticks(pid), requests),
     }
-
-
-def fresh_postgres(url: str, database: str) -> str:
-    for sql in (f"DROP DATABASE IF EXISTS {database}", f"CREATE DATABASE {database}"):
-        subprocess.run(["psql", url, "-q", "-c", sql], check=True, capture_output=True)
-    base = url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    return f"{base}/{database}"
 
 
 def main() -> None:

@@ -187,11 +187,7 @@ class Bench:
         return server
 
     def _fresh_postgres(self, name: str) -> str:
-        base = self.args.postgres.rstrip("/")
-        admin = base.rsplit("/", 1)[0]
-        _psql(f"{admin}/postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        _psql(f"{admin}/postgres", f'CREATE DATABASE "{name}"')
-        return f"{admin}/{name}"
+        return fresh_postgres(self.args.postgres, name)
 
     def stop(self) -> None:
         for server in reversed(self.servers):
@@ -749,6 +745,14 @@ class Bench:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def fresh_postgres(url: str, name: str) -> str:
+    """An empty database ``name`` beside the one at ``url`` (dropped first); its URL."""
+    admin = url.rstrip("/").rsplit("/", 1)[0]
+    _psql(f"{admin}/postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _psql(f"{admin}/postgres", f'CREATE DATABASE "{name}"')
+    return f"{admin}/{name}"
 
 
 def _psql(url: str, sql: str) -> str:
