@@ -45,6 +45,7 @@ from servers import (  # noqa: E402
     Server,
     cpu_seconds,
     free_port,
+    read_stat,
 )
 from upstream import NginxUpstream  # noqa: E402
 
@@ -63,12 +64,9 @@ def thread_ticks(pid: int) -> dict[str, tuple[str, int, int]]:
     threads: dict[str, tuple[str, int, int]] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            stat = (task / "stat").read_text()
+            threads[task.name] = read_stat(task / "stat")
         except OSError:
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        threads[task.name] = (name, int(fields[11]), int(fields[12]))
     return threads
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from servers import free_port  # noqa: E402
+from servers import free_port, read_stat  # noqa: E402
 from upstream import NginxUpstream  # noqa: E402
 
 BODY = b'{"model":"m","messages":[{"role":"user","content":"hello there"}]}'
@@ -37,9 +37,8 @@ HEADERS = {
 
 
 def loop_thread_seconds() -> float:
-    stat = Path(f"/proc/self/task/{threading.get_native_id()}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    _, user, system = read_stat(Path(f"/proc/self/task/{threading.get_native_id()}/stat"))
+    return (user + system) / os.sysconf("SC_CLK_TCK")
 
 
 def process_seconds() -> float:

@@ -79,17 +79,24 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
+def read_stat(path: Path) -> tuple[str, int, int]:
+    """A /proc ``stat`` file's command name, user and system CPU time (clock ticks)."""
+    stat = path.read_text()
+    name = stat[stat.index("(") + 1 : stat.rindex(")")]  # a name may hold spaces and ")"
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return name, int(fields[11]), int(fields[12])  # utime, stime
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of ``pid`` and its children (workers) so far, from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for each in [pid, *_children(pid)]:
         try:
-            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            _, user, system = read_stat(Path(f"/proc/{each}/stat"))
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+        total += user + system
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
