@@ -8,7 +8,10 @@ Each process appends to its own file, which it holds with an exclusive ``flock``
 - ``done``: its entry is committed.
 
 Appends are plain ``write`` calls: they survive the process being killed (the data is in
-the kernel), which is the failure this guards against. On start-up a process takes over
+the kernel), which is the failure this guards against. A ``start`` waits in memory until
+the end of the event loop's current step (or its request's ``forward``, which then
+travels in the same record and the same ``write``): a request is on disk before anything
+it waits for can let the loop run, and before the provider can see it. On start-up a process takes over
 every journal whose owner is gone (its lock is free): entries waiting for replay are
 written, and requests that started but never finished become ``interrupted`` entries.
 Inserting by request id makes recovery idempotent.
@@ -19,6 +22,7 @@ database it was written for.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import json
@@ -103,6 +107,10 @@ class Journal:
         self._open_requests: dict[str, int] = {}  # request id -> segment
         self._segment_open: dict[int, int] = {}  # segment -> requests not yet done
         self._segment_paths: dict[int, Path] = {}
+        # Records not yet written, and the ``start`` records among them by request id.
+        self._unwritten: list[dict[str, Any]] = []
+        self._unwritten_starts: dict[str, dict[str, Any]] = {}
+        self._write_scheduled = False
 
     # -- recovery -----------------------------------------------------------------------
 
@@ -176,6 +184,7 @@ class Journal:
         self._open_segment()
 
     def _open_segment(self) -> None:
+        self._write_unwritten()  # into the segment their requests were counted in
         self._segment += 1
         path = self.directory / f"journal-{self.owner}-{self._segment:06d}.jsonl"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -191,6 +200,7 @@ class Journal:
         """Close; the files are deleted if nothing in them is still owed."""
         if self._fd is None:
             return
+        self._write_unwritten()
         os.close(self._fd)
         self._fd = None
         for segment, path in list(self._segment_paths.items()):
@@ -210,29 +220,34 @@ class Journal:
             "key_id": entry.key_id,
             "end_user": entry.end_user,
         }
-        self._append({"t": "start", "id": entry.request_id, "entry": started})
+        record = {"t": "start", "id": entry.request_id, "entry": started}
+        if self._fd is None:
+            return
+        self._unwritten.append(record)
+        self._unwritten_starts[entry.request_id] = record
+        self._write_at_end_of_step()
 
     def forwarding(self, entry: LedgerEntry, prompt_cost: int) -> None:
-        self._append(
-            {
-                "t": "forward",
-                "id": entry.request_id,
-                "entry": {
-                    "requested_model": entry.requested_model,
-                    # Known only once the body is parsed: budgets and reports match on them.
-                    "end_user": entry.end_user,
-                    "tags": entry.tags,
-                    "served_model": entry.served_model,
-                    "provider": entry.provider,
-                    "stream": entry.stream,
-                    "estimated_input_tokens": entry.estimated_input_tokens,
-                    "price_id": entry.price_id,
-                    # If the process dies, the prompt is what the provider surely billed.
-                    "input_cost_nanos": prompt_cost,
-                    "cost_nanos": prompt_cost,
-                },
-            }
-        )
+        forwarded = {
+            "requested_model": entry.requested_model,
+            # Known only once the body is parsed: budgets and reports match on them.
+            "end_user": entry.end_user,
+            "tags": entry.tags,
+            "served_model": entry.served_model,
+            "provider": entry.provider,
+            "stream": entry.stream,
+            "estimated_input_tokens": entry.estimated_input_tokens,
+            "price_id": entry.price_id,
+            # If the process dies, the prompt is what the provider surely billed.
+            "input_cost_nanos": prompt_cost,
+            "cost_nanos": prompt_cost,
+        }
+        start = self._unwritten_starts.get(entry.request_id)
+        if start is not None:  # not on disk yet: one record, started and forwarded
+            start["entry"].update(forwarded)
+            self._write_unwritten()
+        else:
+            self._append({"t": "forward", "id": entry.request_id, "entry": forwarded})
 
     def pending(self, entries: list[LedgerEntry]) -> None:
         """The database could not take these entries: keep them for replay."""
@@ -269,8 +284,30 @@ class Journal:
         self._append_many([record])
 
     def _append_many(self, records: list[dict[str, Any]]) -> None:
-        if self._fd is None or not records:
+        """Write ``records`` now, after any still waiting: one ``write`` for all of them."""
+        if self._fd is None:
+            return
+        if self._unwritten:
+            records = self._unwritten + records
+            self._unwritten = []
+            self._unwritten_starts.clear()
+        if not records:
             return
         data = b"".join(_encode(record) + b"\n" for record in records)
         os.write(self._fd, data)
         self._size += len(data)
+
+    def _write_unwritten(self) -> None:
+        self._write_scheduled = False
+        self._append_many([])
+
+    def _write_at_end_of_step(self) -> None:
+        if self._write_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (start-up, tests): nothing could run first
+            self._write_unwritten()
+            return
+        self._write_scheduled = True
+        loop.call_soon(self._write_unwritten)
