@@ -102,7 +102,10 @@ class LedgerWriter:
         self._transactions = WriteTransactions(engine)
         self._max_batch = max_batch
         self._journal = journal
-        self._queue: asyncio.Queue[tuple[LedgerEntry, asyncio.Future[None]]] = asyncio.Queue()
+        # Each entry with the future its caller waits on (None: acknowledged on the journal).
+        self._queue: asyncio.Queue[tuple[LedgerEntry, asyncio.Future[None] | None]] = (
+            asyncio.Queue()
+        )
         self._pending: list[LedgerEntry] = []  # journaled, waiting for the database
         self._task: asyncio.Task[None] | None = None
         self._replayer: asyncio.Task[None] | None = None
@@ -161,12 +164,13 @@ class LedgerWriter:
             # Stopped (shutting down): the journal keeps it for the next start to write.
             self._journal.pending([entry])
             return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueued += 1
         if self._ack_on_journal:
             assert self._journal is not None
-            self._journal.pending([entry])  # durable from here on
-            done.set_result(None)
-        self._enqueued += 1
+            self._journal.pending([entry])  # durable from here on: nothing to wait for
+            self._queue.put_nowait((entry, None))
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((entry, done))
         # The entry is written even if this caller is cancelled while waiting.
         await asyncio.shield(done)
@@ -205,7 +209,7 @@ class LedgerWriter:
                 async with self._progress:
                     self._progress.notify_all()
 
-    async def _write(self, batch: list[tuple[LedgerEntry, asyncio.Future[None]]]) -> None:
+    async def _write(self, batch: list[tuple[LedgerEntry, asyncio.Future[None] | None]]) -> None:
         entries = [entry for entry, _ in batch]
         try:
             await self._transactions.run(write_entries_in, entries)
@@ -299,8 +303,8 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, OSError | ConnectionError | TimeoutError)
 
 
-def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
-    if done.done():
+def _settle(done: asyncio.Future[None] | None, error: BaseException | None) -> None:
+    if done is None or done.done():
         return
     if error is None:
         done.set_result(None)
