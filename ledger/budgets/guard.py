@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -490,8 +491,14 @@ def _budget_headers(hold: Hold, remaining: int) -> dict[str, str]:
     return {
         "x-ledger-budget-id": str(hold.rule.id),
         "x-ledger-budget-remaining-usd": format_usd(remaining),
-        "x-ledger-budget-reset": hold.period_end.isoformat() if hold.period_end else "never",
+        "x-ledger-budget-reset": _reset_header(hold.period_end),
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _reset_header(period_end: datetime | None) -> str:
+    # Every request in a period answers with the same end: formatted once, not per request.
+    return period_end.isoformat() if period_end else "never"
 
 
 def _exceeded(hold: Hold, state: PeriodState, amount: int) -> BudgetExceeded:
