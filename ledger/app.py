@@ -20,6 +20,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import ScalarRenderPlugin
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -36,6 +37,7 @@ from ledger.db.migrate import current_revision, head_revision, upgrade
 from ledger.db.partitions import ensure_partitions
 from ledger.db.prices import LivePrices, sync_prices
 from ledger.db.writer import LedgerWriter, is_outage, write_entries
+from ledger.db.writer_process import ProcessWrites
 from ledger.errors import AuthenticationFailed, InvalidRequest, LedgerError, NotFound
 from ledger.gateway.lifecycle import Gateway
 from ledger.gateway.routes import ROUTES as GATEWAY_ROUTES
@@ -124,6 +126,7 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         max_batch=settings.ledger_batch_max,
         journal=journal,
         on_commit=metrics.batch_size.observe,
+        writes=ProcessWrites(settings.database_url) if _writer_process(settings) else None,
     )
     writer.start()
     await budgets.start()
@@ -141,6 +144,13 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         settings, engine, sessions, authenticator, prices, router, providers, writer, journal,
         budgets, gateway, metrics, read_sessions,
     )  # fmt: skip
+
+
+def _writer_process(settings: Settings) -> bool:
+    # An in-memory SQLite database exists only inside this process.
+    url = make_url(settings.database_url)
+    in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    return settings.writer_process and not in_memory
 
 
 async def stop_services(services: Services) -> None:

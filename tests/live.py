@@ -27,6 +27,10 @@ def gateway_settings(database_url: str, fake: FakeUpstream, **overrides: Any) ->
     """
     timeout_s = overrides.pop("timeout_s", 5.0)  # the read timeout of both providers
     overrides.setdefault("scheduler", False)
+    # Batches are committed in this process: a writer process per server would add its
+    # start-up to hundreds of tests. test_writer_process.py and the tests that run
+    # `ledger serve` (process faults, scale-out, CLI) run with the writer process.
+    overrides.setdefault("writer_process", False)
     providers = (
         ProviderConfig(
             name="openai", kind="openai", base_url=fake.openai_base_url, api_key=fake.api_key,
@@ -55,8 +59,9 @@ class LiveServer:
         self._socket.bind(("127.0.0.1", 0))
         self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(settings, announce=False)
         config = uvicorn.Config(
-            create_app(settings, announce=False),
+            self.app,
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=5,

@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from typing import Protocol
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -24,6 +25,7 @@ from ledger.budgets.store import Settlement, apply_settlements, load_rules_in
 from ledger.db.engine import WriteTransactions
 from ledger.db.journal import Journal
 from ledger.db.ledger import LedgerEntry, insert_entries
+from ledger.db.writer_process import WriteFailed
 from ledger.reports.rollups import apply_entries_to_rollups
 
 logger = logging.getLogger("ledger.writer")
@@ -81,6 +83,36 @@ async def write_entries(engine: AsyncEngine, entries: Sequence[LedgerEntry]) -> 
         return await connection.run_sync(write_entries_in, entries)
 
 
+class EntryWrites(Protocol):
+    """Where a batch's transaction runs: in this process, or in a writer process."""
+
+    async def write(self, entries: Sequence[LedgerEntry]) -> list[str]:
+        """:func:`write_entries_in` in a transaction of its own; the request ids written."""
+        ...
+
+    async def open(self) -> None:
+        """Get ready for the first batch (it should not wait for a process to start)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class InProcessWrites:
+    """Batches committed by this process (a thread of its own on a SQLite file)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._transactions = WriteTransactions(engine)
+
+    async def open(self) -> None:
+        pass
+
+    async def write(self, entries: Sequence[LedgerEntry]) -> list[str]:
+        return await self._transactions.run(write_entries_in, entries)
+
+    async def aclose(self) -> None:
+        await self._transactions.aclose()
+
+
 class LedgerWriter:
     def __init__(
         self,
@@ -91,6 +123,7 @@ class LedgerWriter:
         on_commit: Callable[[int], None] | None = None,
         ack: str = "journal",
         gather_s: float = 0.02,
+        writes: EntryWrites | None = None,
     ) -> None:
         self._gather_s = gather_s
         self._on_commit = on_commit
@@ -99,7 +132,7 @@ class LedgerWriter:
         self._enqueued = 0  # sequence number of the last entry queued
         self._settled = 0  # ... and of the last one committed (or journaled in an outage)
         self._progress = asyncio.Condition()
-        self._transactions = WriteTransactions(engine)
+        self._writes = writes or InProcessWrites(engine)
         self._max_batch = max_batch
         self._journal = journal
         # Each entry with the future its caller waits on (None: acknowledged on the journal).
@@ -112,6 +145,11 @@ class LedgerWriter:
         self.database_available = True
         self.batches_written = 0
         self.entries_written = 0
+
+    @property
+    def writes(self) -> EntryWrites:
+        """Where this writer's batches are committed."""
+        return self._writes
 
     @property
     def backlog(self) -> int:
@@ -140,7 +178,7 @@ class LedgerWriter:
             logger.error(
                 "%d ledger entries stay journaled until the database is back", len(self._pending)
             )
-        await self._transactions.aclose()
+        await self._writes.aclose()
 
     # -- the write-ahead record of requests in flight -------------------------------------
 
@@ -187,6 +225,10 @@ class LedgerWriter:
                 )
 
     async def _run(self) -> None:
+        try:
+            await self._writes.open()
+        except Exception:  # the first batch tries again, and reports an outage if it must
+            logger.exception("the ledger writer could not get ready")
         while True:
             batch = [await self._queue.get()]
             if self._ack_on_journal and self._gather_s and self._queue.qsize() < self._max_batch:
@@ -212,7 +254,7 @@ class LedgerWriter:
     async def _write(self, batch: list[tuple[LedgerEntry, asyncio.Future[None] | None]]) -> None:
         entries = [entry for entry, _ in batch]
         try:
-            await self._transactions.run(write_entries_in, entries)
+            await self._writes.write(entries)
         except Exception as exc:
             if is_outage(exc):
                 self._outage(entries, exc)
@@ -246,7 +288,8 @@ class LedgerWriter:
 
     def _outage(self, entries: list[LedgerEntry], exc: BaseException) -> None:
         if self.database_available:
-            logger.error("database unavailable, journaling ledger entries: %s", type(exc).__name__)
+            kind = exc.kind if isinstance(exc, WriteFailed) else type(exc).__name__
+            logger.error("database unavailable, journaling ledger entries: %s", kind)
         self.database_available = False
         if self._journal is not None:
             if not self._ack_on_journal:  # otherwise they were journaled when recorded
@@ -272,14 +315,14 @@ class LedgerWriter:
         while self._pending:
             chunk = self._pending[: self._max_batch]
             try:
-                await self._transactions.run(write_entries_in, chunk)
+                await self._writes.write(chunk)
             except Exception as exc:
                 if is_outage(exc):
                     return
                 # Not the outage: one of them is bad. Write them one by one.
                 for entry in chunk:
                     try:
-                        await self._transactions.run(write_entries_in, [entry])
+                        await self._writes.write([entry])
                     except Exception as single:
                         if is_outage(single):
                             return
@@ -296,6 +339,8 @@ class LedgerWriter:
 
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` means the database is unreachable, not that the data is bad."""
+    if isinstance(exc, WriteFailed):  # as the writer process judged it (or it is gone)
+        return exc.outage
     if isinstance(exc, OperationalError | InterfaceError):
         return True
     if isinstance(exc, DBAPIError):

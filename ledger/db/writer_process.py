@@ -1,0 +1,203 @@
+"""The ledger writer's transactions, run by a process of its own.
+
+Committing a batch (inserting the entries, settling budgets, adding to rollups) is
+Python work: on PostgreSQL it ran on the event loop, on SQLite in a thread that took
+the GIL from it. Either way every request waited for its share. A serving process hands
+each batch to its writer process instead, through a pipe, and the event loop only
+encodes the batch and reads the answer.
+
+Nothing else changes: :class:`~ledger.db.writer.LedgerWriter` still batches, journals,
+tells outages from refused entries and replays; this runs ``write_entries_in`` on the
+other side of the pipe and reports what it wrote, or why it could not. A writer process
+that dies is an outage like any other: its batch stays journaled and pending, and the
+next write starts a new process. Writes are idempotent by request id, so a batch the
+dead process had committed is not written twice.
+
+The process ends when its pipe closes (the serving process stopped, or was killed). It
+ignores SIGINT and SIGTERM, which a terminal or a service manager sends to the whole
+process group: the serving process's shutdown still needs it to commit the last batches.
+
+Frames in both directions: a 4-byte big-endian length, then JSON (msgspec). The first
+frame is the database URL (through the pipe: in argv or the environment, a password
+would be readable from /proc).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import BinaryIO
+
+import msgspec
+
+from ledger.db.ledger import LedgerEntry
+
+logger = logging.getLogger("ledger.writer")
+
+_STOP_WAIT_S = 30.0
+
+
+class WriteFailed(Exception):
+    """The writer process could not write a batch, or is gone."""
+
+    def __init__(self, kind: str, message: str, *, outage: bool) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.outage = outage  # the database (or the process) is unavailable, not the data bad
+
+
+class _Reply(msgspec.Struct, omit_defaults=True):
+    written: list[str] = []
+    error: str | None = None  # the exception's type name
+    message: str = ""
+    outage: bool = False
+
+
+class ProcessWrites:
+    """Runs ledger batches in a writer process, started on first use and after a death."""
+
+    def __init__(self, database_url: str) -> None:
+        self._database_url = database_url
+        self._process: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()  # one batch in the pipe at a time
+        self._encode = msgspec.json.Encoder().encode
+        self._decode = msgspec.json.Decoder(_Reply).decode
+
+    @property
+    def pid(self) -> int | None:
+        """The writer process's id, while it runs."""
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
+    async def open(self) -> None:
+        """Start the writer process now: its imports overlap the server's start-up."""
+        async with self._lock:
+            await self._running()
+
+    async def write(self, entries: Sequence[LedgerEntry]) -> list[str]:
+        """Write ``entries`` in one transaction; returns the request ids written."""
+        payload = self._encode(list(entries))
+        async with self._lock:
+            process = await self._running()
+            assert process.stdin is not None and process.stdout is not None
+            try:
+                process.stdin.write(len(payload).to_bytes(4, "big") + payload)
+                await process.stdin.drain()
+                size = int.from_bytes(await process.stdout.readexactly(4), "big")
+                reply = self._decode(await process.stdout.readexactly(size))
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                self._discard(process)
+                raise WriteFailed(
+                    "WriterProcessGone", f"the ledger writer process stopped ({exc!r})", outage=True
+                ) from exc
+            except BaseException:
+                # Cancelled half-way: the pipe holds half a conversation. The process goes,
+                # and whatever it committed is not committed again (request ids).
+                self._discard(process)
+                raise
+        if reply.error is not None:
+            raise WriteFailed(reply.error, reply.message, outage=reply.outage)
+        return reply.written
+
+    async def aclose(self) -> None:
+        """Let the process finish its batch and exit (killed if it does not, in time)."""
+        async with self._lock:
+            process, self._process = self._process, None
+            if process is None or process.returncode is not None:
+                return
+            assert process.stdin is not None
+            process.stdin.close()
+            try:
+                async with asyncio.timeout(_STOP_WAIT_S):
+                    await process.wait()
+            except TimeoutError:
+                logger.error("the ledger writer process did not stop; killing it")
+                process.kill()
+                await process.wait()
+
+    async def _running(self) -> asyncio.subprocess.Process:
+        process = self._process
+        if process is not None and process.returncode is None:
+            return process
+        # The same modules as this process, however it found them.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ledger.db.writer_process",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        assert process.stdin is not None
+        url = self._database_url.encode()
+        process.stdin.write(len(url).to_bytes(4, "big") + url)
+        self._process = process
+        return process
+
+    def _discard(self, process: asyncio.subprocess.Process) -> None:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        if self._process is process:
+            self._process = None
+
+
+# -- the writer process -------------------------------------------------------------------
+
+
+def _read_frame(stream: BinaryIO) -> bytes | None:
+    header = stream.read(4)
+    if len(header) < 4:
+        return None  # the serving process closed the pipe (or died)
+    size = int.from_bytes(header, "big")
+    payload = stream.read(size)
+    return payload if len(payload) == size else None
+
+
+async def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+    # Imported here: the serving process imports this module without needing them.
+    from ledger.db.engine import WriteTransactions, create_engine
+    from ledger.db.writer import is_outage, write_entries_in
+
+    url = await asyncio.to_thread(_read_frame, stdin)
+    if url is None:
+        return
+    engine = create_engine(url.decode(), pool_size=1)
+    # Alone in its process: no event loop to step aside for between statements.
+    transactions = WriteTransactions(engine, pause_s=0)
+    decode = msgspec.json.Decoder(list[LedgerEntry]).decode
+    encode = msgspec.json.Encoder().encode
+    try:
+        while (frame := await asyncio.to_thread(_read_frame, stdin)) is not None:
+            try:
+                reply = _Reply(written=await transactions.run(write_entries_in, decode(frame)))
+            except Exception as exc:
+                reply = _Reply(
+                    error=type(exc).__name__, message=str(exc)[:2000], outage=is_outage(exc)
+                )
+            data = encode(reply)
+            stdout.write(len(data).to_bytes(4, "big") + data)
+            stdout.flush()
+    finally:
+        await transactions.aclose()
+        await engine.dispose()
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format="ledger-writer %(levelname)s %(message)s")
+    # Frames go to the pipe that was stdout; anything else printed goes to stderr.
+    frames = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    with contextlib.suppress(BrokenPipeError):  # the serving process went first
+        asyncio.run(_serve(sys.stdin.buffer, frames))
+
+
+if __name__ == "__main__":
+    # Run the module's importable copy, the one ``ledger.db.writer`` also imports.
+    from ledger.db.writer_process import main as run_writer_process
+
+    run_writer_process()

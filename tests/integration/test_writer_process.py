@@ -1,0 +1,139 @@
+"""Ledger batches committed by the writer process, on each database.
+
+The serving process only journals entries and hands batches over a pipe; these tests
+check what that must never cost: an entry lost or written twice when the writer process
+dies, a good entry lost with a bad one, or a writer process left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import openai
+import pytest
+
+from ledger.db.engine import create_engine
+from ledger.db.ledger import LedgerEntry, new_request_id
+from ledger.db.writer import LedgerWriter
+from ledger.db.writer_process import ProcessWrites
+from tests.fake_upstream import FakeUpstream
+from tests.integration.fault_support import ledger_rows
+from tests.live import LiveServer, gateway_settings
+
+
+def _writer_pid(server: LiveServer) -> int:
+    writes = server.app.state["services"].writer.writes
+    assert isinstance(writes, ProcessWrites)  # the default
+    deadline = time.monotonic() + 10
+    while writes.pid is None:  # started with the first batch
+        assert time.monotonic() < deadline, "no writer process started"
+        time.sleep(0.02)
+    return writes.pid
+
+
+def _ask(client: openai.OpenAI) -> str:
+    response = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hi"}], max_tokens=16
+    )
+    return response.headers["x-ledger-request-id"]
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+@pytest.fixture
+def gateway(database_url: str, fake_upstream: FakeUpstream) -> Iterator[LiveServer]:
+    """Ledger as `ledger serve` runs it: batches committed by its writer process."""
+    settings = gateway_settings(database_url, fake_upstream, writer_process=True)
+    with LiveServer(settings) as server:
+        yield server
+
+
+def test_a_killed_writer_process_loses_and_duplicates_nothing(gateway: LiveServer) -> None:
+    key, key_id = _key_with_id(gateway)
+    response = gateway.admin.post(
+        "/admin/budgets", json={"key_id": key_id, "limit_usd": "100.000000000", "name": "cap"}
+    )
+    assert response.status_code == 201, response.text
+    budget_id = response.json()["id"]
+    client = openai.OpenAI(base_url=gateway.openai_base_url, api_key=key, max_retries=0)
+
+    sent = [_ask(client) for _ in range(5)]
+    assert len(gateway.wait_for_entries(5)) == 5
+    first = _writer_pid(gateway)
+    assert first != os.getpid()
+    assert b"ledger.db.writer_process" in Path(f"/proc/{first}/cmdline").read_bytes()
+
+    os.kill(first, signal.SIGKILL)
+    sent += [_ask(client) for _ in range(10)]  # answered meanwhile: journaled, then written
+
+    entries = gateway.wait_for_entries(15, timeout=20)
+    assert sorted(e["request_id"] for e in entries) == sorted(sent)
+    assert all(e["status"] == "ok" for e in entries)
+    second = _writer_pid(gateway)
+    assert second != first and not _alive(first)
+    # Settled once each: the budget's spend is exactly the sum of its entries.
+    status = gateway.admin.get(f"/admin/budgets/{budget_id}/status").json()
+    spent = sum(int(row["cost_nanos"]) for row in ledger_rows(gateway.settings.database_url))
+    assert spent > 0
+    assert status["spent_usd"] == f"{spent // 10**9}.{spent % 10**9:09d}"
+
+
+def test_the_writer_process_ends_with_the_server(
+    database_url: str, fake_upstream: FakeUpstream
+) -> None:
+    with LiveServer(gateway_settings(database_url, fake_upstream, writer_process=True)) as server:
+        key = server.team_key()
+        client = openai.OpenAI(base_url=server.openai_base_url, api_key=key, max_retries=0)
+        request_id = _ask(client)
+        pid = _writer_pid(server)
+    assert not _alive(pid)
+    assert [row["request_id"] for row in ledger_rows(database_url)] == [request_id]
+
+
+def test_a_refused_entry_costs_its_batch_nothing(gateway: LiveServer) -> None:
+    url = gateway.settings.database_url
+
+    def entry() -> LedgerEntry:
+        return LedgerEntry(
+            request_id=new_request_id(), started_at=datetime.now(UTC), endpoint="chat.completions"
+        )
+
+    good = [entry(), entry()]
+    bad = entry()
+    bad.input_tokens = 2**70  # no database column holds it
+
+    async def record() -> list[BaseException | None]:
+        engine = create_engine(url)
+        writer = LedgerWriter(engine, writes=ProcessWrites(url))  # no journal: waits for commit
+        writer.start()
+        try:
+            return await asyncio.gather(
+                *(writer.record(e) for e in (good[0], bad, good[1])), return_exceptions=True
+            )
+        finally:
+            await writer.stop()
+            await engine.dispose()
+
+    outcomes = asyncio.run(record())
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], RuntimeError)
+    written = {row["request_id"] for row in ledger_rows(url)}
+    assert written == {good[0].request_id, good[1].request_id}
+
+
+def _key_with_id(gateway: LiveServer) -> tuple[str, int]:
+    gateway.create_team("writers")
+    response = gateway.admin.post("/admin/keys", json={"team": "writers", "name": "bot"})
+    assert response.status_code == 201, response.text
+    return response.json()["key"], response.json()["id"]
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
