@@ -4,7 +4,8 @@ Many concurrent callers each do what a request does around the database: reserve
 hard key budget (``BudgetGuard``, local lease), journal ``start`` and ``forward``, settle,
 then ``await LedgerWriter.record(entry)``, which returns only once the entry is committed.
 The figure is entries acknowledged per second, from the first call to the last
-acknowledgement; afterwards the ledger is counted and the budget's spend compared with
+acknowledgement. Batches are committed by a writer process, as ``ledger serve`` does
+(``--in-process``: by this process, as with ``LEDGER_WRITER_PROCESS=false``); afterwards the ledger is counted and the budget's spend compared with
 the sum of the entries' costs.
 
     python bench/writer_bench.py --database-url sqlite+aiosqlite:////tmp/w.db --entries 50000
@@ -35,13 +36,19 @@ from ledger.db.ledger import LedgerEntry, new_request_id
 from ledger.db.migrate import upgrade
 from ledger.db.tables import BudgetPeriod, LedgerEntryRow
 from ledger.db.writer import LedgerWriter
+from ledger.db.writer_process import ProcessWrites
 
 COST_NANOS = 103_600  # 27 input and 58 output tokens of gpt-4.1-mini
 WORST_CASE_NANOS = 6_564_400
 
 
 async def run(
-    database_url: str, entries: int, callers: int, max_batch: int, record_only: bool = False
+    database_url: str,
+    entries: int,
+    callers: int,
+    max_batch: int,
+    record_only: bool = False,
+    in_process: bool = False,
 ) -> dict[str, Any]:
     engine = create_engine(database_url, pool_size=10)
     await upgrade(engine)
@@ -61,7 +68,8 @@ async def run(
     journal_root = tempfile.mkdtemp(prefix="ledger-writer-bench-")
     journal = Journal(journal_directory(journal_root, database_url), guard.owner)
     journal.open()
-    writer = LedgerWriter(engine, max_batch=max_batch, journal=journal)
+    writes = None if in_process else ProcessWrites(database_url)
+    writer = LedgerWriter(engine, max_batch=max_batch, journal=journal, writes=writes)
     writer.start()
     scope = RequestScope(team_id=team_id, key_id=key_id, model="gpt-4.1-mini")
     acknowledged: list[float] = []
@@ -127,6 +135,7 @@ async def run(
     return {
         "database": engine.dialect.name,
         "record_only": record_only,
+        "writer_process": not in_process,
         "entries": entries,
         "callers": callers,
         "seconds": elapsed,
@@ -153,6 +162,9 @@ def main() -> None:
     parser.add_argument(
         "--record-only", action="store_true", help="time LedgerWriter.record() alone"
     )
+    parser.add_argument(
+        "--in-process", action="store_true", help="commit in this process, not a writer process"
+    )
     args = parser.parse_args()
     try:
         import uvloop
@@ -161,7 +173,9 @@ def main() -> None:
     except ImportError:
         runner = asyncio.run
     url = normalise_database_url(args.database_url)
-    result = runner(run(url, args.entries, args.callers, args.max_batch, args.record_only))
+    result = runner(
+        run(url, args.entries, args.callers, args.max_batch, args.record_only, args.in_process)
+    )
     print(json.dumps(result))
 
 
