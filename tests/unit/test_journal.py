@@ -39,6 +39,12 @@ def _lines(directory: Path) -> list[str]:
     ]
 
 
+def _opened(directory: Path) -> Journal:
+    journal = Journal(directory, "worker")
+    journal.open()
+    return journal
+
+
 def _recover(directory: Path) -> list[LedgerEntry]:
     """What a process starting after this one's death would write as interrupted."""
     return Journal(directory, "successor").take_over_orphans().interrupted
@@ -47,8 +53,7 @@ def _recover(directory: Path) -> list[LedgerEntry]:
 async def test_a_started_request_is_on_disk_before_anything_it_awaits_can_run(
     tmp_path: Path,
 ) -> None:
-    journal = Journal(tmp_path, "worker")
-    journal.open()
+    journal = _opened(tmp_path)
     entry = _entry()
     journal.started(entry)
     await asyncio.sleep(0)  # the request waits for something: the loop runs other work
@@ -64,8 +69,7 @@ async def test_a_started_request_is_on_disk_before_anything_it_awaits_can_run(
 async def test_start_and_forward_in_one_step_are_one_record_with_the_prompt_cost(
     tmp_path: Path,
 ) -> None:
-    journal = Journal(tmp_path, "worker")
-    journal.open()
+    journal = _opened(tmp_path)
     entry = _entry()
     journal.started(entry)
     journal.forwarding(_forwarded(entry), prompt_cost=180_000)
@@ -80,8 +84,7 @@ async def test_start_and_forward_in_one_step_are_one_record_with_the_prompt_cost
 
 
 async def test_a_forward_after_a_wait_adds_to_the_start_already_written(tmp_path: Path) -> None:
-    journal = Journal(tmp_path, "worker")
-    journal.open()
+    journal = _opened(tmp_path)
     entry = _entry()
     journal.started(entry)
     await asyncio.sleep(0)  # e.g. the provider's count_tokens
@@ -96,8 +99,7 @@ async def test_a_forward_after_a_wait_adds_to_the_start_already_written(tmp_path
 async def test_a_recorded_entry_is_replayed_and_never_reported_as_interrupted(
     tmp_path: Path,
 ) -> None:
-    journal = Journal(tmp_path, "worker")
-    journal.open()
+    journal = _opened(tmp_path)
     entry = _forwarded(_entry())
     journal.started(entry)
     entry.status, entry.http_status, entry.cost_nanos = "ok", 200, 250_000
