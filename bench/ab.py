@@ -11,8 +11,9 @@ figure a change must move.
     python bench/ab.py --databases sqlite --rounds 3 --seconds 10
     python bench/ab.py --py-spy /tmp/prof                # + py-spy --gil in the last round
 
-Ledger is started from whichever ``ledger`` package Python imports, so a git worktree
-with ``PYTHONPATH=<worktree>`` measures that tree; environment variables reach the
+Ledger is started (with ``python -P``) from whichever ``ledger`` package Python imports
+from its path, so ``PYTHONPATH=<worktree>`` measures that git worktree, whatever the
+working directory; environment variables reach the
 servers unchanged. Needs what ``run.py`` needs (wrk, nginx-light, PostgreSQL at
 ``--postgres`` for that database); ``--py-spy`` needs ``pip install py-spy``.
 """

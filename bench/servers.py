@@ -229,7 +229,9 @@ class LedgerServer(Server):
 
     def command(self) -> list[str]:
         command = [
-            sys.executable, "-m", "ledger.cli", "--config", str(self.config),
+            # -P: the ledger package comes from PYTHONPATH or the installed one, never
+            # from the working directory (a worktree's change is measured by its path).
+            sys.executable, "-P", "-m", "ledger.cli", "--config", str(self.config),
             "serve", "--port", str(self.port), "--log-level", "warning",
         ]  # fmt: skip
         if self.workers is not None:

@@ -124,10 +124,12 @@ class ProcessWrites:
         process = self._process
         if process is not None and process.returncode is None:
             return process
-        # The same modules as this process, however it found them.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        # The same modules as this process, however it found them: its path, and -P so
+        # that a `ledger` folder in the working directory cannot come first.
+        path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
+        env = {**os.environ, "PYTHONPATH": path}
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ledger.db.writer_process",
+            sys.executable, "-P", "-m", "ledger.db.writer_process",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
         )  # fmt: skip
         assert process.stdin is not None
