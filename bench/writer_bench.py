@@ -4,8 +4,8 @@ Many concurrent callers each do what a request does around the database: reserve
 hard key budget (``BudgetGuard``, local lease), journal ``start`` and ``forward``, settle,
 then ``await LedgerWriter.record(entry)``, which returns only once the entry is committed.
 The figure is entries acknowledged per second, from the first call to the last
-acknowledgement. Batches are committed by a writer process, as ``ledger serve`` does
-(``--in-process``: by this process, as with ``LEDGER_WRITER_PROCESS=false``); afterwards the ledger is counted and the budget's spend compared with
+acknowledgement. Batches are committed by this process, as ``ledger serve`` does by
+default (``--writer-process``: by a writer process, as with ``LEDGER_WRITER_PROCESS=true``); afterwards the ledger is counted and the budget's spend compared with
 the sum of the entries' costs.
 
     python bench/writer_bench.py --database-url sqlite+aiosqlite:////tmp/w.db --entries 50000
@@ -48,7 +48,7 @@ async def run(
     callers: int,
     max_batch: int,
     record_only: bool = False,
-    in_process: bool = False,
+    writer_process: bool = False,
 ) -> dict[str, Any]:
     engine = create_engine(database_url, pool_size=10)
     await upgrade(engine)
@@ -68,7 +68,7 @@ async def run(
     journal_root = tempfile.mkdtemp(prefix="ledger-writer-bench-")
     journal = Journal(journal_directory(journal_root, database_url), guard.owner)
     journal.open()
-    writes = None if in_process else ProcessWrites(database_url)
+    writes = ProcessWrites(database_url) if writer_process else None
     writer = LedgerWriter(engine, max_batch=max_batch, journal=journal, writes=writes)
     writer.start()
     scope = RequestScope(team_id=team_id, key_id=key_id, model="gpt-4.1-mini")
@@ -135,7 +135,7 @@ async def run(
     return {
         "database": engine.dialect.name,
         "record_only": record_only,
-        "writer_process": not in_process,
+        "writer_process": writer_process,
         "entries": entries,
         "callers": callers,
         "seconds": elapsed,
@@ -162,9 +162,7 @@ def main() -> None:
     parser.add_argument(
         "--record-only", action="store_true", help="time LedgerWriter.record() alone"
     )
-    parser.add_argument(
-        "--in-process", action="store_true", help="commit in this process, not a writer process"
-    )
+    parser.add_argument("--writer-process", action="store_true", help="commit in a writer process")
     args = parser.parse_args()
     try:
         import uvloop
@@ -174,7 +172,7 @@ def main() -> None:
         runner = asyncio.run
     url = normalise_database_url(args.database_url)
     result = runner(
-        run(url, args.entries, args.callers, args.max_batch, args.record_only, args.in_process)
+        run(url, args.entries, args.callers, args.max_batch, args.record_only, args.writer_process)
     )
     print(json.dumps(result))
 

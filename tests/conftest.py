@@ -90,8 +90,6 @@ def mock_gateway(database_url: str) -> Iterator[LiveServer]:
     """Ledger with no providers configured: the built-in mock serves every catalog model."""
     from ledger.config import Settings
 
-    settings = Settings(
-        database_url=database_url, admin_key="sk-admin-test-key", writer_process=False
-    )
+    settings = Settings(database_url=database_url, admin_key="sk-admin-test-key")
     with LiveServer(settings) as server:
         yield server

@@ -27,10 +27,6 @@ def gateway_settings(database_url: str, fake: FakeUpstream, **overrides: Any) ->
     """
     timeout_s = overrides.pop("timeout_s", 5.0)  # the read timeout of both providers
     overrides.setdefault("scheduler", False)
-    # Batches are committed in this process: a writer process per server would add its
-    # start-up to hundreds of tests. test_writer_process.py and the tests that run
-    # `ledger serve` (process faults, scale-out, CLI) run with the writer process.
-    overrides.setdefault("writer_process", False)
     providers = (
         ProviderConfig(
             name="openai", kind="openai", base_url=fake.openai_base_url, api_key=fake.api_key,

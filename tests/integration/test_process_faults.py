@@ -105,6 +105,12 @@ def _journal_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
+def _writer_process_env(tmp_path: Path) -> dict[str, str]:
+    """Batches committed by a writer process: shutdown, SIGKILL and an outage must not
+    cost an entry there either."""
+    return _journal_env(tmp_path, LEDGER_WRITER_PROCESS="true")
+
+
 def _spent(status: dict[str, Any]) -> Decimal:
     return Decimal(status["spent_usd"])
 
@@ -144,7 +150,7 @@ def test_sigterm_with_a_hundred_streams_in_flight_drains_records_all_and_exits_0
 ) -> None:
     config = write_provider_config(tmp_path / "ledger.toml", fake_upstream)
     process = LedgerProcess(
-        database_url, config=config, env=_journal_env(tmp_path), log=tmp_path / "serve.log"
+        database_url, config=config, env=_writer_process_env(tmp_path), log=tmp_path / "serve.log"
     ).start()
     admin = Admin(process.url, process.admin_key)
     try:
@@ -279,7 +285,7 @@ def test_sigkill_mid_load_then_restart_recovers_in_flight_requests_as_interrupte
     database_url: str, fake_upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     config = write_provider_config(tmp_path / "ledger.toml", fake_upstream)
-    env = _journal_env(tmp_path)
+    env = _writer_process_env(tmp_path)
     first = LedgerProcess(database_url, config=config, env=env, log=tmp_path / "a.log").start()
     admin = Admin(first.url, first.admin_key)
     try:
@@ -517,7 +523,7 @@ def test_database_outage_fails_closed_journals_entries_and_replays_them_once(
     proxy_url, proxy = proxied
     config = write_provider_config(tmp_path / "ledger.toml", fake_upstream)
     process = LedgerProcess(
-        proxy_url, config=config, env=_journal_env(tmp_path), log=tmp_path / "serve.log"
+        proxy_url, config=config, env=_writer_process_env(tmp_path), log=tmp_path / "serve.log"
     ).start()
     admin = Admin(process.url, process.admin_key)
     readiness: list[httpx.Response] = []

@@ -453,8 +453,6 @@ def test_the_provider_key_never_appears_in_responses_logs_or_the_ledger(
         database_url=database_url, admin_key=ADMIN_KEY, providers=tuple(providers),
         models=tuple(models), scheduler=False, journal_dir=str(tmp_path / "journal"),
         log_level="DEBUG",
-        # The ledger's INSERTs run, and are logged, where this test reads the logs.
-        writer_process=False,
     )  # fmt: skip
     capture = _Capture()
     root = logging.getLogger()
