@@ -134,6 +134,3 @@ def _key_with_id(gateway: LiveServer) -> tuple[str, int]:
     response = gateway.admin.post("/admin/keys", json={"team": "writers", "name": "bot"})
     assert response.status_code == 201, response.text
     return response.json()["key"], response.json()["id"]
-
-
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
