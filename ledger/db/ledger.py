@@ -161,7 +161,7 @@ def insert_entries(connection: Connection, entries: Sequence[LedgerEntry]) -> li
             values[index] = convert(values[index])
     start = 0
     while start < len(rows):
-        size = _chunk_size(len(rows) - start, dialect.paramstyle)
+        size = _chunk_size(len(rows) - start)
         parameters = tuple(itertools.chain.from_iterable(rows[start : start + size]))
         start += size
         result = connection.exec_driver_sql(_insert_sql(dialect.paramstyle, size), parameters)
@@ -169,13 +169,11 @@ def insert_entries(connection: Connection, entries: Sequence[LedgerEntry]) -> li
     return inserted
 
 
-def _chunk_size(remaining: int, paramstyle: str) -> int:
-    if paramstyle == "qmark":
-        # SQLite prepares a statement text in microseconds and keeps the last hundred per
-        # connection: one statement per batch, rather than one per power of two in it.
-        return min(remaining, 256)
-    # PostgreSQL: powers of two, a handful of statement texts, each prepared once per
-    # connection (asyncpg keeps a hundred).
+def _chunk_size(remaining: int) -> int:
+    # Powers of two: a handful of statement texts, each prepared once per connection
+    # (asyncpg and sqlite3 keep a hundred). One statement per batch size, as SQLite once
+    # had, kept up to a hundred prepared INSERTs of up to 256 rows of parameters each:
+    # 237 against 170 MB resident after a 60 s soak, for no faster group commit.
     size = 1
     while size * 2 <= min(remaining, 256):
         size *= 2
