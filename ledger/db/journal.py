@@ -11,10 +11,11 @@ Appends are plain ``write`` calls: they survive the process being killed (the da
 the kernel), which is the failure this guards against. A ``start`` waits in memory until
 the end of the event loop's current step (or its request's ``forward``, which then
 travels in the same record and the same ``write``): a request is on disk before anything
-it waits for can let the loop run, and before the provider can see it. On start-up a process takes over
-every journal whose owner is gone (its lock is free): entries waiting for replay are
-written, and requests that started but never finished become ``interrupted`` entries.
-Inserting by request id makes recovery idempotent.
+it waits for can let the loop run, and before the provider can see it.
+
+On start-up a process takes over every journal whose owner is gone (its lock is free):
+entries waiting for replay are written, and requests that started but never finished
+become ``interrupted`` entries. Inserting by request id makes recovery idempotent.
 
 Files live under a directory per database, so a journal is only ever replayed into the
 database it was written for.
@@ -211,6 +212,8 @@ class Journal:
     def started(self, entry: LedgerEntry) -> None:
         self._open_requests[entry.request_id] = self._segment
         self._segment_open[self._segment] = self._segment_open.get(self._segment, 0) + 1
+        if self._fd is None:
+            return
         # Only what is known when the key is: the rest of the entry keeps its defaults.
         started = {
             "request_id": entry.request_id,
@@ -221,8 +224,6 @@ class Journal:
             "end_user": entry.end_user,
         }
         record = {"t": "start", "id": entry.request_id, "entry": started}
-        if self._fd is None:
-            return
         self._unwritten.append(record)
         self._unwritten_starts[entry.request_id] = record
         self._write_at_end_of_step()
