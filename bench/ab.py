@@ -10,6 +10,8 @@ figure a change must move.
     python bench/ab.py                                   # SQLite and PostgreSQL, 20 connections
     python bench/ab.py --databases sqlite --rounds 3 --seconds 10
     python bench/ab.py --py-spy /tmp/prof                # + py-spy --gil in the last round
+    python bench/ab.py --databases sqlite --connections 1 \
+        --variant wp=LEDGER_WRITER_PROCESS=true          # + a Ledger with other settings
 
 Ledger is started (with ``python -P``) from whichever ``ledger`` package Python imports
 from its path, so ``PYTHONPATH=<worktree>`` measures that git worktree, whatever the
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -123,11 +126,22 @@ def measure(
     requests = figures["requests"]
     return {
         "rps": figures["rps"],
+        "p50_ms": figures["p50_us"] / 1000,
         "p99_ms": figures["p99_us"] / 1000,
         "errors": figures["errors"] + figures.get("non_200", 0),
         "cpu_us_per_request": (cpu_seconds(pid) - cpu) * 1e6 / max(1, requests),
         "threads": per_thread_us(threads, thread_ticks(pid), requests),
     }
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``wp=LEDGER_WRITER_PROCESS=true,LEDGER_X=1`` -> ("-wp", {...})."""
+    name, _, assignments = text.partition("=")
+    env = {}
+    for assignment in filter(None, assignments.split(",")):
+        variable, _, value = assignment.partition("=")
+        env[variable] = value
+    return f"-{name}", env
 
 
 def main() -> None:
@@ -142,6 +156,13 @@ def main() -> None:
     parser.add_argument("--load-cpus", default=str((os.cpu_count() or 1) - 1))
     parser.add_argument("--py-spy", metavar="PREFIX", help="py-spy --gil raw profiles")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=VAR=VALUE[,VAR=VALUE]",
+        help="one more Ledger per database, with these environment variables (repeatable)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ledger-ab-"))
@@ -154,20 +175,23 @@ def main() -> None:
         contenders.append(
             Contender("passthrough", f"{passthrough.url}/json/v1/chat/completions", passthrough)
         )
+        variants = [("", {})] + [parse_variant(text) for text in args.variant]
         for database in args.databases.split(","):
-            if database == "sqlite":
-                url = f"sqlite+aiosqlite:///{work}/ledger.db"
-            else:
-                url = fresh_postgres(args.postgres, "ledger_bench_ab")
-            ledger = LedgerServer(work, url, upstream.url, label=f"ledger-{database}").start()
-            contenders.append(
-                Contender(
-                    f"ledger-{database}",
-                    f"{ledger.url}/v1/chat/completions",
-                    ledger,
-                    token=ledger.create_tenant(f"ab-{database}").key,
+            for suffix, env in variants:
+                name = f"ledger-{database}{suffix}"
+                if database == "sqlite":
+                    url = f"sqlite+aiosqlite:///{work}/{name}.db"
+                else:
+                    url = fresh_postgres(args.postgres, name.replace("-", "_"))
+                ledger = LedgerServer(work, url, upstream.url, label=name, extra_env=env).start()
+                contenders.append(
+                    Contender(
+                        name,
+                        f"{ledger.url}/v1/chat/completions",
+                        ledger,
+                        token=ledger.create_tenant(f"ab-{name}").key,
+                    )
                 )
-            )
         for contender in contenders:  # warm-up: connections, encodings, budget leases
             run_wrk(contender.url, body, connections=args.connections, seconds=2,
                     token=contender.token, cpus=args.load_cpus)  # fmt: skip
@@ -182,7 +206,7 @@ def main() -> None:
                 )
                 print(
                     f"round {round_ + 1} {contender.name:16s} {run['rps']:7.0f} req/s "
-                    f"p99 {run['p99_ms']:6.2f} ms  CPU {run['cpu_us_per_request']:4.0f} µs/req "
+                    f"p50 {run['p50_ms']:6.2f} p99 {run['p99_ms']:6.2f} ms  CPU {run['cpu_us_per_request']:4.0f} µs/req "
                     f"(threads, user+system µs/req: {threads})  errors {run['errors']}",
                     flush=True,
                 )
@@ -193,13 +217,20 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     base = sum(run["rps"] for run in contenders[0].runs) / len(contenders[0].runs)
-    print(f"\n{'':16s} {'req/s':>8s} {'ratio':>6s} {'CPU µs/req':>11s}")
+    print(
+        f"\n{'':20s} {'req/s':>8s} {'ratio':>6s} {'CPU µs/req':>11s} {'p50 ms':>7s} {'p99 ms':>7s}"
+    )
     summary = {}
     for contender in contenders:
-        rps = sum(run["rps"] for run in contender.runs) / len(contender.runs)
-        cpu = sum(run["cpu_us_per_request"] for run in contender.runs) / len(contender.runs)
-        summary[contender.name] = {"rps": rps, "ratio": rps / base, "runs": contender.runs}
-        print(f"{contender.name:16s} {rps:8.0f} {rps / base:6.3f} {cpu:11.0f}")
+        runs = contender.runs
+        rps = sum(run["rps"] for run in runs) / len(runs)
+        cpu = sum(run["cpu_us_per_request"] for run in runs) / len(runs)
+        p50 = statistics.median(run["p50_ms"] for run in runs)
+        p99 = statistics.median(run["p99_ms"] for run in runs)
+        summary[contender.name] = {"rps": rps, "ratio": rps / base, "runs": runs}
+        print(
+            f"{contender.name:20s} {rps:8.0f} {rps / base:6.3f} {cpu:11.0f} {p50:7.2f} {p99:7.2f}"
+        )
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1), encoding="utf-8")
 

@@ -217,11 +217,13 @@ class LedgerServer(Server):
         *,
         label: str = "ledger",
         workers: int | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.name = label
         super().__init__(log_dir)
         self.database_url = database_url
         self.workers = workers
+        self.extra_env = extra_env or {}
         self.config = log_dir / f"{label}-{self.port}.toml"
         self.config.write_text(ledger_config(upstream), encoding="utf-8")
         self.journal_dir = log_dir / f"{label}-{self.port}-journal"
@@ -246,6 +248,7 @@ class LedgerServer(Server):
             "LEDGER_SCHEDULER": "off",
             "LEDGER_JOURNAL_DIR": str(self.journal_dir),
             "BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
+            **self.extra_env,
         }
 
     def create_tenant(self, team: str, *, limit_usd: str = "1000000") -> Tenant:
