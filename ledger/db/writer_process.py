@@ -187,7 +187,18 @@ async def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         await engine.dispose()
 
 
+def _yield_to_the_event_loop() -> None:
+    # A batch is a few milliseconds of CPU. Under the normal policy a serving process
+    # woken meanwhile could wait behind it for a whole time slice: at one connection on
+    # SQLite that was the p99 (medians 2.8-3.1 ms, against 1.5-1.7 with SCHED_BATCH, in
+    # alternating runs on 2 cores). SCHED_BATCH keeps the process's fair share of the CPU
+    # (a backlog cannot starve it, as SCHED_IDLE could) but never preempts on waking.
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
 def main() -> None:
+    _yield_to_the_event_loop()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="ledger-writer %(levelname)s %(message)s")
