@@ -13,6 +13,14 @@ that dies is an outage like any other: its batch stays journaled and pending, an
 next write starts a new process. Writes are idempotent by request id, so a batch the
 dead process had committed is not written twice.
 
+It runs at idle priority (Linux's SCHED_IDLE): whenever a serving process, or the
+provider's or client's side of a connection, wants the CPU, the writer process gives it
+way at once, so committing never adds to a request's latency. Idle priority can starve
+it on a machine whose CPUs are all busy with other work; a batch that takes longer than
+a quarter of a second (they take milliseconds) is taken for that, and from then on the
+writer processes run at normal priority (a process cannot raise its own priority back,
+so a new one is started).
+
 The process ends when its pipe closes (the serving process stopped, or was killed). It
 ignores SIGINT and SIGTERM, which a terminal or a service manager sends to the whole
 process group: the serving process's shutdown still needs it to commit the last batches.
@@ -30,6 +38,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import BinaryIO
 
@@ -40,6 +49,10 @@ from ledger.db.ledger import LedgerEntry
 logger = logging.getLogger("ledger.writer")
 
 _STOP_WAIT_S = 30.0
+# A batch answered later than this by a writer process at idle priority: it was starved
+# (a batch takes milliseconds; starved by one busy process on its CPU, about 0.5 s).
+STARVED_AFTER_S = 0.25
+_GIVE_WAY = "--give-way"  # the argument that starts a writer process at idle priority
 
 
 class WriteFailed(Exception):
@@ -61,12 +74,19 @@ class _Reply(msgspec.Struct, omit_defaults=True):
 class ProcessWrites:
     """Runs ledger batches in a writer process, started on first use and after a death."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, *, give_way: bool = True) -> None:
         self._database_url = database_url
+        self._give_way = give_way  # start writer processes at idle priority
         self._process: asyncio.subprocess.Process | None = None
+        self._answered = False  # the process has answered a batch (it is past start-up)
         self._lock = asyncio.Lock()  # one batch in the pipe at a time
         self._encode = msgspec.json.Encoder().encode
         self._decode = msgspec.json.Decoder(_Reply).decode
+
+    @property
+    def gives_way(self) -> bool:
+        """Whether writer processes start at idle priority (until one is starved)."""
+        return self._give_way
 
     @property
     def pid(self) -> int | None:
@@ -85,6 +105,7 @@ class ProcessWrites:
         async with self._lock:
             process = await self._running()
             assert process.stdin is not None and process.stdout is not None
+            sent_at = time.monotonic()
             try:
                 process.stdin.write(len(payload).to_bytes(4, "big") + payload)
                 await process.stdin.drain()
@@ -100,6 +121,9 @@ class ProcessWrites:
                 # and whatever it committed is not committed again (request ids).
                 self._discard(process)
                 raise
+            if self._give_way and self._answered and time.monotonic() - sent_at > STARVED_AFTER_S:
+                await self._starved(process, time.monotonic() - sent_at)
+            self._answered = True
         if reply.error is not None:
             raise WriteFailed(reply.error, reply.message, outage=reply.outage)
         return reply.written
@@ -120,6 +144,19 @@ class ProcessWrites:
                 process.kill()
                 await process.wait()
 
+    async def _starved(self, process: asyncio.subprocess.Process, took_s: float) -> None:
+        logger.warning(
+            "the ledger writer process took %.1f s for a batch at idle priority: the CPUs are "
+            "busy with other work; writer processes run at normal priority from now on",
+            took_s,
+        )
+        self._give_way = False
+        self._process = None
+        assert process.stdin is not None
+        process.stdin.close()  # it has nothing left to do: it exits
+        await process.wait()
+        await self._running()  # its successor imports while the next batch gathers
+
     async def _running(self) -> asyncio.subprocess.Process:
         process = self._process
         if process is not None and process.returncode is None:
@@ -130,12 +167,14 @@ class ProcessWrites:
         env = {**os.environ, "PYTHONPATH": path}
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-P", "-m", "ledger.db.writer_process",
+            *([_GIVE_WAY] if self._give_way else []),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
         )  # fmt: skip
         assert process.stdin is not None
         url = self._database_url.encode()
         process.stdin.write(len(url).to_bytes(4, "big") + url)
         self._process = process
+        self._answered = False
         return process
 
     def _discard(self, process: asyncio.subprocess.Process) -> None:
@@ -158,7 +197,7 @@ def _read_frame(stream: BinaryIO) -> bytes | None:
     return payload if len(payload) == size else None
 
 
-async def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+async def _serve(stdin: BinaryIO, stdout: BinaryIO, *, give_way: bool) -> None:
     # Imported here: the serving process imports this module without needing them.
     from ledger.db.engine import WriteTransactions, create_engine
     from ledger.db.writer import is_outage, write_entries_in
@@ -166,6 +205,8 @@ async def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     url = await asyncio.to_thread(_read_frame, stdin)
     if url is None:
         return
+    if give_way:  # from here on: start-up (imports) ran at normal priority
+        _give_way_to_other_work()
     engine = create_engine(url.decode(), pool_size=1)
     # Alone in its process: no event loop to step aside for between statements.
     transactions = WriteTransactions(engine, pause_s=0)
@@ -187,18 +228,18 @@ async def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         await engine.dispose()
 
 
-def _yield_to_the_event_loop() -> None:
-    # A batch is a few milliseconds of CPU. Under the normal policy a serving process
-    # woken meanwhile could wait behind it for a whole time slice: at one connection on
-    # SQLite that was the p99 (medians 2.8-3.1 ms, against 1.5-1.7 with SCHED_BATCH, in
-    # alternating runs on 2 cores). SCHED_BATCH keeps the process's fair share of the CPU
-    # (a backlog cannot starve it, as SCHED_IDLE could) but never preempts on waking.
+def _give_way_to_other_work() -> None:
+    # Threads started from here on inherit the policy (the SQLite writer's among them;
+    # the one reading the pipe, started before, only waits). A batch is a few milliseconds of CPU; at
+    # normal priority a serving process, or the load's other side, that woke meanwhile
+    # could wait behind it for a time slice: at one connection on SQLite that was the p99
+    # (medians 2.1-3.3 ms, against 1.4-1.5 ms at idle priority; SCHED_BATCH or pausing
+    # after each statement 1.7-1.9 ms; alternating runs of bench/ab.py on 2 cores).
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def main() -> None:
-    _yield_to_the_event_loop()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="ledger-writer %(levelname)s %(message)s")
@@ -206,7 +247,7 @@ def main() -> None:
     frames = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     with contextlib.suppress(BrokenPipeError):  # the serving process went first
-        asyncio.run(_serve(sys.stdin.buffer, frames))
+        asyncio.run(_serve(sys.stdin.buffer, frames, give_way=_GIVE_WAY in sys.argv[1:]))
 
 
 if __name__ == "__main__":

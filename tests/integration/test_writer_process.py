@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -96,12 +97,47 @@ def test_the_writer_process_ends_with_the_server(
         request_id = _ask(client)
         pid = _writer_pid(server)
         server.wait_for_entries(1)  # written by it: it is past its start-up
-        # It gives way to the serving process's event loop (SCHED_BATCH: fair share, no
-        # preemption on waking), which is what keeps the serving process's p99 low.
+        # It gives way to any other work (SCHED_IDLE), which is what keeps the serving
+        # process's p99 low while it commits.
         if sys.platform == "linux":
-            assert os.sched_getscheduler(pid) == os.SCHED_BATCH
+            assert os.sched_getscheduler(pid) == os.SCHED_IDLE
     assert not _alive(pid)
     assert [row["request_id"] for row in ledger_rows(database_url)] == [request_id]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="scheduling policies and CPU affinity")
+def test_a_writer_process_starved_of_cpu_is_replaced_by_one_at_normal_priority(
+    gateway: LiveServer,
+) -> None:
+    key = gateway.team_key()
+    client = openai.OpenAI(base_url=gateway.openai_base_url, api_key=key, max_retries=0)
+    sent = [_ask(client)]
+    gateway.wait_for_entries(1)
+    starved = _writer_pid(gateway)
+    assert os.sched_getscheduler(starved) == os.SCHED_IDLE
+    # Busy work at normal priority on the writer process's only CPU: as on a machine
+    # whose every CPU is taken, an idle-priority process gets next to nothing.
+    cpu = min(os.sched_getaffinity(0))
+    for thread in Path(f"/proc/{starved}/task").iterdir():
+        os.sched_setaffinity(int(thread.name), {cpu})
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(hog.pid, {cpu})
+        sent += [_ask(client) for _ in range(5)]  # answered at once: journaled
+        entries = gateway.wait_for_entries(6, timeout=60)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert sorted(e["request_id"] for e in entries) == sorted(sent)
+    writes = gateway.app.state["services"].writer.writes
+    assert not writes.gives_way
+    replacement = _writer_pid(gateway)
+    assert replacement != starved and not _alive(starved)
+    assert os.sched_getscheduler(replacement) == os.SCHED_OTHER
+    # ... and it stays the writer: later batches do not start another.
+    sent.append(_ask(client))
+    assert len(gateway.wait_for_entries(7)) == 7
+    assert _writer_pid(gateway) == replacement
 
 
 def test_a_refused_entry_costs_its_batch_nothing(gateway: LiveServer) -> None:
