@@ -78,7 +78,7 @@ class Settings:
     scheduler: bool = True
     key_cache_ttl_s: float = 2.0
     ledger_batch_max: int = 512
-    writer_process: bool = False  # commit ledger batches in a process of their own
+    writer_process: bool = True  # commit ledger batches in a process of their own
     db_pool_size: int = 10
     pg_statement_cache_size: int = 100  # 0 behind PgBouncer in transaction mode
     log_level: str = "INFO"

@@ -15,11 +15,13 @@ dead process had committed is not written twice.
 
 It runs at idle priority (Linux's SCHED_IDLE): whenever a serving process, or the
 provider's or client's side of a connection, wants the CPU, the writer process gives it
-way at once, so committing never adds to a request's latency. Idle priority can starve
-it on a machine whose CPUs are all busy with other work; a batch that takes longer than
-a quarter of a second (they take milliseconds) is taken for that, and from then on the
-writer processes run at normal priority (a process cannot raise its own priority back,
-so a new one is started).
+way at once, so committing never adds to a request's latency. Idle priority starves it
+when every CPU stays busy (a sustained overload, or other work on the machine); a batch
+answered after more than a quarter of a second (they take milliseconds) is taken for
+that, and the process is replaced by one at normal priority for a minute, then by one
+at idle priority again. (A process cannot raise its own priority back; a new one is
+started while the next batch gathers.) Requests never wait for this: their entries are
+journaled.
 
 The process ends when its pipe closes (the serving process stopped, or was killed). It
 ignores SIGINT and SIGTERM, which a terminal or a service manager sends to the whole
@@ -52,6 +54,8 @@ _STOP_WAIT_S = 30.0
 # A batch answered later than this by a writer process at idle priority: it was starved
 # (a batch takes milliseconds; starved by one busy process on its CPU, about 0.5 s).
 STARVED_AFTER_S = 0.25
+# How long writer processes run at normal priority after a starved batch.
+NORMAL_PRIORITY_FOR_S = 60.0
 _GIVE_WAY = "--give-way"  # the argument that starts a writer process at idle priority
 
 
@@ -74,19 +78,22 @@ class _Reply(msgspec.Struct, omit_defaults=True):
 class ProcessWrites:
     """Runs ledger batches in a writer process, started on first use and after a death."""
 
-    def __init__(self, database_url: str, *, give_way: bool = True) -> None:
+    def __init__(self, database_url: str) -> None:
         self._database_url = database_url
-        self._give_way = give_way  # start writer processes at idle priority
+        self._normal_until = 0.0  # monotonic time until which they run at normal priority
+        self._starved_before = False
         self._process: asyncio.subprocess.Process | None = None
+        self._process_gives_way = False  # the running process is at idle priority
         self._answered = False  # the process has answered a batch (it is past start-up)
+        self._retired: list[asyncio.subprocess.Process] = []  # replaced, on their way out
         self._lock = asyncio.Lock()  # one batch in the pipe at a time
         self._encode = msgspec.json.Encoder().encode
         self._decode = msgspec.json.Decoder(_Reply).decode
 
     @property
     def gives_way(self) -> bool:
-        """Whether writer processes start at idle priority (until one is starved)."""
-        return self._give_way
+        """Whether the writer process runs at idle priority (the default, unless starved)."""
+        return self._process is not None and self._process_gives_way
 
     @property
     def pid(self) -> int | None:
@@ -121,9 +128,12 @@ class ProcessWrites:
                 # and whatever it committed is not committed again (request ids).
                 self._discard(process)
                 raise
-            if self._give_way and self._answered and time.monotonic() - sent_at > STARVED_AFTER_S:
-                await self._starved(process, time.monotonic() - sent_at)
+            took_s = time.monotonic() - sent_at
+            if self._process_gives_way and self._answered and took_s > STARVED_AFTER_S:
+                self._starved(took_s)
             self._answered = True
+            if self._process_gives_way != self._should_give_way():
+                await self._replace(process)
         if reply.error is not None:
             raise WriteFailed(reply.error, reply.message, outage=reply.outage)
         return reply.written
@@ -132,30 +142,43 @@ class ProcessWrites:
         """Let the process finish its batch and exit (killed if it does not, in time)."""
         async with self._lock:
             process, self._process = self._process, None
-            if process is None or process.returncode is not None:
-                return
-            assert process.stdin is not None
-            process.stdin.close()
-            try:
-                async with asyncio.timeout(_STOP_WAIT_S):
-                    await process.wait()
-            except TimeoutError:
-                logger.error("the ledger writer process did not stop; killing it")
-                process.kill()
-                await process.wait()
+            retired, self._retired = self._retired, []
+            if process is not None and process.returncode is None:
+                assert process.stdin is not None
+                process.stdin.close()
+                retired.append(process)
+            for each in retired:
+                try:
+                    async with asyncio.timeout(_STOP_WAIT_S):
+                        await each.wait()
+                except TimeoutError:
+                    logger.error("the ledger writer process did not stop; killing it")
+                    each.kill()
+                    await each.wait()
 
-    async def _starved(self, process: asyncio.subprocess.Process, took_s: float) -> None:
-        logger.warning(
-            "the ledger writer process took %.1f s for a batch at idle priority: the CPUs are "
-            "busy with other work; writer processes run at normal priority from now on",
-            took_s,
-        )
-        self._give_way = False
+    def _should_give_way(self) -> bool:
+        return time.monotonic() >= self._normal_until
+
+    def _starved(self, took_s: float) -> None:
+        self._normal_until = time.monotonic() + NORMAL_PRIORITY_FOR_S
+        # Once is news; under a sustained overload it recurs every minute.
+        logger.log(
+            logging.INFO if self._starved_before else logging.WARNING,
+            "the ledger writer process took %.1f s for a batch at idle priority (every CPU "
+            "is busy); writer processes run at normal priority for the next %.0f s",
+            took_s, NORMAL_PRIORITY_FOR_S,
+        )  # fmt: skip
+        self._starved_before = True
+
+    async def _replace(self, process: asyncio.subprocess.Process) -> None:
+        """Start a writer process at the priority now due; ``process`` exits when idle."""
         self._process = None
         assert process.stdin is not None
-        process.stdin.close()  # it has nothing left to do: it exits
-        await process.wait()
-        await self._running()  # its successor imports while the next batch gathers
+        process.stdin.close()  # it has nothing left to do: it exits when it gets the CPU
+        self._retired = [each for each in self._retired if each.returncode is None]
+        self._retired.append(process)
+        with contextlib.suppress(OSError):  # if it cannot start now, the next batch tries
+            await self._running()  # the successor imports while the next batch gathers
 
     async def _running(self) -> asyncio.subprocess.Process:
         process = self._process
@@ -165,15 +188,17 @@ class ProcessWrites:
         # that a `ledger` folder in the working directory cannot come first.
         path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
         env = {**os.environ, "PYTHONPATH": path}
+        give_way = self._should_give_way()
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-P", "-m", "ledger.db.writer_process",
-            *([_GIVE_WAY] if self._give_way else []),
+            *([_GIVE_WAY] if give_way else []),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
         )  # fmt: skip
         assert process.stdin is not None
         url = self._database_url.encode()
         process.stdin.write(len(url).to_bytes(4, "big") + url)
         self._process = process
+        self._process_gives_way = give_way
         self._answered = False
         return process
 

@@ -12,7 +12,8 @@ Real ``ledger serve`` processes (``tests.processes.LedgerProcess``) on both data
   hard-budget requests fail closed with 503 ``budget_unavailable`` in the caller's
   protocol, a ``fail_open`` budget lets requests through, requests without budgets are
   served, finished entries are journaled and written exactly once when the database is
-  back, and ``/readyz`` reports the outage and the backlog.
+  back, and ``/readyz`` reports the outage and the backlog; with the writer process (the
+  default) and with ``LEDGER_WRITER_PROCESS=false``.
 """
 
 from __future__ import annotations
@@ -105,10 +106,10 @@ def _journal_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def _writer_process_env(tmp_path: Path) -> dict[str, str]:
-    """Batches committed by a writer process: shutdown, SIGKILL and an outage must not
-    cost an entry there either."""
-    return _journal_env(tmp_path, LEDGER_WRITER_PROCESS="true")
+def _writer_env(tmp_path: Path, writer: str) -> dict[str, str]:
+    """Batches committed by a writer process (the default) or by the serving process
+    itself: an outage must not cost an entry in either."""
+    return _journal_env(tmp_path, LEDGER_WRITER_PROCESS=str(writer == "process").lower())
 
 
 def _spent(status: dict[str, Any]) -> Decimal:
@@ -150,7 +151,7 @@ def test_sigterm_with_a_hundred_streams_in_flight_drains_records_all_and_exits_0
 ) -> None:
     config = write_provider_config(tmp_path / "ledger.toml", fake_upstream)
     process = LedgerProcess(
-        database_url, config=config, env=_writer_process_env(tmp_path), log=tmp_path / "serve.log"
+        database_url, config=config, env=_journal_env(tmp_path), log=tmp_path / "serve.log"
     ).start()
     admin = Admin(process.url, process.admin_key)
     try:
@@ -285,7 +286,7 @@ def test_sigkill_mid_load_then_restart_recovers_in_flight_requests_as_interrupte
     database_url: str, fake_upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     config = write_provider_config(tmp_path / "ledger.toml", fake_upstream)
-    env = _writer_process_env(tmp_path)
+    env = _journal_env(tmp_path)
     first = LedgerProcess(database_url, config=config, env=env, log=tmp_path / "a.log").start()
     admin = Admin(first.url, first.admin_key)
     try:
@@ -514,17 +515,18 @@ def proxied(database_url: str) -> Iterator[tuple[str, CuttableProxy]]:
         yield through.render_as_string(hide_password=False), proxy
 
 
+@pytest.mark.parametrize("writer", ["process", "in-process"])
 def test_database_outage_fails_closed_journals_entries_and_replays_them_once(
     database_url: str,
     proxied: tuple[str, CuttableProxy],
     fake_upstream: FakeUpstream,
     tmp_path: Path,
+    writer: str,
 ) -> None:
     proxy_url, proxy = proxied
     config = write_provider_config(tmp_path / "ledger.toml", fake_upstream)
-    process = LedgerProcess(
-        proxy_url, config=config, env=_writer_process_env(tmp_path), log=tmp_path / "serve.log"
-    ).start()
+    env = _writer_env(tmp_path, writer)
+    process = LedgerProcess(proxy_url, config=config, env=env, log=tmp_path / "serve.log").start()
     admin = Admin(process.url, process.admin_key)
     readiness: list[httpx.Response] = []
     try:
