@@ -4,9 +4,10 @@ Many concurrent callers each do what a request does around the database: reserve
 hard key budget (``BudgetGuard``, local lease), journal ``start`` and ``forward``, settle,
 then ``await LedgerWriter.record(entry)``, which returns only once the entry is committed.
 The figure is entries acknowledged per second, from the first call to the last
-acknowledgement. Batches are committed by this process, as ``ledger serve`` does by
-default (``--writer-process``: by a writer process, as with ``LEDGER_WRITER_PROCESS=true``); afterwards the ledger is counted and the budget's spend compared with
-the sum of the entries' costs.
+acknowledgement. Batches are committed by a writer process, as ``ledger serve`` does by
+default (``--in-process``: by this process, as with ``LEDGER_WRITER_PROCESS=false``);
+afterwards the ledger is counted and the budget's spend compared with the sum of the
+entries' costs.
 
     python bench/writer_bench.py --database-url sqlite+aiosqlite:////tmp/w.db --entries 50000
 """
@@ -162,7 +163,9 @@ def main() -> None:
     parser.add_argument(
         "--record-only", action="store_true", help="time LedgerWriter.record() alone"
     )
-    parser.add_argument("--writer-process", action="store_true", help="commit in a writer process")
+    parser.add_argument(
+        "--in-process", action="store_true", help="commit in this process, not a writer process"
+    )
     args = parser.parse_args()
     try:
         import uvloop
@@ -172,7 +175,7 @@ def main() -> None:
         runner = asyncio.run
     url = normalise_database_url(args.database_url)
     result = runner(
-        run(url, args.entries, args.callers, args.max_batch, args.record_only, args.writer_process)
+        run(url, args.entries, args.callers, args.max_batch, args.record_only, not args.in_process)
     )
     print(json.dumps(result))
 
