@@ -453,6 +453,10 @@ def test_the_provider_key_never_appears_in_responses_logs_or_the_ledger(
         database_url=database_url, admin_key=ADMIN_KEY, providers=tuple(providers),
         models=tuple(models), scheduler=False, journal_dir=str(tmp_path / "journal"),
         log_level="DEBUG",
+        # SQL is logged by the process that runs it: committing here, every INSERT reaches
+        # the capture. A writer process is handed the same entries, checked below as
+        # they are in the database and in the journal.
+        writer_process=False,
     )  # fmt: skip
     capture = _Capture()
     root = logging.getLogger()
