@@ -24,9 +24,17 @@ def gateway_settings(database_url: str, fake: FakeUpstream, **overrides: Any) ->
     The scheduler is off unless a test turns it on: tests call the budget checks and the
     alert delivery themselves (``check_budgets``, ``deliver_pending``), so that what they
     see does not depend on when a background job happened to run.
+
+    Batches are committed in the server's own process unless a test asks for a writer
+    process (``writer_process=True``, the default of ``ledger serve``): a new writer
+    process imports for about 0.6 s before it takes its first batch, and every test
+    that reads its first entry would wait for it (CI took minutes longer). The same
+    transaction runs either way; the writer-process tests, the ``ledger serve`` process
+    tests (faults, scale-out) and the servers built on plain ``Settings`` run the default.
     """
     timeout_s = overrides.pop("timeout_s", 5.0)  # the read timeout of both providers
     overrides.setdefault("scheduler", False)
+    overrides.setdefault("writer_process", False)
     providers = (
         ProviderConfig(
             name="openai", kind="openai", base_url=fake.openai_base_url, api_key=fake.api_key,

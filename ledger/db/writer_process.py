@@ -144,8 +144,13 @@ class ProcessWrites:
             process, self._process = self._process, None
             retired, self._retired = self._retired, []
             if process is not None and process.returncode is None:
-                assert process.stdin is not None
-                process.stdin.close()
+                if self._answered:
+                    assert process.stdin is not None
+                    process.stdin.close()  # it exits once its connection is closed
+                else:
+                    # Never handed a batch (each one is answered before the lock is let
+                    # go): nothing to finish, no connection yet, maybe still importing.
+                    process.kill()
                 retired.append(process)
             for each in retired:
                 try:

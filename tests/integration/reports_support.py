@@ -37,6 +37,7 @@ def report_server(
         admin_key=ADMIN_KEY,
         reporting_timezone=timezone,
         scheduler=False,
+        writer_process=False,  # as in gateway_settings (tests/live.py): no start-up wait
         **overrides,
     )
     with LiveServer(settings) as server:

@@ -54,7 +54,7 @@ def _alive(pid: int) -> bool:
 @pytest.fixture
 def gateway(database_url: str, fake_upstream: FakeUpstream) -> Iterator[LiveServer]:
     """Ledger as `ledger serve` runs it by default: batches committed by its writer process."""
-    with LiveServer(gateway_settings(database_url, fake_upstream)) as server:
+    with LiveServer(gateway_settings(database_url, fake_upstream, writer_process=True)) as server:
         yield server
 
 
@@ -129,7 +129,7 @@ def _writer_processes_of_this_process() -> list[int]:
 def test_the_writer_process_ends_with_the_server(
     database_url: str, fake_upstream: FakeUpstream
 ) -> None:
-    with LiveServer(gateway_settings(database_url, fake_upstream)) as server:
+    with LiveServer(gateway_settings(database_url, fake_upstream, writer_process=True)) as server:
         key = server.team_key()
         client = openai.OpenAI(base_url=server.openai_base_url, api_key=key, max_retries=0)
         request_id = _ask(client)
@@ -141,6 +141,12 @@ def test_the_writer_process_ends_with_the_server(
             assert os.sched_getscheduler(pid) == os.SCHED_IDLE
     assert not _alive(pid)
     assert [row["request_id"] for row in ledger_rows(database_url)] == [request_id]
+
+    # A server stopped before its first batch stops its writer process too (at once:
+    # it has nothing to finish, and may still be importing).
+    with LiveServer(gateway_settings(database_url, fake_upstream, writer_process=True)) as server:
+        pid = _writer_pid(server)
+    assert not _alive(pid)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="scheduling policies and CPU affinity")
