@@ -259,12 +259,13 @@ async def _serve(stdin: BinaryIO, stdout: BinaryIO, *, give_way: bool) -> None:
 
 
 def _give_way_to_other_work() -> None:
-    # Threads started from here on inherit the policy (the SQLite writer's among them;
-    # the one reading the pipe, started before, only waits). A batch is a few milliseconds of CPU; at
-    # normal priority a serving process, or the load's other side, that woke meanwhile
-    # could wait behind it for a time slice: at one connection on SQLite that was the p99
-    # (medians 2.1-3.3 ms, against 1.4-1.5 ms at idle priority; SCHED_BATCH or pausing
-    # after each statement 1.7-1.9 ms; alternating runs of bench/ab.py on 2 cores).
+    # Threads started from here on inherit the policy (the SQLite writer's among them; the
+    # one reading the pipe, started before, only waits). A batch is a few milliseconds of
+    # CPU, and at normal priority a task that woke meanwhile (the serving process, the
+    # client, the provider) could wait behind it for a time slice. p99 at one connection
+    # on SQLite, medians of alternating runs on 2 cores: 3.05 ms at normal priority,
+    # 1.48-3.30 under SCHED_BATCH, 1.65-1.87 pausing after each statement, 1.37-1.55 at
+    # idle priority (BENCHMARKS.md, tenth session).
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
