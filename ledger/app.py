@@ -20,7 +20,6 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import ScalarRenderPlugin
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -31,7 +30,7 @@ from ledger.admin.routes import AdminController
 from ledger.budgets.guard import BudgetGuard
 from ledger.budgets.routes import BudgetController
 from ledger.config import Settings
-from ledger.db.engine import create_engine, create_sessionmaker
+from ledger.db.engine import create_engine, create_sessionmaker, is_sqlite, is_sqlite_file
 from ledger.db.journal import Journal, journal_directory
 from ledger.db.migrate import current_revision, head_revision, upgrade
 from ledger.db.partitions import ensure_partitions
@@ -148,9 +147,9 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
 
 def _writer_process(settings: Settings) -> bool:
     # An in-memory SQLite database exists only inside this process.
-    url = make_url(settings.database_url)
-    in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
-    return settings.writer_process and not in_memory
+    return settings.writer_process and (
+        is_sqlite_file(settings.database_url) or not is_sqlite(settings.database_url)
+    )
 
 
 async def stop_services(services: Services) -> None:

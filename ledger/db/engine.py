@@ -11,7 +11,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -24,6 +24,12 @@ from sqlalchemy.pool import NullPool
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def is_sqlite_file(url: str | URL) -> bool:
+    """A SQLite database in a file: one that other threads and processes can open too."""
+    url = make_url(url)
+    return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
 
 
 def create_engine(
@@ -97,7 +103,7 @@ class WriteTransactions:
         self._thread_engine: Engine | None = None
         self._executor: ThreadPoolExecutor | None = None
         url = engine.url
-        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        if is_sqlite_file(url):
             thread_engine = create_sync_engine(url.set(drivername="sqlite"))
             event.listen(thread_engine, "connect", _configure_sqlite)
             event.listen(thread_engine, "begin", _begin_sqlite)

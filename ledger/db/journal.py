@@ -38,6 +38,7 @@ import msgspec
 from sqlalchemy.engine import make_url
 
 from ledger.budgets.store import Settlement
+from ledger.db.engine import is_sqlite_file
 from ledger.db.ledger import LedgerEntry
 
 logger = logging.getLogger("ledger.journal")
@@ -54,7 +55,7 @@ def journal_directory(base: str | None, database_url: str) -> Path:
     identity = hashlib.sha256(url.render_as_string(hide_password=True).encode()).hexdigest()[:12]
     if base:
         root = Path(base)
-    elif url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+    elif is_sqlite_file(url):
         root = Path(str(url.database) + ".journal")
     else:
         root = Path("ledger-journal")

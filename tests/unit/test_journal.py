@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.db.journal import Journal
+from ledger.db.journal import Journal, journal_directory
 from ledger.db.ledger import LedgerEntry, new_request_id
 
 pytestmark = pytest.mark.anyio
@@ -114,3 +114,18 @@ async def test_a_recorded_entry_is_replayed_and_never_reported_as_interrupted(
         "ok",
         250_000,
     )
+
+
+def test_the_default_journal_lives_beside_a_sqlite_file_and_in_the_working_directory_else(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "ledger.db"
+    beside = journal_directory(None, f"sqlite+aiosqlite:///{database}")
+    assert beside.parent == Path(f"{database}.journal")
+    for url in ("sqlite+aiosqlite:///:memory:", "postgresql+asyncpg://ledger@db/ledger"):
+        assert journal_directory(None, url).parent == Path("ledger-journal")
+    # One directory per database, and an explicit base wins.
+    assert journal_directory(str(tmp_path / "j"), "sqlite+aiosqlite:///:memory:").parent == (
+        tmp_path / "j"
+    )
+    assert beside != journal_directory(None, f"sqlite+aiosqlite:///{tmp_path / 'other.db'}")
