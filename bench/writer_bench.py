@@ -50,6 +50,7 @@ async def run(
     max_batch: int,
     record_only: bool = False,
     writer_process: bool = False,
+    other_budgets: int = 0,
 ) -> dict[str, Any]:
     engine = create_engine(database_url, pool_size=10)
     await upgrade(engine)
@@ -64,6 +65,11 @@ async def run(
             connection,
             {"key_id": key_id, "limit_usd": "1000000", "period": "monthly", "mode": "hard"},
         )
+        for number in range(other_budgets):  # budgets of others: none applies to these entries
+            await admin.create_budget(
+                connection,
+                {"tag": f"other-{number}", "limit_usd": "1", "period": "monthly", "mode": "hard"},
+            )
     guard = BudgetGuard(engine)
     await guard.start()
     journal_root = tempfile.mkdtemp(prefix="ledger-writer-bench-")
@@ -98,6 +104,7 @@ async def run(
         entry.cost_nanos = COST_NANOS
         entry.ended_at = datetime.now(UTC)
         entry.settlements = guard.settle(reservation, entry.cost_nanos)
+        entry.budgets_seen = reservation.rules_fingerprint
         return entry
 
     # --record-only: entries, reservations and settlements are made before the clock starts,
@@ -137,6 +144,7 @@ async def run(
         "database": engine.dialect.name,
         "record_only": record_only,
         "writer_process": writer_process,
+        "other_budgets": other_budgets,
         "entries": entries,
         "callers": callers,
         "seconds": elapsed,
@@ -166,6 +174,9 @@ def main() -> None:
     parser.add_argument(
         "--in-process", action="store_true", help="commit in this process, not a writer process"
     )
+    parser.add_argument(
+        "--other-budgets", type=int, default=0, help="also this many budgets that do not apply"
+    )
     args = parser.parse_args()
     try:
         import uvloop
@@ -175,7 +186,15 @@ def main() -> None:
         runner = asyncio.run
     url = normalise_database_url(args.database_url)
     result = runner(
-        run(url, args.entries, args.callers, args.max_batch, args.record_only, not args.in_process)
+        run(
+            url,
+            args.entries,
+            args.callers,
+            args.max_batch,
+            args.record_only,
+            not args.in_process,
+            args.other_budgets,
+        )
     )
     print(json.dumps(result))
 

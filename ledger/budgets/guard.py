@@ -47,7 +47,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.budgets import store
-from ledger.budgets.model import BudgetRule, RequestScope
+from ledger.budgets.model import BudgetRule, RequestScope, RuleIndex
 from ledger.budgets.store import PeriodState, Settlement
 from ledger.errors import BudgetExceeded, ServiceUnavailable
 from ledger.money import format_usd
@@ -102,6 +102,8 @@ class Reservation:
     holds: list[Hold]
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
+    # The budgets ``holds`` were chosen from (``store.rules_fingerprint``).
+    rules_fingerprint: str | None = None
     # Set when a budget with clamp_max_tokens cut the output cap instead of refusing.
     clamped_output_tokens: int | None = None
 
@@ -130,7 +132,8 @@ class BudgetGuard:
         self._sync_interval_s = sync_interval_s
         self._rules_refresh_s = rules_refresh_s
         self._use_leases = leases
-        self._rules: list[BudgetRule] = []
+        self._rules = RuleIndex()
+        self._rules_fingerprint = store.rules_fingerprint([])
         self._leases: dict[tuple[int, datetime], Lease] = {}
         self._lease_locks: dict[tuple[int, datetime], asyncio.Lock] = {}
         self._live_reservations: set[str] = set()
@@ -157,7 +160,8 @@ class BudgetGuard:
     async def reload_rules(self) -> None:
         async with self._engine.connect() as connection:
             self._rules_signature = await store.rules_signature(connection)
-            self._rules = await store.load_rules(connection)
+            self._rules = RuleIndex(await store.load_rules(connection))
+        self._rules_fingerprint = store.rules_fingerprint(self._rules)
         self._rules_loaded_at = time.monotonic()
 
     @property
@@ -165,7 +169,8 @@ class BudgetGuard:
         return list(self._rules)
 
     def applicable(self, scope: RequestScope) -> list[BudgetRule]:
-        return [rule for rule in self._rules if rule.applies_to(scope)]
+        """The budgets that apply to a request, by id."""
+        return self._rules.applicable(scope)
 
     def utilisation(self) -> list[tuple[BudgetRule, float]]:
         """(spent + reserved) / limit per budget, as last seen; for metrics, not for money."""
@@ -211,9 +216,10 @@ class BudgetGuard:
     async def _reserve(
         self, request_id: str, scope: RequestScope, amount: int, at: datetime
     ) -> Reservation:
-        rules = sorted(self.applicable(scope), key=lambda rule: rule.id)
-        holds = [Hold(rule, *rule.bounds(at)) for rule in rules]
-        reservation = Reservation(request_id, amount, holds)
+        holds = [Hold(rule, *rule.bounds(at)) for rule in self.applicable(scope)]
+        reservation = Reservation(
+            request_id, amount, holds, rules_fingerprint=self._rules_fingerprint
+        )
         exact: list[Hold] = []
         try:
             for hold in holds:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -65,6 +66,56 @@ class BudgetRule:
 
     def bounds(self, at: datetime) -> tuple[datetime, datetime | None]:
         return period_bounds(self.period, self.timezone, at)
+
+    @property
+    def target(self) -> tuple[str, object]:
+        """The one value a request must have for this rule to apply (besides its team)."""
+        value = {
+            "org": None,
+            "team": self.team_id,
+            "key": self.key_id,
+            "user": self.end_user,
+            "model": self.model,
+            "tag": self.tag,
+        }.get(self.scope)
+        return (self.scope, value)
+
+
+class RuleIndex:
+    """Budget rules by :attr:`BudgetRule.target`: a request's rules without a scan of them all.
+
+    Every request asks which budgets apply to it, and an organisation with a budget per
+    key or per user has thousands; only a handful can match any one request.
+    """
+
+    def __init__(self, rules: Iterable[BudgetRule] = ()) -> None:
+        self._rules = sorted(rules, key=lambda rule: rule.id)
+        self._by_target: dict[tuple[str, object], list[BudgetRule]] = {}
+        for rule in self._rules:
+            self._by_target.setdefault(rule.target, []).append(rule)
+
+    def __iter__(self) -> Iterator[BudgetRule]:
+        return iter(self._rules)
+
+    def applicable(self, request: RequestScope) -> list[BudgetRule]:
+        """The rules that apply to ``request``, by id."""
+        targets = {  # a set: with no team (or key, ...) two of them are the same
+            ("org", None),
+            ("team", request.team_id),
+            ("team", None),  # not made through the API, but a team rule for no team is org-wide
+            ("key", request.key_id),
+            ("user", request.end_user),
+            ("model", request.model),
+            *(("tag", tag) for tag in request.tags),
+        }
+        found = [
+            rule
+            for target in targets
+            for rule in self._by_target.get(target, ())
+            if rule.applies_to(request)
+        ]
+        found.sort(key=lambda rule: rule.id)
+        return found
 
 
 def parse_thresholds(text: str) -> tuple[int, ...]:

@@ -7,6 +7,7 @@ both databases and across any number of Ledger processes.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -88,6 +89,16 @@ async def load_rules(connection: AsyncConnection) -> list[BudgetRule]:
 def load_rules_in(connection: Connection) -> list[BudgetRule]:
     """:func:`load_rules` on a synchronous connection (the ledger writer's)."""
     return [rule_from_row(row) for row in connection.execute(_ACTIVE_RULES).mappings()]
+
+
+def rules_fingerprint(rules: Iterable[BudgetRule]) -> str:
+    """The same in every process for the same active budgets, and different when any differs.
+
+    A request settled against budgets whose fingerprint is the ledger writer's (from the
+    same rows, in its transaction) was matched against every budget there is, exactly
+    as the writer would match it: the writer need not match it again.
+    """
+    return hashlib.blake2b(repr(list(rules)).encode(), digest_size=12).hexdigest()
 
 
 async def ensure_periods(

@@ -87,6 +87,7 @@ class LedgerEntry:
     # Not columns: budget changes that commit together with this entry, and what the
     # gateway's metrics need to know about it.
     settlements: list[Settlement] = field(default_factory=list)
+    budgets_seen: str | None = None  # the fingerprint of the budgets it was settled among
     team_name: str | None = None
     provider_seconds: float = 0.0
 
@@ -131,7 +132,7 @@ class LedgerEntry:
         return values
 
 
-_TRANSIENT = {"settlements", "team_name", "provider_seconds"}
+_TRANSIENT = {"settlements", "budgets_seen", "team_name", "provider_seconds"}
 _COLUMNS = tuple(f.name for f in fields(LedgerEntry) if f.name not in _TRANSIENT)
 _INSERT_COLUMNS = (*_COLUMNS, "latency_ms")
 _column_values = operator.attrgetter(*_COLUMNS)

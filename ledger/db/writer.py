@@ -21,7 +21,8 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.budgets.store import Settlement, apply_settlements, load_rules_in
+from ledger.budgets.model import RuleIndex
+from ledger.budgets.store import Settlement, apply_settlements, load_rules_in, rules_fingerprint
 from ledger.db.engine import WriteTransactions
 from ledger.db.journal import Journal
 from ledger.db.ledger import LedgerEntry, insert_entries
@@ -63,15 +64,15 @@ def spend_on_budgets_not_settled(
     if not costly:
         return []
     rules = load_rules_in(connection)
-    every_rule = {rule.id for rule in rules}
+    fingerprint = rules_fingerprint(rules)
+    index = RuleIndex(rules)
     spend: list[Settlement] = []
     for entry in costly:
-        settled = {s.budget_id for s in entry.settlements}
-        if every_rule <= settled:  # the usual case: its process knew every budget
+        if entry.budgets_seen == fingerprint:  # the usual case: its process knew them all
             continue
-        scope = entry.budget_scope()
-        for rule in rules:
-            if rule.id not in settled and rule.applies_to(scope):
+        settled = {s.budget_id for s in entry.settlements}
+        for rule in index.applicable(entry.budget_scope()):
+            if rule.id not in settled:
                 start, end = rule.bounds(entry.started_at)
                 spend.append(Settlement(rule.id, start, end, entry.cost_nanos))
     return spend

@@ -573,6 +573,7 @@ class Gateway:
             entry.ended_at = datetime.now(UTC)
         if reservation is not None:
             entry.settlements = self._budgets.settle(reservation, entry.cost_nanos)
+            entry.budgets_seen = reservation.rules_fingerprint
         try:
             await self._writer.record(entry)
         except Exception:

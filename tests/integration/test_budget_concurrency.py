@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,12 @@ import openai
 import pytest
 from sqlalchemy import func, select
 
+from ledger.budgets import admin as budget_admin
+from ledger.budgets.guard import BudgetGuard
+from ledger.budgets.model import RequestScope
+from ledger.budgets.store import load_rules_in, rules_fingerprint
 from ledger.db.engine import create_engine
+from ledger.db.migrate import upgrade
 from ledger.db.tables import BudgetReservation
 from ledger.money import cost_of_tokens
 from ledger.tokens import count_openai_chat_prompt, count_text_tokens
@@ -160,3 +166,50 @@ def test_a_new_budget_counts_what_other_processes_spend_before_they_see_it(
     spent = Decimal(status["spent_usd"])
     assert spent > 0
     assert spent == sum(Decimal(e["cost_usd"]) for e in after)
+
+
+def test_the_ledger_writer_trusts_a_guard_only_while_they_see_the_same_budgets(
+    database_url: str,
+) -> None:
+    """The writer skips matching an entry against the budgets only if its guard saw them all.
+
+    The entry carries the fingerprint of the budgets its reservation was chosen from; the
+    writer compares it with the budgets in its own transaction. Any change to a budget
+    must make them differ, or spend on a new or changed budget would go unrecorded.
+    """
+
+    async def writers_fingerprint(engine: Any) -> str:
+        async with engine.connect() as connection:
+            return await connection.run_sync(lambda sync: rules_fingerprint(load_rules_in(sync)))
+
+    async def scenario() -> None:
+        engine = create_engine(database_url)
+        await upgrade(engine)
+        limit = {"limit_usd": "5", "period": "monthly", "mode": "hard"}
+        async with engine.begin() as connection:
+            rule = await budget_admin.create_budget(connection, {"scope": "org", **limit})
+        guard = BudgetGuard(engine)
+        await guard.start()
+        scope = RequestScope(team_id=None, key_id=None, model=MODEL)
+        try:
+            before = await guard.reserve("req_before", scope, 1000, datetime.now(UTC))
+            assert before.rules_fingerprint == await writers_fingerprint(engine)
+            for change in (
+                lambda c: budget_admin.update_budget(c, rule.id, {"limit_usd": "6"}),
+                lambda c: budget_admin.create_budget(c, {"tag": "nightly", **limit}),
+                lambda c: budget_admin.delete_budget(c, rule.id),
+            ):
+                async with engine.begin() as connection:
+                    await change(connection)
+                assert await writers_fingerprint(engine) != before.rules_fingerprint
+                await guard.reload_rules()
+                after = await guard.reserve("req_after", scope, 1000, datetime.now(UTC))
+                assert after.rules_fingerprint == await writers_fingerprint(engine)
+                guard.settle(after, 0)
+                before = after
+            guard.settle(before, 0)
+        finally:
+            await guard.stop()
+            await engine.dispose()
+
+    asyncio.run(scenario())
