@@ -10,7 +10,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Select, func, select
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledger.budgets.model import RequestScope
 from ledger.budgets.store import Settlement
-from ledger.db.tables import LedgerEntryRow
+from ledger.db.tables import LedgerEntryRow, Timestamp
 
 ENTRY_STATUSES = (
     "ok",  # the provider answered and usage was captured
@@ -187,7 +187,9 @@ def _converters(dialect: Dialect) -> tuple[tuple[int, Any], ...]:
     if converters is None:
         table = LedgerEntryRow.__table__
         processors = (
-            table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            _timestamp_converter(dialect)
+            if isinstance(table.c[name].type, Timestamp)
+            else table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
             for name in _INSERT_COLUMNS
         )
         converters = tuple(
@@ -199,6 +201,33 @@ def _converters(dialect: Dialect) -> tuple[tuple[int, Any], ...]:
 
 # Per dialect class (SQLite's sync and async dialects store alike), not per engine.
 _CONVERTERS: dict[type[Dialect], tuple[tuple[int, Any], ...]] = {}
+
+
+def _timestamp_converter(dialect: Dialect) -> Any:
+    """What :class:`Timestamp` binds for ``dialect``, in one call per value, not four.
+
+    Three timestamps per entry went through ``Timestamp``, its ``DateTime`` and, on SQLite,
+    a ``%``-format of a dict: a fifth of the writer process's time per batch. The text
+    SQLite stores is byte for byte what SQLAlchemy stores (``tests/unit/test_ledger_rows``).
+    """
+    return _sqlite_timestamp if dialect.name == "sqlite" else _utc_timestamp
+
+
+def _utc_timestamp(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetimes are ambiguous; pass an aware one")
+    return value.astimezone(UTC)
+
+
+def _sqlite_timestamp(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetimes are ambiguous; pass an aware one")
+    # "YYYY-MM-DD HH:MM:SS.ffffff" and the "+00:00" cut off: SQLAlchemy's storage format.
+    return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
 
 
 @functools.cache

@@ -29,6 +29,7 @@ DAY_S = 86_400
 WEEK_S = 7 * DAY_S
 # 1970-01-01 was a Thursday: shifting by three days makes weeks start on Monday.
 _WEEK_SHIFT_S = 3 * DAY_S
+_ONE_SECOND = timedelta(seconds=1)
 
 
 class TimeZoneError(ValueError):
@@ -46,12 +47,15 @@ def zone(name: str) -> ZoneInfo:
 
 def epoch_seconds(at: datetime) -> int:
     """Whole UTC seconds since 1970 (floored), exactly, without float arithmetic."""
-    return (at - EPOCH) // timedelta(seconds=1)
+    return (at - EPOCH) // _ONE_SECOND
 
 
 def epoch_hour(at: datetime) -> int:
     """Whole UTC hours since 1970 (floored): the rollup bucket of an instant."""
-    return (at - EPOCH) // timedelta(hours=1)
+    # From the timedelta's normalised parts (seconds in [0, 86400), days floored): the
+    # same as ``// timedelta(hours=1)`` at half the cost, and it runs once per entry.
+    since = at - EPOCH
+    return since.days * 24 + since.seconds // HOUR_S
 
 
 def from_epoch_seconds(seconds: int) -> datetime:
