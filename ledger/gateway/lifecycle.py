@@ -462,15 +462,21 @@ class Gateway:
             relay_started = time.perf_counter()
             try:
                 async for chunk in upstream.chunks:
-                    out = relay.feed(chunk)
-                    if relay.done:
-                        # The last event: complete now, whenever the body's end arrives
-                        # and whether or not the client waits for it (the SDKs don't).
-                        entry.status = "ok"
-                    if out:
-                        if entry.first_token_at is None:
-                            entry.first_token_at = datetime.now(UTC)
-                        yield out
+                    # Until the client has its first event, a burst of events is relayed
+                    # one event first: it need not wait while the rest are parsed.
+                    parts = _first_event_apart(chunk) if entry.first_token_at is None else (chunk,)
+                    for part in parts:
+                        out = relay.feed(part)
+                        if relay.done:
+                            # The last event: complete now, whenever the body's end arrives
+                            # and whether or not the client waits for it (the SDKs don't).
+                            entry.status = "ok"
+                        if out:
+                            if entry.first_token_at is None:
+                                entry.first_token_at = datetime.now(UTC)
+                            yield out
+                        if relay.done:
+                            break
                     if relay.done:
                         break
                 tail = relay.finish()
@@ -626,6 +632,12 @@ async def _client_left(call: GatewayCall) -> bool:
     # The disconnect that cancelled the stream may still be on its way to the watcher.
     await asyncio.sleep(0.01)
     return call.client_gone()
+
+
+def _first_event_apart(chunk: bytes) -> tuple[bytes, ...]:
+    """``chunk`` cut after its first blank line (an SSE event's end), if more follows it."""
+    end = chunk.find(b"\n\n") + 2
+    return (chunk,) if end in (1, len(chunk)) else (chunk[:end], chunk[end:])
 
 
 async def _started(stream: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:

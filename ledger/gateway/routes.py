@@ -140,17 +140,24 @@ async def _send_stream(
 ) -> None:
     """Relay ``stream`` chunk by chunk; a client that leaves cancels it where it is."""
     headers = {key: value for key, value in headers.items() if key != "content-length"}
+    chunks = aiter(stream)
     try:
         await send(
             {"type": "http.response.start", "status": status, "headers": _raw_headers(headers)}
         )
+        # The first chunk is in hand already (see ``_started``): it goes out now, not once
+        # the task group below has started its task.
+        first = await anext(chunks, END_OF_RESPONSE)
+        if first != END_OF_RESPONSE:
+            await send({"type": "http.response.body", "body": first, "more_body": True})
         async with anyio.create_task_group() as group:
 
             async def relay() -> None:
-                async for chunk in stream:
-                    if chunk == END_OF_RESPONSE:
-                        break  # the stream's own ending runs in ``aclose`` below
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if first != END_OF_RESPONSE:
+                    async for chunk in chunks:
+                        if chunk == END_OF_RESPONSE:
+                            break  # the stream's own ending runs in ``aclose`` below
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 group.cancel_scope.cancel()
 

@@ -101,7 +101,7 @@ class OpenAIStreamRelay:
             if self._strip_usage:
                 if usage is not None and not payload.get("choices"):
                     continue  # the usage chunk the client did not ask for
-                out.append(_NULL_USAGE.sub(b"", event.raw))
+                out.append(_without_null_usage(event.raw))
             else:
                 out.append(event.raw)
         return b"".join(out)
@@ -109,6 +109,13 @@ class OpenAIStreamRelay:
     def finish(self) -> bytes:
         """Whatever trailing bytes never formed a complete event."""
         return self._parser.pending
+
+
+def _without_null_usage(raw: bytes) -> bytes:
+    # OpenAI's compact spelling by plain replacement (several times faster than the
+    # regex, on every event of the stream); the regex for any other spacing.
+    stripped = raw.replace(b',"usage":null', b"")
+    return _NULL_USAGE.sub(b"", stripped) if b'"usage"' in stripped else stripped
 
 
 def _collect_message_text(message: Mapping[str, Any], parts: list[str]) -> None:

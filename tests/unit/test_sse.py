@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ledger.providers.openai import OpenAIStreamRelay
 from ledger.providers.sse import SSEEvent, SSEParser
 
 
@@ -126,3 +128,20 @@ def test_arbitrary_bytes_lose_nothing_at_any_chunking(data: bytes, points: list[
 def test_byte_by_byte_feeding_splits_multibyte_characters_safely() -> None:
     events, _ = _feed_all([bytes([b]) for b in OPENAI_STREAM])
     assert events == _feed_all([OPENAI_STREAM])[0]
+
+
+@pytest.mark.parametrize("spelling", [b',"usage":null', b', "usage": null', b',"usage" :  null'])
+def test_the_usage_ledger_asked_for_is_taken_out_however_the_provider_spaces_it(
+    spelling: bytes,
+) -> None:
+    # The content quotes the same words: escaped, so they are text and stay.
+    delta = b'{"id":"c1","choices":[{"delta":{"content":"say \\"usage\\":null"}}]'
+    usage = b'{"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}'
+    stream = b"data: " + delta + spelling + b"}\n\ndata: " + usage + b"\n\ndata: [DONE]\n\n"
+    relay = OpenAIStreamRelay(strip_usage=True)
+    relayed = relay.feed(stream)
+    assert relayed == b"data: " + delta + b"}\n\ndata: [DONE]\n\n"
+    assert json.loads(relayed[6 : relayed.index(b"\n")])["choices"][0]["delta"] == {
+        "content": 'say "usage":null'
+    }
+    assert relay.usage is not None and relay.usage.output_tokens == 2
