@@ -41,8 +41,7 @@ def json_text(value: Any) -> str:
         return ""
 
 
-# tiktoken holds the GIL while it builds the list of token ids, so one huge call stalls the
-# event loop even from a worker thread. Long texts are counted in pieces of about this size.
+# Long texts are counted in pieces of about this size: each call into tiktoken is bounded.
 _PIECE_CHARS = 64 * 1024
 
 
@@ -54,8 +53,33 @@ def count_tokens(encoding: tiktoken.Encoding, text: str) -> int:
     if len(text) <= _CACHED_CHARS:
         return _count_short(encoding, text)
     if len(text) <= _PIECE_CHARS:
+        return _count_ordinary(encoding, text)
+    return sum(_count_ordinary(encoding, piece) for piece in _pieces(text))
+
+
+def _count_ordinary(encoding: tiktoken.Encoding, text: str) -> int:
+    """``len(encoding.encode_ordinary(text))``, without the list of token ids.
+
+    ``encode_ordinary`` lets go of the GIL to encode, then takes it back to build a Python
+    int per token, and to free them: with a 1M-token prompt counted in a worker thread,
+    some 25 ms per prompt during which the event loop could not run. tiktoken's buffer
+    encoder (what ``encode_to_numpy`` uses, without needing numpy) returns the ids as
+    one block of memory. With no special token allowed it encodes as ``encode_ordinary``
+    does (``tests/unit/test_tokens.py``).
+    """
+    to_buffer = getattr(encoding._core_bpe, "encode_to_tiktoken_buffer", None)
+    if to_buffer is None:  # a tiktoken without it: the list, as before
         return len(encoding.encode_ordinary(text))
-    return sum(len(encoding.encode_ordinary(piece)) for piece in _pieces(text))
+    try:
+        ids = to_buffer(text, _NO_SPECIAL_TOKENS)
+    except UnicodeEncodeError:
+        # Lone surrogates (JSON may carry them) are not UTF-8: replaced, as tiktoken does.
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        ids = to_buffer(text, _NO_SPECIAL_TOKENS)
+    return memoryview(ids).nbytes // 4
+
+
+_NO_SPECIAL_TOKENS: frozenset[str] = frozenset()
 
 
 # Role names, system prompts and tool definitions come back with nearly every request of
@@ -67,7 +91,7 @@ _CACHED_CHARS = 2048
 
 @functools.lru_cache(maxsize=8192)
 def _count_short(encoding: tiktoken.Encoding, text: str) -> int:
-    return len(encoding.encode_ordinary(text))
+    return _count_ordinary(encoding, text)
 
 
 def _pieces(text: str) -> list[str]:

@@ -863,14 +863,25 @@ async def test_concurrent_large_estimates_share_a_passed_limiter() -> None:
 
 @pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
 def test_a_long_text_counted_in_pieces_counts_exactly_as_a_whole(name: str) -> None:
-    # Pieces keep the event loop responsive (tiktoken holds the GIL per call); they must
-    # not change the count.
+    # Pieces bound each call into tiktoken, and the buffer encoder builds no list of ids;
+    # neither may change the count, special-token strings included.
     import random
 
     from ledger.tokens._values import count_tokens
 
     rng = random.Random(7)
     words = ["hello", "1234", "  ", "!!", "ça", "don't", "x/y", "—", "日本語", "\n", "end.", "  a"]
+    words += ["<|endoftext|>", "<|fim_prefix|>", "<|endofprompt|>", "🙂"]
     text = " ".join(rng.choice(words) for _ in range(60_000))
+    encoding = get_encoding(name)
+    assert count_tokens(encoding, text) == len(encoding.encode_ordinary(text))
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+@given(text=st.text(max_size=3000) | st.sampled_from(["<|endoftext|>", "a<|endoftext|>b"]))
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_text_counts_as_many_tokens_as_encode_ordinary_makes(name: str, text: str) -> None:
+    from ledger.tokens._values import count_tokens
+
     encoding = get_encoding(name)
     assert count_tokens(encoding, text) == len(encoding.encode_ordinary(text))
