@@ -81,6 +81,10 @@ class BudgetRule:
         return (self.scope, value)
 
 
+# Up to this many rules, checking each is quicker than looking up the few that may apply.
+_SCAN_AT_MOST = 16
+
+
 class RuleIndex:
     """Budget rules by :attr:`BudgetRule.target`: a request's rules without a scan of them all.
 
@@ -99,6 +103,8 @@ class RuleIndex:
 
     def applicable(self, request: RequestScope) -> list[BudgetRule]:
         """The rules that apply to ``request``, by id."""
+        if len(self._rules) <= _SCAN_AT_MOST:
+            return [rule for rule in self._rules if rule.applies_to(request)]
         targets = {  # a set: with no team (or key, ...) two of them are the same
             ("org", None),
             ("team", request.team_id),

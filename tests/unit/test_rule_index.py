@@ -13,7 +13,7 @@ NAMES = st.none() | st.sampled_from(["a", "b", "c"])
 
 @st.composite
 def rules(draw: st.DrawFn) -> list[BudgetRule]:
-    count = draw(st.integers(0, 25))
+    count = draw(st.integers(0, 40))  # both sides of the index's scanning threshold
     ids = draw(st.lists(st.integers(1, 1000), min_size=count, max_size=count, unique=True))
     return [
         BudgetRule(
