@@ -57,6 +57,8 @@ from upstream import PACE_MS, NginxUpstream
 BENCH_DIR = Path(__file__).resolve().parent
 CONCURRENCY = (1, 5, 10, 20, 40)
 RULES_SETTLE_S = 7.0  # BudgetGuard reloads budget rules every 5 s in each process
+# Servers together using less CPU than this per half second (10 % of a CPU) are idle.
+IDLE_CPU_S_PER_HALF_SECOND = 0.05
 DEFAULT_LITELLM = "/opt/litellm-venv/bin/python"
 SMALL_PROMPT = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -199,9 +201,39 @@ class Bench:
 
     # -- measurements ---------------------------------------------------------------------
 
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait until every server under test is idle, so none measures another's leftovers.
+
+        A server can go on working after its load stops (LiteLLM's background logging and
+        spend tracking after 40 connections, a writer process's last batches); measured
+        meanwhile, the next server's figures would carry that CPU.
+        """
+        pids = [
+            server.pid
+            for server in self.servers
+            if server.process is not None and server.process.poll() is None
+        ]
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            before = sum(cpu_seconds(pid) for pid in pids)
+            time.sleep(0.5)
+            if sum(cpu_seconds(pid) for pid in pids) - before < IDLE_CPU_S_PER_HALF_SECOND:
+                break
+        waited = time.monotonic() - started
+        if waited > 2:
+            _progress(f"waited {waited:.1f} s for the servers to go idle")
+
     def wrk(
-        self, endpoint: Endpoint, connections: int, seconds: float, body: str = "json"
+        self,
+        endpoint: Endpoint,
+        connections: int,
+        seconds: float,
+        body: str = "json",
+        *,
+        settle: bool = True,
     ) -> dict[str, Any]:
+        if settle:
+            self.settle()
         before = ledger_count(endpoint.ledger) if endpoint.ledger else None
         pid = endpoint.server.pid if endpoint.server is not None else None
         cpu_before = cpu_seconds(pid) if pid else 0.0
@@ -271,6 +303,7 @@ class Bench:
         paced = 20 if self.quick else 60
         out: dict[str, Any] = {}
         for name, endpoint in self.endpoints.items():
+            self.settle()
             out[name] = {
                 "static": run_python_client(
                     [
@@ -368,7 +401,7 @@ class Bench:
         sender = threading.Thread(target=send)
         sender.start()
         time.sleep(3)  # the sender builds its body and sends the first prompt
-        busy = self.wrk(endpoint, 5, seconds)
+        busy = self.wrk(endpoint, 5, seconds, settle=False)  # big prompts are running
         sender.join()
         self.results["big_prompt"] = {"calm": calm, "busy": busy, "big": result}
         _progress(
