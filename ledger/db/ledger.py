@@ -187,8 +187,8 @@ def _converters(dialect: Dialect) -> tuple[tuple[int, Any], ...]:
     if converters is None:
         table = LedgerEntryRow.__table__
         processors = (
-            _timestamp_converter(dialect)
-            if isinstance(table.c[name].type, Timestamp)
+            _sqlite_timestamp
+            if dialect.name == "sqlite" and isinstance(table.c[name].type, Timestamp)
             else table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
             for name in _INSERT_COLUMNS
         )
@@ -203,25 +203,13 @@ def _converters(dialect: Dialect) -> tuple[tuple[int, Any], ...]:
 _CONVERTERS: dict[type[Dialect], tuple[tuple[int, Any], ...]] = {}
 
 
-def _timestamp_converter(dialect: Dialect) -> Any:
-    """What :class:`Timestamp` binds for ``dialect``, in one call per value, not four.
-
-    Three timestamps per entry went through ``Timestamp``, its ``DateTime`` and, on SQLite,
-    a ``%``-format of a dict: a fifth of the writer process's time per batch. The text
-    SQLite stores is byte for byte what SQLAlchemy stores (``tests/unit/test_ledger_rows``).
-    """
-    return _sqlite_timestamp if dialect.name == "sqlite" else _utc_timestamp
-
-
-def _utc_timestamp(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetimes are ambiguous; pass an aware one")
-    return value.astimezone(UTC)
-
-
 def _sqlite_timestamp(value: datetime | None) -> str | None:
+    """What :class:`Timestamp` binds on SQLite, in one call per value, not four.
+
+    Three timestamps per entry went through ``Timestamp``, its ``DateTime`` and a
+    ``%``-format of a dict: a fifth of the writer process's time per batch. The text is
+    byte for byte what SQLAlchemy stores (``tests/unit/test_ledger_rows.py``).
+    """
     if value is None:
         return None
     if value.tzinfo is None:
