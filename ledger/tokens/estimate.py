@@ -4,8 +4,8 @@ Small prompts are counted inline: a thread hop would cost more than the count. L
 1M-token prompt takes a few hundred ms to tokenize) are counted in a thread of their own;
 tiktoken releases the GIL while it encodes, so the event loop keeps running meanwhile. Those
 threads run at a lower priority (nice 10, on Linux): a count takes a whole core for hundreds of
-milliseconds, and at the event loop's priority it took half of the loop's core whenever the
-two shared one, doubling the latency of every small request meanwhile.
+milliseconds, and at the event loop's priority it would share the loop's core equally whenever
+the scheduler put them on the same one.
 """
 
 from __future__ import annotations
