@@ -157,6 +157,12 @@ def main() -> None:
     parser.add_argument("--py-spy", metavar="PREFIX", help="py-spy --gil raw profiles")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
+        "--lean-passthrough",
+        action="store_true",
+        help="also a pass-through on Ledger's own provider transport (the ratio stays "
+        "against the aiohttp pass-through, the baseline the targets name)",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -175,6 +181,9 @@ def main() -> None:
         contenders.append(
             Contender("passthrough", f"{passthrough.url}/json/v1/chat/completions", passthrough)
         )
+        if args.lean_passthrough:
+            lean = PassthroughServer(work, upstream.url, client="ledger").start()
+            contenders.append(Contender(lean.name, f"{lean.url}/json/v1/chat/completions", lean))
         variants = [("", {})] + [parse_variant(text) for text in args.variant]
         for database in args.databases.split(","):
             for suffix, env in variants:

@@ -157,14 +157,17 @@ class Server:
 class PassthroughServer(Server):
     name = "passthrough"
 
-    def __init__(self, log_dir: Path, upstream: str) -> None:
+    def __init__(self, log_dir: Path, upstream: str, client: str = "aiohttp") -> None:
+        if client != "aiohttp":
+            self.name = f"passthrough-{client}-client"
         super().__init__(log_dir)
         self.upstream = upstream
+        self.client = client
 
     def command(self) -> list[str]:
         return [
             sys.executable, str(BENCH_DIR / "passthrough.py"),
-            "--port", str(self.port), "--upstream", self.upstream,
+            "--port", str(self.port), "--upstream", self.upstream, "--client", self.client,
         ]  # fmt: skip
 
 
