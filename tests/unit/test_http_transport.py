@@ -405,10 +405,10 @@ async def test_a_damaged_gzip_body_is_an_upstream_failure(damage: str) -> None:
 async def test_connections_idle_past_keep_alive_are_closed_not_reused() -> None:
     async with scripted(json_reply()) as server:
         pool = ConnectionPool(
-            Origin("http", "127.0.0.1", server.port), connect_timeout_s=2.0, keepalive_s=0.2
+            Origin("http", "127.0.0.1", server.port), connect_timeout_s=2.0, keepalive_s=0.5
         )
         try:
-            for pause_s in (0.0, 0.05, 0.3):
+            for pause_s in (0.0, 0.05, 0.8):
                 await asyncio.sleep(pause_s)
                 connection = await pool.acquire()
                 connection.send(request_head(pool.origin, "/", {}, 2), b"{}")
@@ -418,5 +418,5 @@ async def test_connections_idle_past_keep_alive_are_closed_not_reused() -> None:
                 pool.release(connection)
         finally:
             pool.close()
-    # The second request reused the first connection; the third came after 0.3 s idle.
+    # The second request reused the first connection; the third came after 0.8 s idle.
     assert [r.connection for r in server.requests] == [1, 1, 2]
