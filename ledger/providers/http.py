@@ -80,9 +80,9 @@ class HttpTransport:
             connection.send(head, body)
             status, raw_headers = await connection.response_head(read_timeout_s)
             headers_in = {
-                key.decode("latin-1"): value.decode("latin-1") for key, value in raw_headers
+                key.decode("latin-1").lower(): value.decode("latin-1") for key, value in raw_headers
             }
-            decoder = decoder_for(_header(headers_in, "content-encoding"))
+            decoder = decoder_for(headers_in.get("content-encoding"))
         except TimeoutError as exc:
             pool.release(connection)  # not reusable: closed
             # Connected and sent, but no response headers within the read timeout.
@@ -110,15 +110,11 @@ class HttpTransport:
             # than handed back half-read.
             pool.release(connection)
 
-        async def read() -> bytes:
-            return b"".join([chunk async for chunk in chunks])
-
         return UpstreamResponse(
             status=status,
             headers=relayable_headers(headers_in),
             chunks=chunks,
             _close=release,
-            _read=read,
         )
 
     async def _chunks(
@@ -156,10 +152,3 @@ class HttpTransport:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    for key, value in headers.items():
-        if key.lower() == name:
-            return value
-    return None

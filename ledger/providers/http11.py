@@ -210,14 +210,13 @@ class ConnectionPool:
         *,
         connect_timeout_s: float,
         keepalive_s: float = 60.0,
-        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.origin = origin
         self._connect_timeout_s = connect_timeout_s
         self._keepalive_s = keepalive_s
         self._ssl: ssl.SSLContext | None = None
         if origin.scheme == "https":
-            self._ssl = ssl_context or ssl.create_default_context()
+            self._ssl = ssl.create_default_context()  # SSL_CERT_FILE adds an authority
         self._idle: deque[Connection] = deque()  # the most recently used on the right
         self._all: set[Connection] = set()
 
