@@ -138,6 +138,7 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         default_max_output_tokens=settings.default_max_output_tokens,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
+        max_event_bytes=settings.max_event_bytes,
     )
     return Services(
         settings, engine, sessions, authenticator, prices, router, providers, writer, journal,

@@ -73,6 +73,12 @@ class Settings:
     models: tuple[ModelConfig, ...] = ()
     price_overrides: tuple[Mapping[str, Any], ...] = ()
     max_body_bytes: int = 32 * 1024 * 1024
+    # What a provider may send back: a response read whole (before and after decoding),
+    # one event of a stream, and how far a gzip/deflate body may inflate. Past any of
+    # them the request ends with 502 (a stream with an error event), billed as estimated.
+    max_response_bytes: int = 32 * 1024 * 1024
+    max_event_bytes: int = 8 * 1024 * 1024
+    max_decompression_ratio: int = 100
     default_max_output_tokens: int = 4096
     migrate_on_start: bool = True
     scheduler: bool = True
@@ -110,6 +116,9 @@ _ENV_FIELDS: dict[str, type] = {
     "secret_key": str,
     "metrics_token": str,
     "max_body_bytes": int,
+    "max_response_bytes": int,
+    "max_event_bytes": int,
+    "max_decompression_ratio": int,
     "default_max_output_tokens": int,
     "migrate_on_start": bool,
     "scheduler": bool,
@@ -130,6 +139,8 @@ _ENV_FIELDS: dict[str, type] = {
 }
 
 
+# Limits where 0 or less would refuse every answer rather than mean "no limit".
+_POSITIVE_FIELDS = ("max_response_bytes", "max_event_bytes", "max_decompression_ratio")
 _SECTIONS = frozenset({"providers", "models", "prices", "alert_channels"})
 
 
@@ -159,6 +170,9 @@ def load_settings(
         env_name = f"LEDGER_{name.upper()}"
         if env_name in env and env[env_name] != "":
             values[name] = _coerce(env_name, env[env_name], kind)
+    for name in _POSITIVE_FIELDS:
+        if name in values and values[name] < 1:
+            raise ConfigError(f"{name} must be at least 1, not {values[name]!r}")
     for name in ("database_url", "reports_database_url"):
         if name in values:
             values[name] = normalise_database_url(values[name])

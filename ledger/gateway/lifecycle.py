@@ -111,8 +111,10 @@ class Gateway:
         default_max_output_tokens: int,
         metrics: Metrics | None = None,
         max_body_bytes: int = 32 * 1024 * 1024,
+        max_event_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.max_body_bytes = max_body_bytes
+        self._max_event_bytes = max_event_bytes
         self._metrics = metrics
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -219,8 +221,10 @@ class Gateway:
                 return await self._stream(entry, call, request, route, price, upstream, reservation)
 
             # 7. Capture usage, 8. settle, 9. record.
-            payload_bytes = await upstream.read()
-            await upstream.aclose()
+            try:
+                payload_bytes = await upstream.read()  # at most LEDGER_MAX_RESPONSE_BYTES
+            finally:
+                await upstream.aclose()
             entry.provider_seconds = time.perf_counter() - sent_at
             payload = _json_or_none(payload_bytes)
             if payload is None:
@@ -330,8 +334,10 @@ class Gateway:
                     _upstream_headers(call),
                     stream=False,
                 )
-                payload = _json_or_none(await response.read())
-                await response.aclose()
+                try:
+                    payload = _json_or_none(await response.read())
+                finally:
+                    await response.aclose()
         except (LedgerError, TimeoutError):
             return None
         if response.status == 200 and isinstance(payload, dict):
@@ -395,8 +401,10 @@ class Gateway:
             )
             if upstream.status >= 400:
                 return await self._relay_error(entry, call, upstream)
-            body = await upstream.read()
-            await upstream.aclose()
+            try:
+                body = await upstream.read()
+            finally:
+                await upstream.aclose()
             payload = _json_or_none(body)
             tokens = payload.get("input_tokens") if isinstance(payload, dict) else None
             if not isinstance(tokens, int):
@@ -452,9 +460,11 @@ class Gateway:
     ) -> GatewayReply:
         relay: openai.OpenAIStreamRelay | anthropic.AnthropicStreamRelay
         if request.protocol == OPENAI:
-            relay = openai.OpenAIStreamRelay(strip_usage=not request.include_usage)
+            relay = openai.OpenAIStreamRelay(
+                strip_usage=not request.include_usage, max_event_bytes=self._max_event_bytes
+            )
         else:
-            relay = anthropic.AnthropicStreamRelay()
+            relay = anthropic.AnthropicStreamRelay(max_event_bytes=self._max_event_bytes)
         entry.http_status = upstream.status
 
         async def chunks() -> AsyncGenerator[bytes, None]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ledger.config import ProviderConfig, Settings
 from ledger.providers import anthropic, openai
 from ledger.providers.base import Transport, UpstreamResponse
-from ledger.providers.http import HttpTransport
+from ledger.providers.http import HttpTransport, ResponseLimits
 from ledger.providers.mock import MockTransport
 
 __all__ = ["Provider", "Transport", "UpstreamResponse", "build_providers"]
@@ -40,10 +40,11 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
     """One provider per ``[[providers]]`` entry, or the built-in mock when there are none."""
     if not settings.providers:
         return {MOCK_PROVIDER_NAME: Provider(MOCK_PROVIDER_NAME, "mock", MockTransport())}
-    return {config.name: _provider(config) for config in settings.providers}
+    limits = ResponseLimits(settings.max_response_bytes, settings.max_decompression_ratio)
+    return {config.name: _provider(config, limits) for config in settings.providers}
 
 
-def _provider(config: ProviderConfig) -> Provider:
+def _provider(config: ProviderConfig, limits: ResponseLimits) -> Provider:
     if config.kind == "mock":
         return Provider(config.name, "mock", MockTransport())
     auth = (
@@ -54,7 +55,7 @@ def _provider(config: ProviderConfig) -> Provider:
     return Provider(
         name=config.name,
         kind=config.kind,
-        transport=HttpTransport(config, auth),
+        transport=HttpTransport(config, auth, limits),
         base_url=config.normalised_base_url,
         use_count_tokens=config.use_count_tokens,
     )

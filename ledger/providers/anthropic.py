@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.providers.sse import SSEParser
+from ledger.providers.sse import DEFAULT_MAX_EVENT_BYTES, SSEParser
 from ledger.usage import MAX_TOKENS, Usage
 
 MESSAGES_PATH = "/messages"
@@ -76,8 +76,8 @@ def response_text(payload: Any) -> str:
 class AnthropicStreamRelay:
     """Relays a Messages stream unchanged; usage comes from message_start and message_delta."""
 
-    def __init__(self) -> None:
-        self._parser = SSEParser()
+    def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self._parser = SSEParser(max_event_bytes)
         self.usage: Usage | None = None
         self.output_reported = False
         self.text: list[str] = []

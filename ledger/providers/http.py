@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from ledger.config import ProviderConfig
 from ledger.errors import InvalidRequest, UpstreamFailed, UpstreamTimeout
 from ledger.providers.base import UpstreamResponse, relayable_headers
 from ledger.providers.http11 import (
+    BoundedDecoder,
     ConnectFailed,
     Connection,
     ConnectionPool,
     ConnectTimeout,
     Origin,
     ResponseBroken,
+    ResponseTooLarge,
     decoder_for,
     request_head,
 )
@@ -24,13 +27,33 @@ from ledger.providers.http11 import (
 # How long the body's end may trail a stream's last event before the connection is
 # dropped instead of reused.
 _BODY_END_WAIT_S = 1.0
+TOO_LARGE = "upstream_response_too_large"  # the error code when a limit below is hit
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseLimits:
+    """How much a provider may send back (``LEDGER_MAX_RESPONSE_BYTES`` and the ratio).
+
+    ``max_response_bytes`` bounds a response that is read whole (not streamed), as sent and
+    as decoded; a stream has no total bound, its events are bounded one by one where
+    they are parsed. ``max_decompression_ratio`` bounds both.
+    """
+
+    max_response_bytes: int = 32 * 1024 * 1024
+    max_decompression_ratio: int = 100
 
 
 class HttpTransport:
     """One connection pool per provider; the provider key is added here and nowhere else."""
 
-    def __init__(self, config: ProviderConfig, auth_headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        config: ProviderConfig,
+        auth_headers: Mapping[str, str],
+        limits: ResponseLimits | None = None,
+    ) -> None:
         self._config = config
+        self._limits = limits or ResponseLimits()
         url = urlsplit(config.normalised_base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"provider {config.name!r}: base_url must be an http(s) URL")
@@ -82,13 +105,20 @@ class HttpTransport:
             headers_in = {
                 key.decode("latin-1").lower(): value.decode("latin-1") for key, value in raw_headers
             }
-            decoder = decoder_for(headers_in.get("content-encoding"))
+            decoder = decoder_for(
+                headers_in.get("content-encoding"), self._limits.max_decompression_ratio
+            )
+            if not stream and _declared_length(headers_in) > self._limits.max_response_bytes:
+                raise ResponseTooLarge(self._over_limit("its declared length"))
         except TimeoutError as exc:
             pool.release(connection)  # not reusable: closed
             # Connected and sent, but no response headers within the read timeout.
             raise UpstreamTimeout(
                 f"Provider {name!r} did not answer within {read_timeout_s:g} s."
             ) from exc
+        except ResponseTooLarge as exc:
+            pool.release(connection)  # refused before its body was read: not reusable
+            raise self._too_large(exc) from exc
         except ResponseBroken as exc:
             pool.release(connection)
             # The text says what broke, never the URL or the key.
@@ -96,7 +126,9 @@ class HttpTransport:
         except BaseException:  # cancelled (the client left, shutdown): the answer is unread
             pool.release(connection)
             raise
-        chunks = self._chunks(connection, decoder)
+        chunks = self._chunks(
+            connection, decoder, None if stream else self._limits.max_response_bytes
+        )
 
         async def release(finished: bool) -> None:
             if finished and not connection.complete:
@@ -118,21 +150,25 @@ class HttpTransport:
         )
 
     async def _chunks(
-        self, connection: Connection, decoder: zlib._Decompress | None
+        self, connection: Connection, decoder: BoundedDecoder | None, max_bytes: int | None
     ) -> AsyncIterator[bytes]:
+        """The body as it arrives, decoded; at most ``max_bytes`` of it, if given."""
         timeout_s = self._config.timeout_s
+        received = decoded = 0
         try:
             while (chunk := await connection.next_chunk(timeout_s)) is not None:
-                if decoder is not None:
-                    chunk = decoder.decompress(chunk)
-                    if not chunk:
-                        continue
-                yield chunk
-            if decoder is not None:
-                if not decoder.eof:  # cut short: what was decoded cannot be trusted whole
-                    raise zlib.error("truncated")
-                if rest := decoder.flush():
-                    yield rest
+                received += len(chunk)
+                pieces = decoder.decode(chunk) if decoder is not None else (chunk,)
+                for piece in pieces:
+                    decoded += len(piece)
+                    if max_bytes is not None and max(received, decoded) > max_bytes:
+                        raise ResponseTooLarge(self._over_limit("its body"))
+                    yield piece
+            if decoder is not None and (rest := decoder.finish()):
+                decoded += len(rest)
+                if max_bytes is not None and decoded > max_bytes:
+                    raise ResponseTooLarge(self._over_limit("its body"))
+                yield rest
         except (TimeoutError, ResponseBroken, zlib.error) as exc:
             connection.close()  # a broken connection never goes back to the pool
             name = self._config.name
@@ -140,6 +176,8 @@ class HttpTransport:
                 raise UpstreamTimeout(
                     f"Provider {name!r} stopped sending for {timeout_s:g} s."
                 ) from exc
+            if isinstance(exc, ResponseTooLarge):
+                raise self._too_large(exc) from exc
             if isinstance(exc, zlib.error):
                 raise UpstreamFailed(
                     f"Provider {name!r} sent a compressed body that does not decompress."
@@ -148,7 +186,26 @@ class HttpTransport:
                 f"Provider {name!r} broke the connection mid-response ({exc})."
             ) from exc
 
+    def _too_large(self, exc: ResponseTooLarge) -> UpstreamFailed:
+        # The provider has the request and may well have billed it: may_have_billed.
+        return UpstreamFailed(
+            f"Provider {self._config.name!r} sent a response Ledger does not accept: {exc}.",
+            code=TOO_LARGE,
+        )
+
+    def _over_limit(self, what: str) -> str:
+        limit = self._limits.max_response_bytes
+        return f"{what} is over {limit} bytes (LEDGER_MAX_RESPONSE_BYTES)"
+
     async def aclose(self) -> None:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+def _declared_length(headers: Mapping[str, str]) -> int:
+    """The response's ``content-length``, or 0 when it has none (or not a number)."""
+    try:
+        return int(headers.get("content-length", "0"))
+    except ValueError:
+        return 0

@@ -11,7 +11,11 @@ a task per request body). This module is that small part:
 - the response body as it arrives (a stream), or whole, with back-pressure: reading
   from the socket pauses while more than ``_HIGH_WATER`` bytes wait to be consumed;
 - ``gzip``/``deflate`` bodies decoded, should a server send one although the request
-  asks for none;
+  asks for none, a bounded piece at a time (:class:`BoundedDecoder`), so a small body that
+  inflates to gigabytes is refused after its first megabyte;
+- a connection that receives anything no request asked for — bytes while it is idle, or
+  after the end of the response in the same read — is closed, never reused: those bytes
+  would otherwise be read as the next request's answer, quite possibly another client's;
 - no redirects, cookies, proxies or retries: a provider's API needs none of them, and
   a POST that may have been billed must never be sent twice.
 """
@@ -44,6 +48,14 @@ class ResponseBroken(OSError):
     """The connection broke, or the server sent what is not HTTP, before the response ended."""
 
 
+class ResponseTooLarge(ResponseBroken):
+    """The response (or, decoded, its compressed body) is larger than Ledger accepts."""
+
+
+class _Unasked(Exception):
+    """Raised inside the parser to stop it at a second response that nobody asked for."""
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Where requests go: scheme, host and port, parsed once."""
@@ -74,6 +86,8 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._complete = False
         self._keep_alive = False
+        self._awaiting = False  # a request was sent and its response has not ended
+        self._unasked = False  # bytes came that no request asked for
         self._error: BaseException | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -84,12 +98,28 @@ class Connection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
+        if not self._awaiting:
+            # Idle, or the response has ended: nobody asked for these bytes. Read, they
+            # would become the next request's answer (and its usage, its bill).
+            self._refuse_unasked()
+            return
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            if not self._unasked:
+                raise
+            self._refuse_unasked()
         except httptools.HttpParserUpgrade:
             self._fail(ResponseBroken("the server asked to switch protocols"))
         except httptools.HttpParserError as exc:
             self._fail(ResponseBroken(f"the server's response is not valid HTTP ({exc})"))
+
+    def _refuse_unasked(self) -> None:
+        self._unasked = True
+        if self._complete:
+            self.close()  # the response already read stays whole; the connection goes
+        else:
+            self._fail(ResponseBroken("the server sent a response no request asked for"))
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost follows
@@ -108,6 +138,14 @@ class Connection(asyncio.Protocol):
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # A second message behind the response, in the same read: stop the parser
+            # before it adds that message's headers or body to this response.
+            # (llhttp skips bare CR/LF between messages; nothing a response can start with.)
+            self._unasked = True
+            raise _Unasked()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_list.append((name, value))
 
@@ -125,6 +163,7 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._complete = True
+        self._awaiting = False
         # Asked here: once the message is over, the parser no longer knows.
         self._keep_alive = self._parser.should_keep_alive()
         self._wake()
@@ -134,11 +173,13 @@ class Connection(asyncio.Protocol):
     def send(self, head: bytes, body: bytes) -> None:
         """Write a request; its response is read with :meth:`response_head` and :meth:`next_chunk`."""
         assert self._transport is not None
+        # A fresh parser per response: nothing of the last one carries over.
         self._parser = httptools.HttpResponseParser(self)
         self._header_list = []
         self._headers_done = self._complete = self._keep_alive = False
         self._body.clear()
         self._buffered = 0
+        self._awaiting = True
         self._transport.writelines((head, body))
 
     async def response_head(self, timeout_s: float) -> tuple[int, list[tuple[bytes, bytes]]]:
@@ -165,7 +206,8 @@ class Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self._complete and self._keep_alive and not self.closed
+        """Whether the parser saw one complete response, nothing beyond it, and may go on."""
+        return self._complete and self._keep_alive and not self._unasked and not self.closed
 
     def close(self) -> None:
         self.closed = True
@@ -292,15 +334,70 @@ _SAFE_NAME = frozenset(
 _UNSAFE_VALUE = frozenset("\r\n\x00")
 
 
-def decoder_for(content_encoding: str | None) -> zlib._Decompress | None:
+_DECODED_PIECE = 64 * 1024  # decoded bytes produced per step, so one chunk cannot balloon
+_RATIO_FREE_BYTES = 1024 * 1024  # decoded bytes allowed before the ratio bound applies
+
+
+class BoundedDecoder:
+    """Decodes a gzip or deflate body a bounded piece at a time.
+
+    A compressed body that decodes to more than ``max_ratio`` times the bytes it took
+    (once past its first MiB) is refused: real JSON and SSE compress about 5 to 20 times;
+    a "gzip bomb" a thousand times. Memory stays at one piece per step either way.
+    """
+
+    def __init__(self, content_encoding: str, max_ratio: int) -> None:
+        wbits = 16 + zlib.MAX_WBITS if content_encoding != "deflate" else zlib.MAX_WBITS
+        self._zlib = zlib.decompressobj(wbits)
+        self._max_ratio = max_ratio
+        self._encoded = 0
+        self._decoded = 0
+
+    def decode(self, chunk: bytes) -> list[bytes]:
+        """What ``chunk`` decodes to, in pieces. Raises ``zlib.error`` or ResponseTooLarge."""
+        pieces: list[bytes] = []
+        data = chunk
+        while data:
+            piece = self._zlib.decompress(data, _DECODED_PIECE)
+            tail = self._zlib.unconsumed_tail
+            self._encoded += len(data) - len(tail)
+            data = tail
+            if piece:
+                self._decoded += len(piece)
+                self._check_ratio()
+                pieces.append(piece)
+            if self._zlib.eof:
+                break
+        return pieces
+
+    def finish(self) -> bytes:
+        """The last decoded bytes; raises ``zlib.error`` if the body was cut short."""
+        if not self._zlib.eof:  # cut short: what was decoded cannot be trusted whole
+            raise zlib.error("truncated")
+        rest = self._zlib.flush()
+        self._decoded += len(rest)
+        self._check_ratio()
+        return rest
+
+    def _check_ratio(self) -> None:
+        if self._decoded > _RATIO_FREE_BYTES and self._decoded > self._max_ratio * max(
+            self._encoded, 1
+        ):
+            raise ResponseTooLarge(
+                f"its compressed body inflates more than {self._max_ratio} times "
+                "(LEDGER_MAX_DECOMPRESSION_RATIO)"
+            )
+
+
+def decoder_for(content_encoding: str | None, max_ratio: int) -> BoundedDecoder | None:
     """A decoder for a body sent with ``content_encoding`` (gzip or deflate), if needed."""
     if not content_encoding:
         return None
     encoding = content_encoding.strip().lower()
     if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return BoundedDecoder("gzip", max_ratio)
     if encoding == "deflate":
-        return zlib.decompressobj()
+        return BoundedDecoder("deflate", max_ratio)
     if encoding == "identity":
         return None
     raise ResponseBroken(f"the server sent a body encoded as {encoding!r}")

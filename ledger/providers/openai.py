@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.providers.sse import SSEParser
+from ledger.providers.sse import DEFAULT_MAX_EVENT_BYTES, SSEParser
 from ledger.usage import MAX_TOKENS, Usage
 
 CHAT_COMPLETIONS_PATH = "/chat/completions"
@@ -62,9 +62,11 @@ class OpenAIStreamRelay:
     the stream it asked for.
     """
 
-    def __init__(self, *, strip_usage: bool) -> None:
+    def __init__(
+        self, *, strip_usage: bool, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    ) -> None:
         self._strip_usage = strip_usage
-        self._parser = SSEParser()
+        self._parser = SSEParser(max_event_bytes)
         self.usage: Usage | None = None
         self.text: list[str] = []
         self.done = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from dataclasses import astuple
 
 import pytest
 
@@ -35,11 +36,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The fault suite's figures: requests sent against entries recorded, per scenario."""
     if not FIGURES:
         return
-    columns = ("scenario", "db", "sent", "recorded", "lost", "duplicated", "reservations left")
-    rows = [
-        (f.scenario, f.backend, f.sent, f.recorded, f.lost, f.duplicated, f.reservations_left)
-        for f in FIGURES
-    ]
+    columns = (
+        "scenario", "db", "sent", "recorded", "lost", "duplicated", "reservations left", "mixed"
+    )  # fmt: skip
+    rows = [astuple(f) for f in FIGURES]  # the fields in the order of the columns
     widths = [
         max(len(str(v)) for v in (name, *(r[i] for r in rows))) for i, name in enumerate(columns)
     ]

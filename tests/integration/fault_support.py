@@ -41,6 +41,7 @@ class Figures:
     lost: int
     duplicated: int
     reservations_left: int
+    mixed: int = 0  # answers (or usage) that reached, or were billed to, the wrong client
 
 
 FIGURES: list[Figures] = []
@@ -53,6 +54,7 @@ def tally(
     entry_ids: Iterable[str],
     seen_ids: Iterable[str | None],
     reservations_left: int,
+    mixed: int = 0,
 ) -> Figures:
     """Count lost and duplicated entries; keep the row for the summary table.
 
@@ -64,7 +66,7 @@ def tally(
     missing_seen = {i for i in seen_ids if i is not None} - unique
     lost = max(0, sent - len(unique)) + len(missing_seen)
     duplicated = (len(ids) - len(unique)) + max(0, len(unique) - sent)
-    figures = Figures(scenario, backend, sent, len(ids), lost, duplicated, reservations_left)
+    figures = Figures(scenario, backend, sent, len(ids), lost, duplicated, reservations_left, mixed)
     FIGURES.append(figures)
     return figures
 

@@ -237,3 +237,22 @@ def test_a_misspelt_top_level_setting_is_refused_not_ignored(tmp_path: Path) -> 
     config.write_text('databse_url = "postgresql://db/ledger"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="databse_url"):
         load_settings(env={}, config_file=config)
+
+
+def test_what_a_provider_may_send_back_is_bounded_by_default_and_configurable() -> None:
+    defaults = load_settings(env={})
+    assert (
+        defaults.max_response_bytes,
+        defaults.max_event_bytes,
+        defaults.max_decompression_ratio,
+    ) == (32 * 1024 * 1024, 8 * 1024 * 1024, 100)
+    env = {
+        "LEDGER_MAX_RESPONSE_BYTES": "1048576",
+        "LEDGER_MAX_EVENT_BYTES": "65536",
+        "LEDGER_MAX_DECOMPRESSION_RATIO": "20",
+    }
+    settings = load_settings(env=env)
+    assert (settings.max_response_bytes, settings.max_event_bytes) == (1048576, 65536)
+    assert settings.max_decompression_ratio == 20
+    with pytest.raises(ConfigError, match="max_event_bytes must be at least 1"):
+        load_settings(env={"LEDGER_MAX_EVENT_BYTES": "0"})

@@ -145,3 +145,23 @@ def test_the_usage_ledger_asked_for_is_taken_out_however_the_provider_spaces_it(
         "content": 'say "usage":null'
     }
     assert relay.usage is not None and relay.usage.output_tokens == 2
+
+
+def test_an_event_over_the_size_limit_is_refused_whatever_the_chunking() -> None:
+    from ledger.errors import UpstreamFailed
+
+    event = b"data: " + b"x" * 2000 + b"\n\n"
+    for pieces in ([event], _split(event, [7, 300, 1500]), [event[:-2], event[-2:]]):
+        parser = SSEParser(max_event_bytes=1024)
+        with pytest.raises(UpstreamFailed, match="LEDGER_MAX_EVENT_BYTES"):
+            for piece in pieces:
+                parser.feed(piece)
+
+
+def test_an_event_within_the_size_limit_is_whole_however_it_was_split() -> None:
+    event = b"data: " + b"x" * 1000 + b"\n\n"
+    parser = SSEParser(max_event_bytes=len(event))
+    events = [
+        e for piece in _split(event + event, [3, 500, 1001, 1500]) for e in parser.feed(piece)
+    ]
+    assert [e.raw for e in events] == [event, event] and parser.pending == b""
