@@ -171,6 +171,7 @@ class Gateway:
             entry.served_model = route.upstream_model
             entry.provider = route.provider.name
             entry.price_id = price.id
+            entry.priced_model = price.model  # model budgets match an alias's model too
 
             if request.endpoint == "count_tokens":
                 return await self._count_tokens(entry, call, request, route)
