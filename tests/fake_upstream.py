@@ -30,6 +30,9 @@ with a bad value is answered with a 400.
 ``cache_write=N``           Anthropic 5-minute cache write tokens
 ``cache_write_1h=N``        Anthropic 1-hour cache write tokens
 ``reasoning=N``             OpenAI ``reasoning_tokens``, also added to ``completion_tokens``
+``prompt_tokens=N``         bill the prompt as N tokens (OpenAI ``prompt_tokens``, Anthropic
+                            ``input_tokens`` and ``count_tokens``), as for files and audio,
+                            which the fake does not read
 ``chunk_delay_ms=N``        pause between stream events (default 0)
 ``body_end_delay_ms=N``     (streams) pause between the last event and the body's end
 ``stall_s=S``               how long the stall faults sleep (default 30 s)
@@ -125,6 +128,7 @@ FAULTS = _STATUS_FAULTS | _STREAM_FAULTS | {"stall", "reset", "malformed_json", 
 """Every accepted value of ``fault=``."""
 
 _INT_DIRECTIVES = (
+    "prompt_tokens",
     "cached",
     "cache_write",
     "cache_write_1h",
@@ -151,6 +155,7 @@ class Directives:
     cache_write: int = 0
     cache_write_1h: int = 0
     reasoning: int = 0
+    prompt_tokens: int | None = None  # the prompt's billed tokens, instead of its count
     chunk_delay_ms: int = 0
     body_end_delay_ms: int = 0  # between a stream's last event and the end of its body
     stall_s: float = _DEFAULT_STALL_S
@@ -531,7 +536,9 @@ def _openai_first_tool(body: dict[str, Any]) -> str | None:
 
 def _openai_usage(body: dict[str, Any], reply: _Reply, directives: Directives) -> dict[str, Any]:
     encoding = encoding_for_model(body["model"])
-    prompt_tokens = count_openai_prompt_tokens(body)
+    prompt_tokens = directives.prompt_tokens
+    if prompt_tokens is None:
+        prompt_tokens = count_openai_prompt_tokens(body)
     completion_tokens = reply.output_tokens(encoding) + directives.reasoning
     return {
         "prompt_tokens": prompt_tokens,
@@ -667,10 +674,16 @@ def _anthropic_first_tool(body: dict[str, Any]) -> str | None:
     return str(name) if name else None
 
 
+def _anthropic_prompt_tokens(body: dict[str, Any], directives: Directives) -> int:
+    if directives.prompt_tokens is not None:
+        return directives.prompt_tokens
+    return count_anthropic_input_tokens(body)
+
+
 def _anthropic_input_usage(body: dict[str, Any], directives: Directives) -> dict[str, Any]:
     cache_write = directives.cache_write + directives.cache_write_1h
     return {
-        "input_tokens": count_anthropic_input_tokens(body),
+        "input_tokens": _anthropic_prompt_tokens(body, directives),
         "cache_creation_input_tokens": cache_write,
         "cache_read_input_tokens": directives.cached,
         "cache_creation": {
@@ -1012,7 +1025,7 @@ class FakeUpstream:
         instead = await _fault_before_reply(_Protocol.ANTHROPIC, directives)
         if instead is not None:
             return instead
-        payload = {"input_tokens": count_anthropic_input_tokens(body)}
+        payload = {"input_tokens": _anthropic_prompt_tokens(body, directives)}
         return await _send_json(request, payload, directives)
 
     async def _models(self, request: web.Request, recorded: RecordedRequest) -> web.StreamResponse:

@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.budgets import store
 from ledger.budgets.alerts import raise_alert
 from ledger.budgets.model import BudgetRule
 from ledger.config import AlertChannelConfig
-from ledger.db.tables import BudgetPeriod, LedgerEntryRow
+from ledger.db.tables import BudgetPeriod, LedgerEntryRow, PriceRow
 from ledger.money import format_usd
 
 logger = logging.getLogger("ledger.budgets")
@@ -78,7 +78,10 @@ def ledger_spend_query(rule: BudgetRule, start: datetime, end: datetime | None):
     elif rule.scope == "user":
         query = query.where(t.end_user == rule.end_user)
     elif rule.scope == "model":
-        query = query.where(t.requested_model == rule.model)
+        # The name sent, or any name priced as the budget's model (a dated snapshot, a
+        # provider/ prefix): what the gateway matched when it reserved and settled.
+        priced_as = select(PriceRow.id).where(PriceRow.model == rule.model)
+        query = query.where(or_(t.requested_model == rule.model, t.price_id.in_(priced_as)))
     elif rule.scope == "tag":
         # Tags are stored as a JSON array of restricted names, so the quoted name is exact.
         query = query.where(t.tags.contains(f'"{rule.tag}"'))

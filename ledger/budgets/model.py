@@ -15,13 +15,25 @@ DEFAULT_THRESHOLDS = (50, 80, 100)
 
 @dataclass(frozen=True, slots=True)
 class RequestScope:
-    """What a budget can match on."""
+    """What a budget can match on.
+
+    ``model`` is the name the client sent; ``priced_model`` the model it resolved to (its
+    price's own name: ``gpt-4.1-mini`` for ``gpt-4.1-mini-2025-04-14`` or
+    ``openai/gpt-4.1-mini``). A model budget matches either, so no alias escapes it.
+    """
 
     team_id: int | None
     key_id: int | None
     end_user: str | None = None
     model: str | None = None
     tags: tuple[str, ...] = ()
+    priced_model: str | None = None
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The names a model budget may match this request on."""
+        names = (self.model, self.priced_model)
+        return tuple(name for i, name in enumerate(names) if name and name not in names[:i])
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +71,7 @@ class BudgetRule:
         if self.scope == "user":
             return request.end_user is not None and self.end_user == request.end_user
         if self.scope == "model":
-            return request.model is not None and self.model == request.model
+            return self.model is not None and self.model in request.models
         if self.scope == "tag":
             return self.tag in request.tags
         return False
@@ -111,7 +123,7 @@ class RuleIndex:
             ("team", None),  # not made through the API, but a team rule for no team is org-wide
             ("key", request.key_id),
             ("user", request.end_user),
-            ("model", request.model),
+            *(("model", model) for model in request.models),
             *(("tag", tag) for tag in request.tags),
         }
         found = [

@@ -88,6 +88,9 @@ class LedgerEntry:
     # gateway's metrics need to know about it.
     settlements: list[Settlement] = field(default_factory=list)
     budgets_seen: str | None = None  # the fingerprint of the budgets it was settled among
+    # The model the request resolved to (its price's name), which model budgets match on
+    # besides the requested name; the ledger has it as the price row's model (price_id).
+    priced_model: str | None = None
     team_name: str | None = None
     provider_seconds: float = 0.0
 
@@ -105,6 +108,7 @@ class LedgerEntry:
             end_user=self.end_user,
             model=self.requested_model,
             tags=tuple(self.tags),
+            priced_model=self.priced_model,
         )
 
     def as_row(self) -> dict[str, Any]:
@@ -132,7 +136,7 @@ class LedgerEntry:
         return values
 
 
-_TRANSIENT = {"settlements", "budgets_seen", "team_name", "provider_seconds"}
+_TRANSIENT = {"settlements", "budgets_seen", "priced_model", "team_name", "provider_seconds"}
 _COLUMNS = tuple(f.name for f in fields(LedgerEntry) if f.name not in _TRANSIENT)
 _INSERT_COLUMNS = (*_COLUMNS, "latency_ms")
 _column_values = operator.attrgetter(*_COLUMNS)

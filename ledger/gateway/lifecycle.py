@@ -54,7 +54,7 @@ from ledger.money import format_usd
 from ledger.observability import Metrics, current_request_id
 from ledger.pricing import Price, price_cost, worst_case_cost
 from ledger.providers import UpstreamResponse, anthropic, openai
-from ledger.tokens import approximate_anthropic_prompt, count_text_tokens, estimate_prompt_tokens
+from ledger.tokens import approximate_anthropic_prompt, count_text_tokens, estimate_prompt
 from ledger.usage import Usage
 
 logger = logging.getLogger("ledger.gateway")
@@ -173,15 +173,18 @@ class Gateway:
             entry.served_model = route.upstream_model
             entry.provider = route.provider.name
             entry.price_id = price.id
+            entry.priced_model = price.model  # model budgets match an alias's model too
 
             if request.endpoint == "count_tokens":
                 return await self._count_tokens(entry, call, request, route)
 
-            # 4. Estimate the prompt before any money is spent.
-            entry.estimated_input_tokens = await self._estimate(call, request, route)
+            # 4. Estimate the prompt before any money is spent: under a hard budget, an
+            # upper bound on it, or a refusal when part of it has none.
+            scope = entry.budget_scope()  # team, key, user, model and tags are known now
+            hard = self._budgets.has_hard_budget(scope)
+            entry.estimated_input_tokens = await self._estimate(call, request, route, hard)
 
             # 5. Reserve the worst case on every hard budget that applies, or refuse.
-            scope = entry.budget_scope()  # team, key, user, model and tags are known now
             output_cap = self._output_cap(request, scope)
             estimate = entry.estimated_input_tokens
             caches = _asks_for_cache(request)
@@ -306,20 +309,35 @@ class Gateway:
             )
         return price
 
-    async def _estimate(self, call: GatewayCall, request: ParsedRequest, route: Route) -> int:
-        size = len(call.raw_body)
-        if request.protocol == OPENAI:
-            return await estimate_prompt_tokens(
-                OPENAI, route.upstream_model, request.body, body_bytes=size
-            )
+    async def _estimate(
+        self, call: GatewayCall, request: ParsedRequest, route: Route, hard_budget: bool
+    ) -> int:
+        """The prompt's tokens: the provider's count, else a local estimate.
+
+        Raises:
+            InvalidRequest: under a hard budget, a local estimate found a part it cannot
+                bound (a file Ledger cannot read), so no worst case can be reserved.
+        """
         provider = route.provider
-        if provider.kind == "anthropic" and provider.use_count_tokens:
+        if (
+            request.protocol == ANTHROPIC
+            and provider.kind == "anthropic"
+            and provider.use_count_tokens
+        ):
             counted = await self._upstream_count_tokens(call, request, route)
             if counted is not None:
-                return counted
-        return await estimate_prompt_tokens(
-            ANTHROPIC, route.upstream_model, request.body, body_bytes=size
+                return counted  # the provider's own count, files included
+        estimate = await estimate_prompt(
+            request.protocol, route.upstream_model, request.body, body_bytes=len(call.raw_body)
         )
+        if hard_budget and estimate.unbounded is not None:
+            raise InvalidRequest(
+                f"A hard budget applies, and this request has {estimate.unbounded}: Ledger "
+                "cannot bound what it would cost. Send the file inline (base64 PDF data).",
+                param="messages",
+                code="unbounded_prompt",
+            )
+        return estimate.tokens
 
     async def _upstream_count_tokens(
         self, call: GatewayCall, request: ParsedRequest, route: Route

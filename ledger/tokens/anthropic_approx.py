@@ -12,6 +12,7 @@ from typing import Any
 
 from ledger.tokens._values import as_dict, as_list, as_text, count_tokens, json_text
 from ledger.tokens.encodings import O200K_BASE, get_encoding
+from ledger.tokens.media import PDF_PAGE_TOKENS, pdf_tokens
 
 # Claude's tokenizer produces more tokens than o200k_base for the same text, notably for code
 # and non-English text; 15% on top keeps the estimate above the real count in most prompts.
@@ -27,10 +28,12 @@ _TOOL_USE_SYSTEM_PROMPT_TOKENS = 530
 # image is counted at that ceiling.
 _IMAGE_PIXELS_PER_TOKEN = 750
 _IMAGE_MAX_TOKENS = 1600
-# A PDF (base64, URL or file id) is not decoded, so its page count is unknown. We allow one
-# page: Anthropic quotes 1,500-3,000 text tokens per page, plus the page rendered as an image.
-# Multi-page PDFs are under-estimated.
-_UNREAD_DOCUMENT_TOKENS = 3000 + _IMAGE_MAX_TOKENS
+# A base64 PDF is bounded by its pages (`ledger.tokens.media`). One Ledger cannot read (a URL
+# or a file id) counts as one page, and is reported as unbounded: a hard budget refuses it.
+_UNREAD_DOCUMENT_TOKENS = PDF_PAGE_TOKENS
+# Blocks whose text and nested content are all of their prompt; any other block counts
+# every field but its nested content as JSON text, which errs high.
+_TEXT_BLOCKS = frozenset({"text", "tool_result", "search_result"})
 # tool_result and document blocks nest content blocks; deeper nesting is junk, not a prompt.
 _MAX_NESTING = 8
 
@@ -43,13 +46,22 @@ def approximate_anthropic_prompt(body: dict[str, Any]) -> int:
     documents) and `tools` (name, description, input_schema JSON) is counted with o200k_base
     and multiplied by 1.15; then 4 tokens per message, 3 per request, 530 for the tool-use
     system prompt when tools are present, 1600 per image (Anthropic's per-image ceiling, as
-    image sizes are unknown) and 4600 per PDF are added.
+    image sizes are unknown) and 4600 per PDF page (`ledger.tokens.media`) are added.
 
     Never raises on an odd body: values of the wrong type are skipped, and a body that is not
     a dict counts as 0.
     """
+    return measure_anthropic_prompt(body)[0]
+
+
+def measure_anthropic_prompt(body: dict[str, Any]) -> tuple[int, str | None]:
+    """`approximate_anthropic_prompt`, and what in the prompt has no upper bound (None: nothing).
+
+    The second value describes the first block whose cost Ledger cannot bound: a document
+    by URL or file id, or a container upload.
+    """
     if not isinstance(body, dict):
-        return 0
+        return 0, None
     tally = _Tally()
     system = body.get("system")
     if isinstance(system, str):
@@ -73,7 +85,7 @@ def approximate_anthropic_prompt(body: dict[str, Any]) -> int:
     tokens += _TOKENS_PER_REQUEST + _TOKENS_PER_MESSAGE * len(messages)
     if tools:
         tokens += _TOOL_USE_SYSTEM_PROMPT_TOKENS
-    return tokens
+    return tokens, (tally.unbounded[0] if tally.unbounded else None)
 
 
 def _image_tokens(width: int | None = None, height: int | None = None) -> int:
@@ -89,6 +101,7 @@ class _Tally:
     def __init__(self) -> None:
         self.texts: list[str] = []
         self.fixed_tokens = 0
+        self.unbounded: list[str] = []
 
     def add_blocks(self, blocks: Any, depth: int) -> None:
         if depth > _MAX_NESTING:
@@ -113,10 +126,19 @@ class _Tally:
             self.texts.append(as_text(block.get("thinking")))
         elif block_type == "redacted_thinking":
             pass  # encrypted payload, not text
-        else:
-            # text, tool_result, search_result and unknown blocks: their text and nested
-            # content, never other fields (which may hold base64 or encrypted payloads).
+        elif block_type == "container_upload":
+            self.unbounded.append("a container upload by file id, which Ledger cannot read")
+        elif block_type in _TEXT_BLOCKS:
             self.texts.append(as_text(block.get("text")))
+            if block_type == "search_result":
+                self.texts.append(as_text(block.get("title")))
+                self.texts.append(as_text(block.get("source")))
+            self.add_content(block.get("content"), depth)
+        else:
+            # Server tool results and unknown blocks: every field as JSON (encrypted search
+            # results decrypt to less text than their base64 tokenizes to), then the
+            # nested content as blocks, so an image inside is an image.
+            self.texts.append(json_text({k: v for k, v in block.items() if k != "content"}))
             self.add_content(block.get("content"), depth)
 
     def add_content(self, content: Any, depth: int) -> None:
@@ -134,7 +156,12 @@ class _Tally:
             self.texts.append(as_text(source.get("data")))
         elif source_type == "content":
             self.add_content(source.get("content"), depth)
+        elif source_type == "base64":
+            self.fixed_tokens += pdf_tokens(source.get("data"))
         else:
+            self.unbounded.append(
+                f"a document with a {source_type!r} source, which Ledger cannot read"
+            )
             self.fixed_tokens += _UNREAD_DOCUMENT_TOKENS
 
     def add_tool(self, tool: dict[Any, Any]) -> None:

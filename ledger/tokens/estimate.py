@@ -18,20 +18,20 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.to_thread
 from anyio.lowlevel import RunVar
 
-from ledger.tokens.anthropic_approx import approximate_anthropic_prompt
+from ledger.tokens.anthropic_approx import measure_anthropic_prompt
 from ledger.tokens.encodings import (
     O200K_BASE,
     encoding_name_for_model,
     get_encoding,
     is_loaded,
 )
-from ledger.tokens.openai_chat import count_openai_chat_prompt
+from ledger.tokens.openai_chat import measure_openai_chat_prompt
 
 # Bodies with at most this much text, in at most this many JSON values, are counted inline.
 _INLINE_MAX_CHARS = 32 * 1024
@@ -56,6 +56,13 @@ class _LoopState:
 _loop_state: RunVar[_LoopState] = RunVar("ledger_tokens_loop_state")
 
 
+class PromptEstimate(NamedTuple):
+    """A prompt's estimated tokens, and what in it has no upper bound (None: nothing)."""
+
+    tokens: int
+    unbounded: str | None = None
+
+
 async def estimate_prompt_tokens(
     protocol: str,
     model: str,
@@ -64,6 +71,19 @@ async def estimate_prompt_tokens(
     limiter: anyio.CapacityLimiter | None = None,
     body_bytes: int | None = None,
 ) -> int:
+    """The tokens of :func:`estimate_prompt`."""
+    estimate = await estimate_prompt(protocol, model, body, limiter=limiter, body_bytes=body_bytes)
+    return estimate.tokens
+
+
+async def estimate_prompt(
+    protocol: str,
+    model: str,
+    body: dict[str, Any],
+    *,
+    limiter: anyio.CapacityLimiter | None = None,
+    body_bytes: int | None = None,
+) -> PromptEstimate:
     """Estimate a request's prompt tokens without blocking the event loop.
 
     `protocol` is "openai" (Chat Completions body, counted as `count_openai_chat_prompt` does)
@@ -71,19 +91,25 @@ async def estimate_prompt_tokens(
     with more than about 32 KiB of text are counted in a worker thread; at most `limiter`'s
     tokens worth of counts run at once (by default 2 per event loop). `body_bytes`, the size of
     the body as it arrived, lets a small body be counted at once, without sizing it first.
+    Inline PDFs and audio count at their upper bounds (`ledger.tokens.media`); `unbounded`
+    names a part that has none (a file Ledger cannot read), which a hard budget refuses.
 
     Raises:
         ValueError: `protocol` is neither "openai" nor "anthropic".
     """
-    count: Callable[[dict[str, Any]], int]
+    measure: Callable[[dict[str, Any]], tuple[int, str | None]]
     if protocol == "openai":
-        count = functools.partial(count_openai_chat_prompt, model)
+        measure = functools.partial(measure_openai_chat_prompt, model)
         encoding_name = encoding_name_for_model(model)
     elif protocol == "anthropic":
-        count = approximate_anthropic_prompt
+        measure = measure_anthropic_prompt
         encoding_name = O200K_BASE
     else:
         raise ValueError(f"unknown protocol {protocol!r}: expected 'openai' or 'anthropic'")
+
+    def count(body: dict[str, Any]) -> PromptEstimate:
+        return PromptEstimate(*measure(body))
+
     if body_bytes is not None and body_bytes <= _SMALL_BODY_BYTES and is_loaded(encoding_name):
         return count(body)  # small enough by its size alone: no sizing walk, no loop state
 

@@ -18,6 +18,7 @@ import tiktoken
 
 from ledger.tokens._values import as_dict, as_list, as_text, count_tokens, json_text
 from ledger.tokens.encodings import CL100K_BASE, encoding_name_for_model, get_encoding
+from ledger.tokens.media import PDF_PAGE_TOKENS, audio_tokens, is_pdf, pdf_tokens
 
 # Cookbook: every message is framed as <|start|>{role/name}\n{content}<|end|>\n.
 _TOKENS_PER_MESSAGE = 3
@@ -77,33 +78,50 @@ def count_openai_chat_prompt(model: str, body: dict[str, Any]) -> int:
     `tool_calls` and legacy `function_call`, `tool` role messages, `tools` / legacy `functions`
     definitions and a `json_schema` `response_format`. Messages and tools follow the OpenAI
     cookbook exactly; images use OpenAI's tile formula, assuming a 1024x1024 image (765 tokens)
-    at high or auto detail since we do not decode images. Audio and file parts are not counted.
+    at high or auto detail since we do not decode images. Inline PDF files and audio count at
+    the upper bounds of `ledger.tokens.media`; a file Ledger cannot read (a `file_id`, a file
+    that is not a PDF) counts as one PDF page.
 
     Never raises on an odd body: values of the wrong type are skipped, and a body that is not
     a dict counts as 0.
     """
+    return measure_openai_chat_prompt(model, body)[0]
+
+
+def measure_openai_chat_prompt(model: str, body: dict[str, Any]) -> tuple[int, str | None]:
+    """`count_openai_chat_prompt`, and what in the prompt has no upper bound (None: nothing).
+
+    The second value describes the first part whose cost Ledger cannot bound: a file sent
+    by `file_id` (Ledger cannot see it) or a file that is not a PDF.
+    """
     if not isinstance(body, dict):
-        return 0
+        return 0, None
     encoding_name = encoding_name_for_model(model)
     encoding = get_encoding(encoding_name)
-    tokens = sum(_count_message(encoding, message) for message in as_list(body.get("messages")))
+    unbounded: list[str] = []
+    tokens = sum(
+        _count_message(encoding, message, unbounded) for message in as_list(body.get("messages"))
+    )
     tokens += _REPLY_PRIMING_TOKENS
     constants = _CL100K_TOOL_CONSTANTS if encoding_name == CL100K_BASE else _O200K_TOOL_CONSTANTS
     tokens += _count_tool_definitions(encoding, body, constants)
     tokens += _count_response_format(encoding, body.get("response_format"))
-    return tokens
+    return tokens, (unbounded[0] if unbounded else None)
 
 
-def _count_message(encoding: tiktoken.Encoding, message: Any) -> int:
+def _count_message(encoding: tiktoken.Encoding, message: Any, unbounded: list[str]) -> int:
     tokens = _TOKENS_PER_MESSAGE
     if not isinstance(message, dict):
         return tokens
     # Like the cookbook, every string field is counted (role, name, tool_call_id, refusal, ...).
     for key, value in message.items():
         if key == "content":
-            tokens += _count_content(encoding, value)
+            tokens += _count_content(encoding, value, unbounded)
         elif key == "tool_calls":
             tokens += sum(_count_tool_call(encoding, call) for call in as_list(value))
+        elif key == "audio" and isinstance(value, dict):
+            # An assistant's earlier audio reply, sent back by id: the provider replays it.
+            unbounded.append("an earlier audio reply referenced by id, which Ledger cannot read")
         elif key == "function_call":  # legacy single call: {"name": ..., "arguments": ...}
             tokens += _count_tool_call(encoding, {"function": value})
         elif key == "name":
@@ -114,13 +132,13 @@ def _count_message(encoding: tiktoken.Encoding, message: Any) -> int:
     return tokens
 
 
-def _count_content(encoding: tiktoken.Encoding, content: Any) -> int:
+def _count_content(encoding: tiktoken.Encoding, content: Any, unbounded: list[str]) -> int:
     if isinstance(content, str):
         return count_tokens(encoding, content)
-    return sum(_count_content_part(encoding, part) for part in as_list(content))
+    return sum(_count_content_part(encoding, part, unbounded) for part in as_list(content))
 
 
-def _count_content_part(encoding: tiktoken.Encoding, part: Any) -> int:
+def _count_content_part(encoding: tiktoken.Encoding, part: Any, unbounded: list[str]) -> int:
     if isinstance(part, str):  # not valid, but clearly meant as text
         return count_tokens(encoding, part)
     if not isinstance(part, dict):
@@ -131,9 +149,19 @@ def _count_content_part(encoding: tiktoken.Encoding, part: Any) -> int:
         return _image_tokens(detail)
     if part_type == "refusal":
         return count_tokens(encoding, as_text(part.get("refusal")))
-    if part_type in ("input_audio", "file"):
-        # Base64 payloads are not text; audio is billed separately and we do not parse files.
-        return 0
+    if part_type == "input_audio":
+        return audio_tokens(as_dict(part.get("input_audio")).get("data"))
+    if part_type == "file":
+        file = as_dict(part.get("file"))
+        tokens = count_tokens(encoding, as_text(file.get("filename")))
+        data = file.get("file_data")
+        if isinstance(data, str) and is_pdf(data):
+            return tokens + pdf_tokens(data)
+        if isinstance(data, str):
+            unbounded.append("a file that is not a PDF")
+        else:
+            unbounded.append("a file sent by file_id, which Ledger cannot read")
+        return tokens + PDF_PAGE_TOKENS
     return count_tokens(encoding, as_text(part.get("text")))
 
 

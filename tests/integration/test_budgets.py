@@ -361,6 +361,51 @@ INVALID_BUDGETS: list[tuple[dict[str, Any], str | None]] = [
 ]
 
 
+@pytest.mark.parametrize("alias", ["gpt-4.1-mini-2025-04-14", "openai/gpt-4.1-mini"])
+def test_a_model_budget_holds_for_a_dated_or_prefixed_name_of_its_model(
+    gateway: LiveServer, database_url: str, alias: str
+) -> None:
+    covered, sent = 6, 20
+    text = "How far does a model budget reach?"
+    max_tokens = _reply_tokens(text)  # what the fake writes: the worst case is the cost
+    cost = actual_cost(text)
+    assert cost == worst_case(text, max_tokens)
+    key = gateway.team_key("research")
+    budget = _create_budget(
+        gateway, team="research", model=MODEL, limit_usd=usd(covered * cost), name="mini cap"
+    )
+
+    async def fire() -> list[int]:
+        client = openai.AsyncOpenAI(base_url=gateway.openai_base_url, api_key=key, max_retries=0)
+
+        async def one() -> int:
+            try:
+                await client.chat.completions.create(
+                    model=alias, messages=_messages(text), max_tokens=max_tokens
+                )
+                return 200
+            except openai.APIStatusError as exc:
+                return exc.status_code
+
+        try:
+            return await asyncio.gather(*(one() for _ in range(sent)))
+        finally:
+            await client.close()
+
+    statuses = asyncio.run(fire())
+    assert statuses.count(200) == covered and statuses.count(429) == sent - covered, statuses
+    entries = gateway.entries()
+    assert len(entries) == sent
+    # The names are recorded as sent; only the budget knows they are gpt-4.1-mini.
+    assert {(e["requested_model"], e["served_model"]) for e in entries} == {(alias, alias)}
+    assert all(e["budget_id"] == budget["id"] for e in entries if e["status"] == "blocked")
+    # The scheduled check recomputes the spend from the ledger and finds the same total.
+    on_db(database_url, lambda engine: check_budgets(engine))
+    status = _status(gateway, budget["id"])
+    assert status["spent_usd"] == usd(covered * cost) == usd(_ledger_total(gateway))
+    assert status["reserved_usd"] == ZERO
+
+
 def test_an_invalid_budget_is_refused_with_a_400_that_says_why(gateway: LiveServer) -> None:
     gateway.create_team("research")
     for body, param in INVALID_BUDGETS:

@@ -40,6 +40,7 @@ requests = st.builds(
     end_user=NAMES,
     model=NAMES,
     tags=st.lists(st.sampled_from(["a", "b", "c"]), max_size=3).map(tuple),
+    priced_model=NAMES,
 )
 
 
@@ -63,3 +64,24 @@ def test_a_key_budget_applies_to_its_key_and_an_org_budget_to_everyone() -> None
     assert index.applicable(RequestScope(team_id=3, key_id=7)) == [org, key]
     assert index.applicable(RequestScope(team_id=3, key_id=8)) == [org]
     assert list(index) == [org, key]
+
+
+def test_a_model_budget_applies_to_any_name_priced_as_its_model_and_a_dated_one_to_itself() -> None:
+    def model_budget(rule_id: int, model: str) -> BudgetRule:
+        return BudgetRule(
+            id=rule_id, name=model, scope="model", limit_nanos=1, mode="hard", period="monthly",
+            team_id=3, model=model,
+        )  # fmt: skip
+
+    mini, dated = model_budget(1, "gpt-4.1-mini"), model_budget(2, "gpt-4.1-mini-2025-04-14")
+    index = RuleIndex([mini, dated])
+
+    def budgets_for(sent: str, priced_as: str) -> list[BudgetRule]:
+        return index.applicable(
+            RequestScope(team_id=3, key_id=7, model=sent, priced_model=priced_as)
+        )
+
+    assert budgets_for("gpt-4.1-mini-2025-04-14", "gpt-4.1-mini") == [mini, dated]
+    assert budgets_for("openai/gpt-4.1-mini", "gpt-4.1-mini") == [mini]
+    assert budgets_for("gpt-4.1-mini", "gpt-4.1-mini") == [mini]
+    assert budgets_for("gpt-4.1-nano", "gpt-4.1-nano") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import importlib.resources
 import itertools
@@ -32,6 +33,7 @@ from ledger.tokens import (
     openai_chat,
 )
 from ledger.tokens.encodings import EncodingIntegrityError
+from tests.media_samples import pdf_with_pages
 
 O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 
@@ -662,10 +664,14 @@ def test_anthropic_system_blocks_count_like_a_system_string() -> None:
     assert approximate_anthropic_prompt(as_blocks) >= approximate_anthropic_prompt(as_string) - 1
 
 
-def test_anthropic_images_and_pdfs_get_fixed_allowances() -> None:
+def test_anthropic_images_get_their_ceiling_and_pdfs_an_allowance_per_page() -> None:
     text = {"type": "text", "text": "Look"}
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A"}}
-    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf"}}
+    one_page = base64.b64encode(pdf_with_pages(1)).decode()
+    pdf = {
+        "type": "document",
+        "source": {"type": "base64", "media_type": "application/pdf", "data": one_page},
+    }
 
     def body(*blocks: dict[str, Any]) -> dict[str, Any]:
         return {"messages": [{"role": "user", "content": list(blocks)}]}
