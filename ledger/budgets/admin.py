@@ -14,6 +14,7 @@ from ledger.budgets import store
 from ledger.budgets.model import DEFAULT_THRESHOLDS, MODES, SCOPES, BudgetRule
 from ledger.budgets.periods import PERIODS, PeriodError, zone
 from ledger.db.tables import Alert, ApiKey, Budget, BudgetPeriod, Team
+from ledger.endusers import identify_end_user
 from ledger.errors import InvalidRequest, NotFound
 from ledger.money import MoneyError, format_usd, usd_to_nanos
 
@@ -49,7 +50,7 @@ async def create_budget(connection: AsyncConnection, data: Mapping[str, Any]) ->
         "scope": scope,
         "team_id": team_id,
         "key_id": key_id,
-        "end_user": _required_text(data, "user") if scope == "user" else None,
+        "end_user": _end_user(_required_text(data, "user")) if scope == "user" else None,
         "model": _required_text(data, "model") if scope == "model" else None,
         "tag": _required_text(data, "tag") if scope == "tag" else None,
         **_changeable_values(data, creating=True),
@@ -289,6 +290,14 @@ def _required_text(data: Mapping[str, Any], field: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidRequest(f"{field} must be a non-empty string", param=field)
     return value.strip()
+
+
+def _end_user(named: str) -> str:
+    """The end user as the gateway stores it (a Claude Code id's account, a long name
+    shortened), so that the budget matches the requests that name it."""
+    end_user = identify_end_user(named)
+    assert end_user is not None  # a non-empty name always identifies someone
+    return end_user.id
 
 
 def _int(value: Any, field: str) -> int:

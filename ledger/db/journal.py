@@ -223,6 +223,8 @@ class Journal:
             "team_id": entry.team_id,
             "key_id": entry.key_id,
             "end_user": entry.end_user,
+            "end_user_session": entry.end_user_session,
+            "end_user_full": entry.end_user_full,
         }
         record = {"t": "start", "id": entry.request_id, "entry": started}
         self._unwritten.append(record)
@@ -234,6 +236,8 @@ class Journal:
             "requested_model": entry.requested_model,
             # Known only once the body is parsed: budgets and reports match on them.
             "end_user": entry.end_user,
+            "end_user_session": entry.end_user_session,
+            "end_user_full": entry.end_user_full,
             "tags": entry.tags,
             "served_model": entry.served_model,
             "provider": entry.provider,

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ledger.budgets.model import RequestScope
 from ledger.budgets.store import Settlement
 from ledger.db.tables import LedgerEntryRow, Timestamp
+from ledger.endusers import fit_text
 
 ENTRY_STATUSES = (
     "ok",  # the provider answered and usage was captured
@@ -59,7 +60,9 @@ class LedgerEntry:
     corrects_request_id: str | None = None
     team_id: int | None = None
     key_id: int | None = None
-    end_user: str | None = None
+    end_user: str | None = None  # as ledger.endusers stores it: fits, groups the same
+    end_user_session: str | None = None  # e.g. Claude Code's session, apart from its account
+    end_user_full: str | None = None  # the end user as sent, when ``end_user`` shortened it
     tags: list[str] = field(default_factory=list)
     requested_model: str | None = None
     served_model: str | None = None
@@ -127,12 +130,13 @@ class LedgerEntry:
             values[_ENDED_AT] = self.started_at
         if self.error is not None and len(self.error) > 2000:
             values[_ERROR] = self.error[:2000]
-        for index in _TEXT:
-            # PostgreSQL text cannot hold NUL, and one refused entry would hold back its
-            # whole batch: a client's or provider's NUL is kept as U+FFFD instead.
+        for index, limit in _TEXT:
+            # PostgreSQL refuses NUL in text and a value longer than its column, and one
+            # refused entry would hold back its whole batch: the gateway fits what clients
+            # and providers send, and this fits anything that still does not.
             value = values[index]
-            if value is not None and "\x00" in value:
-                values[index] = value.replace("\x00", "\ufffd")
+            if value is not None and (len(value) > limit or "\x00" in value or not value.isascii()):
+                values[index] = fit_text(value, limit)
         return values
 
 
@@ -141,9 +145,16 @@ _COLUMNS = tuple(f.name for f in fields(LedgerEntry) if f.name not in _TRANSIENT
 _INSERT_COLUMNS = (*_COLUMNS, "latency_ms")
 _column_values = operator.attrgetter(*_COLUMNS)
 _TAGS, _ENDED_AT, _ERROR = (_COLUMNS.index(name) for name in ("tags", "ended_at", "error"))
-# Columns that hold text (``tags`` once it is JSON): the ones a NUL could be in.
+
+
+def _text_limit(name: str) -> int:
+    length = getattr(LedgerEntryRow.__table__.c[name].type, "length", None)
+    return length if length is not None else 1 << 62  # TEXT: no limit but NUL
+
+
+# Columns that hold text (``tags`` once it is JSON), with their length in characters.
 _TEXT = tuple(
-    _COLUMNS.index(f.name)
+    (_COLUMNS.index(f.name), _text_limit(f.name))
     for f in fields(LedgerEntry)
     if f.name in _COLUMNS and (str(f.type).startswith("str") or f.name == "tags")
 )

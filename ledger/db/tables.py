@@ -162,7 +162,9 @@ class LedgerEntryRow(Base):
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)
     team_id: Mapped[int | None] = mapped_column(Integer)
     key_id: Mapped[int | None] = mapped_column(Integer)
-    end_user: Mapped[str | None] = mapped_column(String(256))
+    end_user: Mapped[str | None] = mapped_column(String(256))  # see ledger/endusers.py
+    end_user_session: Mapped[str | None] = mapped_column(String(128))
+    end_user_full: Mapped[str | None] = mapped_column(Text)  # only when end_user shortened it
     tags: Mapped[str | None] = mapped_column(Text)  # JSON array of strings
     endpoint: Mapped[str] = mapped_column(String(64))
     requested_model: Mapped[str | None] = mapped_column(String(200))

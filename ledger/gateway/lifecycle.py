@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +29,7 @@ from ledger.budgets.model import RequestScope
 from ledger.db.ledger import LedgerEntry, new_request_id
 from ledger.db.prices import LivePrices
 from ledger.db.writer import LedgerWriter
+from ledger.endusers import fit_text, identify_end_user
 from ledger.errors import (
     BudgetExceeded,
     InvalidRequest,
@@ -41,6 +42,7 @@ from ledger.errors import (
 )
 from ledger.gateway.requests import (
     ANTHROPIC,
+    MODEL_CHARS,
     OPENAI,
     ParsedRequest,
     decode_json_object,
@@ -48,6 +50,9 @@ from ledger.gateway.requests import (
     normalise_seed_body,
     parse_anthropic_messages,
     parse_openai_chat,
+    stated_end_user,
+    stated_model,
+    without_key,
 )
 from ledger.gateway.routing import ModelRouter, Route
 from ledger.money import format_usd
@@ -158,11 +163,11 @@ class Gateway:
                 raise call.body_error
             if body is None:
                 body = decode_json_object(call.raw_body)
+            _note_names(entry, call, body)  # before checking: a refused body is theirs too
             entry.tags = _parse_tags(call.tags)
             request = self._parse(call, body)
             entry.requested_model = request.model
             entry.stream = request.stream
-            entry.end_user = call.end_user or request.end_user
 
             # 3. Resolve the model, its provider and the price in effect now.
             route = self._router.resolve(request.model)
@@ -273,22 +278,28 @@ class Gateway:
     # -- steps --------------------------------------------------------------------------
 
     def _new_entry(self, call: GatewayCall, principal: Principal, started: datetime) -> LedgerEntry:
-        return LedgerEntry(
+        entry = LedgerEntry(
             request_id=new_request_id(),
             started_at=started,
             endpoint=_endpoint_name(call),
             team_id=principal.team_id,
             key_id=principal.key_id,
-            end_user=call.end_user,
             team_name=principal.team_name,
         )
+        _set_end_user(entry, call.end_user)  # x-ledger-user, when sent, names the end user
+        return entry
 
     def _parse(self, call: GatewayCall, body: dict[str, Any]) -> ParsedRequest:
+        rewritten = call.seed_body
         if call.seed_body:
             body = normalise_seed_body(body)
+        elif (keyless := without_key(body)) is not None:
+            body, rewritten = keyless, True
         if call.protocol == OPENAI:
-            return parse_openai_chat(body)
-        return parse_anthropic_messages(body, count_only=call.endpoint == "count_tokens")
+            parsed = parse_openai_chat(body)
+        else:
+            parsed = parse_anthropic_messages(body, count_only=call.endpoint == "count_tokens")
+        return replace(parsed, rewritten=True) if rewritten else parsed
 
     def _price(self, route: Route, at: datetime) -> Price:
         price = self._prices.price_at(route.model, at) or self._prices.price_at(
@@ -398,7 +409,7 @@ class Gateway:
                 **(body.get("stream_options") or {}),
                 "include_usage": True,
             }
-        if call.seed_body:
+        if request.rewritten:
             return msgspec.json.encode({**body, **changes})
         if not changes:
             return call.raw_body
@@ -692,6 +703,27 @@ async def _started(stream: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
             await stream.aclose()
 
     return relay()
+
+
+def _set_end_user(entry: LedgerEntry, named: str | None) -> None:
+    """The end user, its session and (when shortened) its whole name, as they are stored.
+
+    Budgets match on ``entry.end_user``, so they see exactly what the ledger keeps.
+    """
+    end_user = identify_end_user(named)
+    if end_user is not None:
+        entry.end_user = end_user.id
+        entry.end_user_session = end_user.session
+        entry.end_user_full = end_user.full
+
+
+def _note_names(entry: LedgerEntry, call: GatewayCall, body: dict[str, Any]) -> None:
+    """The model and end user the body names, fitted to their columns, checked or not."""
+    model = stated_model(body)
+    if model is not None:
+        entry.requested_model = fit_text(model, MODEL_CHARS)
+    if not call.end_user:
+        _set_end_user(entry, stated_end_user(call.protocol, body))
 
 
 def _endpoint_name(call: GatewayCall) -> str:

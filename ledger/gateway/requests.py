@@ -1,6 +1,7 @@
 """Reading what a client sent: body decoding, validation, and the fields Ledger needs.
 
-The body itself is forwarded untouched; these functions only look at it.
+The body itself is forwarded untouched but for a Ledger key in it; these functions only
+look at it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ledger.errors import InvalidRequest
 
 OPENAI = "openai"
 ANTHROPIC = "anthropic"
+MODEL_CHARS = 200  # ledger_entries.requested_model: no longer name is routable
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,7 @@ class ParsedRequest:
     choices: int = 1
     end_user: str | None = None
     include_usage: bool = False  # the client itself asked for the usage chunk
+    rewritten: bool = False  # ``body`` is not the client's bytes: encode it again to forward
 
 
 def decode_json_object(raw: bytes) -> dict[str, Any]:
@@ -53,6 +56,37 @@ def key_from_body(body: Mapping[str, Any]) -> str | None:
     """The seed API's convention: the client key travels in the body as ``key``."""
     key = body.get("key")
     return key if isinstance(key, str) and key else None
+
+
+def without_key(body: dict[str, Any]) -> dict[str, Any] | None:
+    """``body`` without a Ledger key in it (None when it has none): it never goes upstream.
+
+    Only the seed paths document ``key`` in the body, but every path accepts it, and a
+    provider has no business seeing the key — nor a use for the field.
+    """
+    if "key" not in body:
+        return None
+    return {k: v for k, v in body.items() if k != "key"}
+
+
+def stated_model(body: Mapping[str, Any]) -> str | None:
+    """The model the body names, checked or not: recorded even when the body is refused."""
+    model = body.get("model", body.get("model_id"))
+    return model if isinstance(model, str) and model else None
+
+
+def stated_end_user(protocol: str, body: Mapping[str, Any]) -> str | None:
+    """The end user the body names (OpenAI ``user``, Anthropic ``metadata.user_id``), if any.
+
+    Read before the body is validated, so that a refused request is still recorded for
+    the end user who sent it.
+    """
+    if protocol == OPENAI:
+        user = body.get("user")
+    else:
+        metadata = body.get("metadata")
+        user = metadata.get("user_id") if isinstance(metadata, dict) else None
+    return user if isinstance(user, str) and user else None
 
 
 def normalise_seed_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +165,7 @@ def _model(body: Mapping[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("'model' is required and must be a non-empty string.", param="model")
-    if len(model) > 200:
+    if len(model) > MODEL_CHARS:
         raise InvalidRequest("'model' is too long.", param="model")
     _no_nul(model, "model")
     return model

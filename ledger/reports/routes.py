@@ -22,6 +22,7 @@ from ledger.admin.identity import Principal
 from ledger.auth import provide_admin, provide_principal, provide_read_sessions, read_your_writes
 from ledger.config import Settings, load_settings
 from ledger.db.tables import ApiKey, Team
+from ledger.endusers import END_USER_CHARS, fit_text
 from ledger.errors import InvalidRequest, NotFound, PermissionDenied
 from ledger.openapi import CSV, KEY_ERRORS, XLSX, admin_errors, answers, documented, key_errors
 from ledger.reports import closing, present
@@ -108,7 +109,8 @@ class ReportsController(Controller):
         tz: str = Parameter(query="timezone", default="UTC"),
         granularity: str = Parameter(default="day", description="hour, day, week, month or none"),
         group_by: Annotated[
-            list[str] | None, Parameter(description="team, key, user, model, provider, status, tag")
+            list[str] | None,
+            Parameter(description="team, key, user, session, model, provider, status, tag"),
         ] = None,
         team: list[str] | None = None,
         key_id: list[int] | None = None,
@@ -146,7 +148,8 @@ class ReportsController(Controller):
                 filters=SpendFilters(
                     team_ids=team_ids,
                     key_ids=key_ids,
-                    users=tuple(user or ()),
+                    # As the gateway stores them: a long name finds its shortened form.
+                    users=tuple(fit_text(u, END_USER_CHARS) for u in user or ()),
                     models=tuple(model or ()),
                     providers=tuple(provider or ()),
                     statuses=tuple(status or ()),

@@ -9,7 +9,8 @@ only where rollups cannot answer:
 - the partial hours at either edge of the range;
 - a series in a zone whose UTC offset is not a whole number of hours (e.g. India,
   +05:30), where a local day does not start on a UTC hour: the whole range is raw;
-- the ``user`` and ``tag`` dimensions (as group-by or filter), which rollups do not
+- the ``user``, ``session`` and ``tag`` dimensions (group-by; ``user`` and ``tag`` as
+  filters too), which rollups do not
   carry: the whole range is raw, narrowed by the ``started_at`` index.
 
 Both sources produce the same integer sums (see ``rollups.METRICS``), merged
@@ -49,8 +50,8 @@ from ledger.reports.timebuckets import (
 )
 
 E = LedgerEntryRow
-DIMENSIONS = ("team", "key", "user", "model", "provider", "status", "tag")
-RAW_ONLY_DIMENSIONS = ("user", "tag")
+DIMENSIONS = ("team", "key", "user", "session", "model", "provider", "status", "tag")
+RAW_ONLY_DIMENSIONS = ("user", "session", "tag")
 MAX_BUCKETS = 10_000
 OTHER = "(other)"
 
@@ -373,6 +374,8 @@ def _raw_query(
             expression: ColumnElement[Any] = func.coalesce(tag.c.value, "")
         elif name == "user":
             expression = func.coalesce(E.end_user, "")
+        elif name == "session":  # the end user's session (Claude Code's), "" when none
+            expression = func.coalesce(E.end_user_session, "")
         else:
             expression = rollups.raw_dimension(_ROLLUP_COLUMN[name])
         columns.append(expression.label(f"d_{name}"))

@@ -35,6 +35,8 @@ def entry_out(row: LedgerEntryRow, teams: dict[int, str], keys: dict[int, str]) 
         "key_prefix": keys.get(row.key_id) if row.key_id is not None else None,
         "key_id": row.key_id,
         "end_user": row.end_user,
+        "end_user_session": row.end_user_session,
+        "end_user_full": row.end_user_full,
         "tags": json.loads(row.tags) if row.tags else [],
         "endpoint": row.endpoint,
         "requested_model": row.requested_model,
