@@ -93,7 +93,8 @@ class GatewayReply:
 
 # Yielded by a reply's stream once the client has every byte of its response. The
 # response ends there; what the stream does after it (waiting for the provider's body
-# to end, settling, recording) neither keeps the client waiting nor needs it to stay.
+# to end, so its connection can be reused) neither keeps the client waiting nor needs
+# it to stay. A complete stream's entry was recorded before its last event was relayed.
 END_OF_RESPONSE = b""
 
 
