@@ -98,7 +98,8 @@ class GatewayReply:
 
 # Yielded by a reply's stream once the client has every byte of its response. The
 # response ends there; what the stream does after it (waiting for the provider's body
-# to end, settling, recording) neither keeps the client waiting nor needs it to stay.
+# to end, so its connection can be reused) neither keeps the client waiting nor needs
+# it to stay. A complete stream's entry was recorded before its last event was relayed.
 END_OF_RESPONSE = b""
 
 
@@ -496,9 +497,19 @@ class Gateway:
             relay = anthropic.AnthropicStreamRelay(max_event_bytes=self._max_event_bytes)
         entry.http_status = upstream.status
 
+        recorded = False
+        relay_started = time.perf_counter()
+
+        async def settle_and_record() -> None:
+            nonlocal recorded
+            recorded = True
+            entry.provider_seconds += time.perf_counter() - relay_started
+            with anyio.CancelScope(shield=True):
+                self._settle_stream(entry, request, route, price, relay)
+                await self._record(entry, reservation)
+
         async def chunks() -> AsyncGenerator[bytes, None]:
             entry.status = "interrupted"
-            relay_started = time.perf_counter()
             try:
                 async for chunk in upstream.chunks:
                     # Until the client has its first event, a burst of events is relayed
@@ -506,25 +517,31 @@ class Gateway:
                     parts = _first_event_apart(chunk) if entry.first_token_at is None else (chunk,)
                     for part in parts:
                         out = relay.feed(part)
+                        if out and entry.first_token_at is None:
+                            entry.first_token_at = datetime.now(UTC)
                         if relay.done:
-                            # The last event: complete now, whenever the body's end arrives
-                            # and whether or not the client waits for it (the SDKs don't).
+                            # The last event: the stream is complete whenever the body's
+                            # end arrives and whether or not the client waits for it (the
+                            # SDKs don't). Its entry is recorded (journaled, or committed)
+                            # before the client has that event: a client that read the
+                            # whole stream can read its entry at once, and a process
+                            # killed after that point has it all the same.
                             entry.status = "ok"
+                            out += relay.finish()
+                            entry.ended_at = datetime.now(UTC)
+                            await settle_and_record()
                         if out:
-                            if entry.first_token_at is None:
-                                entry.first_token_at = datetime.now(UTC)
                             yield out
                         if relay.done:
                             break
                     if relay.done:
                         break
-                tail = relay.finish()
-                if tail:
-                    yield tail
                 if relay.done:
-                    entry.ended_at = datetime.now(UTC)
                     yield END_OF_RESPONSE
                 else:
+                    tail = relay.finish()
+                    if tail:
+                        yield tail
                     entry.status = "upstream_error"
                     entry.error = relay.provider_error or "The provider's stream ended early."
             except LedgerError as error:
@@ -539,14 +556,17 @@ class Gateway:
                     entry.error = "Ledger stopped before the stream ended."
                 raise
             finally:
-                entry.provider_seconds += time.perf_counter() - relay_started
                 with anyio.CancelScope(shield=True):
-                    if entry.status == "interrupted" and await _client_left(call):
-                        entry.status = "client_disconnected"
-                        entry.error = "The client disconnected before the stream ended."
+                    if not recorded:
+                        entry.provider_seconds += time.perf_counter() - relay_started
+                        if entry.status == "interrupted" and await _client_left(call):
+                            entry.status = "client_disconnected"
+                            entry.error = "The client disconnected before the stream ended."
+                    # After the last event, only so the connection can be used again.
                     await upstream.aclose(finished=relay.done)
-                    self._settle_stream(entry, request, route, price, relay)
-                    await self._record(entry, reservation)
+                    if not recorded:
+                        self._settle_stream(entry, request, route, price, relay)
+                        await self._record(entry, reservation)
 
         headers = {
             **upstream.headers,

@@ -12,9 +12,11 @@ import asyncio
 import json
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 from sqlalchemy import func, select
 
@@ -25,6 +27,11 @@ OPENAI, ANTHROPIC = "openai", "anthropic"
 MODELS = {OPENAI: "gpt-4.1-mini", ANTHROPIC: "claude-sonnet-4-5"}
 ENDPOINTS = {"chat.completions": OPENAI, "messages": ANTHROPIC}
 ZERO_USD = "0.000000000"
+# The catalog prices of MODELS, USD per million (input, output) tokens.
+PRICES = {
+    OPENAI: (Decimal("0.40"), Decimal("1.60")),
+    ANTHROPIC: (Decimal("3.00"), Decimal("15.00")),
+}
 
 
 # -- figures --------------------------------------------------------------------------------
@@ -235,6 +242,73 @@ class _Reader:
             outcome.answer, outcome.error = "unexpected", error
         finally:
             await stream.close()
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A response the client read to its very end, and the usage it reported on the way."""
+
+    request_id: str
+    input_tokens: int
+    output_tokens: int
+    complete: bool  # the stream's last event ([DONE], message_stop) arrived, or the JSON did
+
+    def cost(self, kind: Kind) -> Decimal:
+        """What the provider billed for it (no caching), at the catalog price."""
+        per_input, per_output = PRICES[kind.protocol]
+        return (self.input_tokens * per_input + self.output_tokens * per_output) / 1_000_000
+
+
+def read_whole(http: httpx.Client, kind: Kind, text: str, *, max_tokens: int = 100) -> Delivered:
+    """Send one request with raw httpx and read its body to the end, as an HTTP client does.
+
+    ``http`` carries the key (``Authorization: Bearer``). An OpenAI stream asks for its
+    usage chunk, so the client sees the provider's counts the ledger should hold.
+    """
+    messages = [{"role": "user", "content": text}]
+    body: dict[str, Any] = {"model": MODELS[kind.protocol], "messages": messages}
+    if kind.protocol == OPENAI:
+        path = "/v1/chat/completions"
+        if kind.stream:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
+    else:
+        path = "/v1/messages"
+        body |= {"max_tokens": max_tokens, "stream": kind.stream}
+    if not kind.stream:
+        response = http.post(path, json=body)
+        assert response.status_code == 200, response.text
+        usage = response.json()["usage"]
+        input_key, output_key = (
+            ("prompt_tokens", "completion_tokens") if kind.protocol == OPENAI
+            else ("input_tokens", "output_tokens")
+        )  # fmt: skip
+        return Delivered(
+            response.headers["x-ledger-request-id"], usage[input_key], usage[output_key], True
+        )
+    input_tokens = output_tokens = 0
+    complete = False
+    with http.stream("POST", path, json=body) as response:
+        assert response.status_code == 200, response.read()
+        request_id = response.headers["x-ledger-request-id"]
+        for line in response.iter_lines():  # to the body's end, not only to the last event
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                complete = True
+                continue
+            event = json.loads(data)
+            if kind.protocol == OPENAI:
+                if event.get("usage"):
+                    input_tokens = event["usage"]["prompt_tokens"]
+                    output_tokens = event["usage"]["completion_tokens"]
+            elif event["type"] == "message_start":
+                input_tokens = event["message"]["usage"]["input_tokens"]
+            elif event["type"] == "message_delta":
+                output_tokens = event["usage"]["output_tokens"]
+            elif event["type"] == "message_stop":
+                complete = True
+    return Delivered(request_id, input_tokens, output_tokens, complete)
 
 
 # -- the database, read directly -------------------------------------------------------

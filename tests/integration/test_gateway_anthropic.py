@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -207,6 +208,7 @@ def test_a_stream_whose_body_ends_late_is_complete_and_keeps_its_connection(
         entries = gateway.wait_for_entries(sent)
         assert [e["status"] for e in entries] == ["ok"] * sent
         assert all(e["usage_source"] == "provider" for e in entries)
+        time.sleep(0.5)  # the provider ends the body (150 ms): the connection is free again
     peers = {r.peer for r in fake_upstream.requests if marker in r.body.decode()}
     assert len(peers) == 1, peers
 

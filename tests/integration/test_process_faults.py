@@ -7,7 +7,9 @@ Real ``ledger serve`` processes (``tests.processes.LedgerProcess``) on both data
   graceful deadline are cut and recorded too (in-process server, whose deadline is 5 s).
 - SIGKILL mid-load, then a restart on the same database and journal directory: requests
   that were in flight are recovered from the write-ahead journal as ``interrupted``, their
-  reservations expire and are released, and the budget is not left stuck.
+  reservations expire and are released, and the budget is not left stuck. Streams whose
+  clients had read them in full, while the provider still held its body open, are
+  recorded ``ok`` with the provider's output tokens and full cost.
 - PostgreSQL unreachable under load (a proxy between Ledger and the database is cut):
   hard-budget requests fail closed with 503 ``budget_unavailable`` in the caller's
   protocol, a ``fail_open`` budget lets requests through, requests without budgets are
@@ -48,6 +50,7 @@ from tests.integration.fault_support import (
     backend_of,
     kind_of,
     ledger_rows,
+    read_whole,
     reservations_left,
     reserved_nanos,
     tally,
@@ -375,6 +378,55 @@ def test_sigkill_mid_load_then_restart_recovers_in_flight_requests_as_interrupte
         # Not stuck: the next request is admitted on the restarted process.
         after = asyncio.run(_one(second.url, key, Kind(OPENAI, False)))
         assert after.answer == "ok", after
+    finally:
+        admin.close()
+        second.terminate()
+
+
+def test_sigkill_after_streams_were_delivered_in_full_records_them_with_their_output(
+    database_url: str, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    # The provider holds its body open long after [DONE] / message_stop, so the process is
+    # killed once each client has read its whole stream but before that body has ended.
+    config = write_provider_config(tmp_path / "ledger.toml", fake_upstream)
+    env = _journal_env(tmp_path)
+    first = LedgerProcess(database_url, config=config, env=env, log=tmp_path / "a.log").start()
+    admin = Admin(first.url, first.admin_key)
+    try:
+        key, _ = admin.team_with_key("delivered")
+    finally:
+        admin.close()
+    headers = {"authorization": f"Bearer {key}"}
+    kinds = [STREAMS[i % 2] for i in range(6)]
+    with httpx.Client(base_url=first.url, headers=headers, timeout=30) as http:
+        delivered = [
+            read_whole(http, kind, f"delivered n{i} reply_words=30 body_end_delay_ms=20000")
+            for i, kind in enumerate(kinds)
+        ]
+    first.kill()
+    assert all(d.complete and d.output_tokens > 0 for d in delivered), delivered
+
+    second = LedgerProcess(database_url, config=config, env=env, log=tmp_path / "b.log").start()
+    admin = Admin(second.url, second.admin_key)
+    try:
+        entries = admin.entries("delivered")
+        by_id = {entry["request_id"]: entry for entry in entries}
+        for kind, got in zip(kinds, delivered, strict=True):
+            entry = by_id[got.request_id]
+            # What the client received, as the provider counted it: not the prompt alone.
+            assert entry["status"] == "ok", entry
+            assert entry["usage_source"] == "provider", entry
+            assert entry["usage"]["output_tokens"] == got.output_tokens, entry
+            assert Decimal(entry["cost_usd"]) == got.cost(kind), entry
+        figures = tally(
+            "sigkill_after_stream_delivered",
+            backend_of(database_url),
+            len(delivered),
+            [entry["request_id"] for entry in entries],
+            [got.request_id for got in delivered],
+            reservations_left(database_url),
+        )
+        assert (figures.lost, figures.duplicated, figures.reservations_left) == (0, 0, 0), figures
     finally:
         admin.close()
         second.terminate()
