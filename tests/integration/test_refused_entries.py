@@ -350,3 +350,59 @@ def _wait_for(read: Any, field: str, timeout_s: float = 10.0) -> dict[str, Any]:
         if value.get(field) or time.monotonic() > deadline:
             return value
         time.sleep(0.05)
+
+
+# -- refused by the dead-letter table too: the journal keeps it ------------------------
+
+
+def test_an_entry_refused_by_the_dead_letter_table_too_stays_in_the_journal_until_it_fits(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    entry = LedgerEntry(
+        request_id=new_request_id(), started_at=datetime.now(UTC), endpoint="chat.completions",
+        input_tokens=2**70,
+    )  # fmt: skip
+    journal_dir = tmp_path / "journal"
+
+    async def scenario() -> tuple[int, list[str], int, str | None]:
+        engine = create_engine(migrated_url)
+        await _refuse_dead_letters(engine, on=True)  # an operator's mistake, say
+        journal = Journal(journal_dir, "kept")
+        journal.open()
+        writer = LedgerWriter(engine, journal=journal)
+        writer.start()
+        await writer.record(entry)
+        await writer.flush()
+        held = writer.unstored
+        on_disk = [p.read_text() for p in journal_dir.glob("journal-*.jsonl")]
+        await _refuse_dead_letters(engine, on=False)  # the fix
+        await writer.retry_unstored()
+        await writer.stop()
+        journal.close()
+        async with engine.connect() as connection:
+            state = await connection.scalar(select(LedgerDeadLetter.state))
+        await engine.dispose()
+        return held, on_disk, writer.unstored, state
+
+    held, on_disk, left, state = asyncio.run(scenario())
+    assert held == 1 and any(entry.request_id in text for text in on_disk)
+    assert left == 0 and state == "salvaged"
+    assert [row["input_tokens"] for row in ledger_rows(migrated_url)] == [2**63 - 1]
+    assert list(journal_dir.glob("journal-*.jsonl")) == []  # owed nothing any more
+
+
+async def _refuse_dead_letters(engine: Any, *, on: bool) -> None:
+    async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            await connection.exec_driver_sql(
+                "ALTER TABLE ledger_dead_letters ADD CONSTRAINT ck_refuse CHECK (false)"
+                if on
+                else "ALTER TABLE ledger_dead_letters DROP CONSTRAINT ck_refuse"
+            )
+        else:
+            await connection.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON ledger_dead_letters "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                if on
+                else "DROP TRIGGER refuse"
+            )
