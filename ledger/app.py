@@ -30,12 +30,14 @@ from ledger.admin.routes import AdminController
 from ledger.budgets.guard import BudgetGuard
 from ledger.budgets.routes import BudgetController
 from ledger.config import Settings
+from ledger.db import dead_letters
 from ledger.db.engine import create_engine, create_sessionmaker, is_sqlite, is_sqlite_file
-from ledger.db.journal import Journal, journal_directory
+from ledger.db.journal import Journal, JournalUnavailable, journal_directory
+from ledger.db.ledger import LedgerEntry
 from ledger.db.migrate import current_revision, head_revision, upgrade
 from ledger.db.partitions import ensure_partitions
 from ledger.db.prices import LivePrices, sync_prices
-from ledger.db.writer import LedgerWriter, is_outage, write_entries
+from ledger.db.writer import LedgerWriter, is_outage, keep_refused, write_entries
 from ledger.db.writer_process import ProcessWrites
 from ledger.errors import AuthenticationFailed, InvalidRequest, LedgerError, NotFound
 from ledger.gateway.lifecycle import Gateway
@@ -117,8 +119,13 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
     router = ModelRouter(settings, providers, prices)
     budgets = BudgetGuard(engine, reservation_ttl_s=settings.reservation_ttl_s)
     journal = Journal(journal_directory(settings.journal_dir, settings.database_url), budgets.owner)
-    journal.open()
-    await recover_journals(engine, journal)
+    try:
+        journal.open()
+    except JournalUnavailable as exc:
+        logger.error("Ledger cannot start: %s", exc)  # one line, before any traceback
+        await engine.dispose()
+        raise
+    unkept = await recover_journals(engine, journal)
     metrics = Metrics()
     writer = LedgerWriter(
         engine,
@@ -127,6 +134,7 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         on_commit=metrics.batch_size.observe,
         writes=ProcessWrites(settings.database_url) if _writer_process(settings) else None,
     )
+    writer.keep_unstored(unkept)
     writer.start()
     await budgets.start()
     gateway = Gateway(
@@ -169,10 +177,15 @@ async def stop_services(services: Services) -> None:
         await replica.dispose()
 
 
-async def recover_journals(engine: AsyncEngine, journal: Journal) -> None:
-    """Write what dead processes' journals still owe the ledger, then drop those journals."""
+async def recover_journals(engine: AsyncEngine, journal: Journal) -> list[LedgerEntry]:
+    """Write what dead processes' journals still owe the ledger, then drop those journals.
+
+    An entry the database refuses is kept (salvaged, dead-lettered); one that even the
+    dead-letter table refuses is returned, for this process's writer to hold and retry.
+    """
     recovered = journal.take_over_orphans()
     entries = recovered.pending + recovered.interrupted
+    unkept: list[LedgerEntry] = []
     if entries:
         try:
             written = await write_entries(engine, entries)
@@ -187,15 +200,24 @@ async def recover_journals(engine: AsyncEngine, journal: Journal) -> None:
                 except Exception as single:
                     if is_outage(single):
                         raise
+                    error = f"{type(single).__name__}: {single}"[:2000]
+                    try:
+                        state, _ = await keep_refused(engine, entry, error)
+                    except Exception as failure:
+                        if is_outage(failure):
+                            raise
+                        unkept.append(entry)
+                        state = "the journal"
                     logger.error(
-                        "journaled entry %s was refused by the database (%s); entry: %s",
-                        entry.request_id, single, entry.as_row(),
+                        "journaled entry %s was refused by the database (%s): kept, not "
+                        "dropped (%s)", entry.request_id, error, state,
                     )  # fmt: skip
         logger.warning(
             "recovered %d ledger entries from the journal (%d interrupted requests)",
             len(written), len(recovered.interrupted),
         )  # fmt: skip
     Journal.remove(recovered.files)
+    return unkept
 
 
 SERVING_SWITCH_INTERVAL_S = 0.001
@@ -321,8 +343,32 @@ async def readyz(services: Services) -> Response[dict[str, Any]]:
     if not services.writer.database_available:
         checks["ledger_writes"] = "journaling: the database refused the last write"
         ready = False
+    unstored, salvaged = await _refused_entries(services, ask=checks["database"] == "ok")
+    checks["ledger_unstored"] = unstored
+    checks["ledger_salvaged"] = salvaged
     status = "ready" if ready else "not ready"
+    if ready and unstored:
+        # Still serving (every process shares the database: a 503 here would take them
+        # all out of rotation over one entry), but never silently "ready".
+        status = "degraded"
+        checks["ledger_writes"] = (
+            f"{unstored} ledger entries refused by the database are kept unstored: see "
+            "`ledger db dead-letters`, fix the cause, run `ledger db retry-dead-letters`"
+        )
     return Response({"status": status, **checks}, status_code=200 if ready else 503)
+
+
+async def _refused_entries(services: Services, *, ask: bool = True) -> tuple[int, int]:
+    """Entries the database refused: (not in the ledger, in it as a salvaged copy)."""
+    unstored = services.writer.unstored  # kept in this process's journal only
+    if not ask:  # the database did not answer just now: no second wait for it
+        return unstored, 0
+    try:
+        with anyio.fail_after(2.0):
+            by_state = await dead_letters.counts(services.engine)
+    except Exception:  # the database (or the table, before migrating) is not there
+        return unstored, 0
+    return unstored + by_state.get(dead_letters.UNSTORED, 0), by_state.get(dead_letters.SALVAGED, 0)
 
 
 @get(
@@ -345,6 +391,9 @@ async def metrics_endpoint(request: Request[Any, Any, Any], services: Services) 
         )
     metrics = services.metrics
     metrics.write_backlog.set(services.writer.backlog)
+    unstored, salvaged = await _refused_entries(services)
+    metrics.entries_unstored.set(unstored)
+    metrics.entries_salvaged.set(salvaged)
     for rule, used in services.budgets.utilisation():
         metrics.budget_utilisation.labels(str(rule.id), rule.name).set(used)
     body, content_type = metrics.render()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -82,6 +83,7 @@ def serve(
         log_format=log_format or settings.log_format,
     )
     configure_logging(settings.log_level, settings.log_format)
+    _check_journal_directory(settings)
     click.echo(
         f"Ledger {_version()} on http://{settings.host}:{settings.port} "
         f"with {settings.workers} worker(s) (database: {_safe_url(settings.database_url)})",
@@ -108,6 +110,16 @@ def serve(
     uvicorn.run(
         "ledger.app:app_from_environment", factory=True, workers=settings.workers, **options
     )
+
+
+def _check_journal_directory(settings: Settings) -> None:
+    """Refuse to start, in one line, if the journal cannot be written (nothing is safe)."""
+    from ledger.db.journal import JournalUnavailable, check_journal_directory, journal_directory
+
+    try:
+        check_journal_directory(journal_directory(settings.journal_dir, settings.database_url))
+    except JournalUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 async def _prepare_for_workers(settings: Settings) -> None:
@@ -195,6 +207,69 @@ def db_current(ctx: click.Context) -> None:
     head = head_revision()
     state = "up to date" if current == head else "needs `ledger db upgrade`"
     click.echo(f"current: {current or '(empty database)'}\nhead: {head}\n{state}")
+
+
+@db.command("dead-letters")
+@click.option("--all", "show_all", is_flag=True, help="Include entries already written.")
+@click.pass_context
+def db_dead_letters(ctx: click.Context, show_all: bool) -> None:
+    """List ledger entries the database refused (kept, never dropped), as JSON lines."""
+    from ledger.db import dead_letters
+    from ledger.db.engine import create_engine
+    from ledger.db.migrate import upgrade
+
+    states = [dead_letters.UNSTORED, dead_letters.SALVAGED]
+    if show_all:
+        states.append(dead_letters.WRITTEN)
+
+    async def go() -> list[dead_letters.DeadLetter]:
+        engine = create_engine(_settings(ctx).database_url, null_pool=True)
+        try:
+            await upgrade(engine)
+            return await dead_letters.list_dead_letters(engine, states=states)
+        finally:
+            await engine.dispose()
+
+    for letter in _run(go):
+        click.echo(
+            json.dumps(
+                {
+                    "request_id": letter.request_id,
+                    "state": letter.state,
+                    "attempts": letter.attempts,
+                    "first_failed_at": letter.first_failed_at.isoformat(),
+                    "last_failed_at": letter.last_failed_at.isoformat(),
+                    "error": letter.error,
+                    "changes": letter.changes,
+                    "entry": json.loads(dead_letters.entry_as_text(letter.entry)),
+                }
+            )
+        )
+
+
+@db.command("retry-dead-letters")
+@click.pass_context
+def db_retry_dead_letters(ctx: click.Context) -> None:
+    """Write the refused entries again (after fixing the cause); each lands exactly once."""
+    from ledger.db.engine import create_engine
+    from ledger.db.migrate import upgrade
+    from ledger.db.writer import RetryReport, retry_dead_letters
+
+    async def go() -> RetryReport:
+        engine = create_engine(_settings(ctx).database_url, null_pool=True)
+        try:
+            await upgrade(engine)
+            return await retry_dead_letters(engine)
+        finally:
+            await engine.dispose()
+
+    report = _run(go)
+    click.echo(
+        f"written: {len(report.written)}, salvaged: {len(report.salvaged)}, "
+        f"still refused: {len(report.refused)}"
+    )
+    if report.refused:
+        ctx.exit(1)
 
 
 # -- teams and keys ---------------------------------------------------------------------

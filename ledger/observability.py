@@ -80,6 +80,21 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        # Every process reads the same dead-letter table: the max is the count.
+        self.entries_unstored = Gauge(
+            "ledger_entries_unstored",
+            "Ledger entries the database refused and that are in no ledger row yet "
+            "(kept in ledger_dead_letters or the journal): an operator must act.",
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        self.entries_salvaged = Gauge(
+            "ledger_entries_salvaged",
+            "Ledger entries the database refused, stored as a copy cut to fit the columns "
+            "(the original is in ledger_dead_letters).",
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
         self.budget_utilisation = Gauge(
             "ledger_budget_utilisation_ratio",
             "Spent plus reserved over the limit, per budget, for the current period.",

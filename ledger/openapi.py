@@ -224,13 +224,16 @@ class AnthropicModelList(msgspec.Struct):
 
 
 class Readiness(msgspec.Struct):
-    """Ready (200) or not (503), with the check that failed."""
+    """Ready (200), degraded (200: entries the database refused await an operator) or not
+    ready (503), with the check that failed."""
 
-    status: Literal["ready", "not ready"]
+    status: Literal["ready", "degraded", "not ready"]
     ledger_backlog: int
     database: str
     migrations: str | None = None
     ledger_writes: str | None = None
+    ledger_unstored: int = 0
+    ledger_salvaged: int = 0
 
 
 # -- what Litestar cannot derive ---------------------------------------------------------------

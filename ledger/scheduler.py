@@ -31,6 +31,9 @@ from ledger.db.tables import SchedulerRun
 logger = logging.getLogger("ledger.scheduler")
 
 _RUN_HISTORY = timedelta(days=2)
+# Entries the database refused outright wait for an operator's fix; trying them every
+# five minutes writes them soon after it, at the cost of a query on a tiny table.
+DEAD_LETTER_RETRY_INTERVAL_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,7 @@ class Job:
 
 def ledger_jobs(engine: AsyncEngine, settings: Settings) -> list[Job]:
     """The jobs every Ledger scheduler runs, with their intervals from the settings."""
+    from ledger.db.writer import retry_dead_letters
     from ledger.reports.rollups import verify_rollups_job
 
     channels = settings.alert_channels
@@ -53,6 +57,8 @@ def ledger_jobs(engine: AsyncEngine, settings: Settings) -> list[Job]:
         Job("deliver_alerts", settings.alert_delivery_interval_s,
             lambda: deliver_pending(engine, channels)),
         Job("verify_rollups", 300.0, lambda: verify_rollups_job(engine)),
+        Job("retry_dead_letters", DEAD_LETTER_RETRY_INTERVAL_S,
+            lambda: retry_dead_letters(engine)),
         Job("prune_scheduler_runs", 3600.0, lambda: prune_runs(engine)),
         Job("ledger_partitions", 6 * 3600.0, lambda: ensure_partitions(engine)),
     ]  # fmt: skip

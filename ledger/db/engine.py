@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,8 @@ def create_engine(
     SQLite runs in WAL mode with a busy timeout so that readers never block the
     single writer and concurrent processes wait instead of failing.
     """
+    if is_sqlite_file(url):
+        create_private_sqlite_file(url)
     kwargs: dict[str, Any] = {}
     if null_pool:
         kwargs["poolclass"] = NullPool
@@ -54,6 +57,25 @@ def create_engine(
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
         event.listen(engine.sync_engine, "begin", _begin_sqlite)
     return engine
+
+
+def create_private_sqlite_file(url: str | URL) -> None:
+    """Create a new SQLite database file readable by its owner only (mode 0600).
+
+    It holds the generated key-hashing secret when ``LEDGER_SECRET_KEY`` is unset, and
+    the ledger. SQLite gives its ``-wal`` and ``-shm`` files the database file's mode,
+    so they are 0600 too. An existing file keeps the mode it has.
+    """
+    path = make_url(url).database
+    assert path is not None
+    if path.startswith("file:"):  # a URI filename: SQLite parses it, not us
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except (FileExistsError, FileNotFoundError):  # there already; or no directory: SQLite says
+        return
+    os.close(fd)  # an empty file is an empty SQLite database
+    os.chmod(path, 0o600)  # whatever the umask
 
 
 def create_sessionmaker(

@@ -49,6 +49,26 @@ _SEGMENT_BYTES = 64 * 1024 * 1024
 _encode = msgspec.json.Encoder().encode
 
 
+def _encoded(record: dict[str, Any]) -> bytes:
+    try:
+        return _encode(record)
+    except UnicodeEncodeError:
+        # A lone surrogate (UTF-8 cannot hold it): escaped, so the entry is still kept.
+        return json.dumps(msgspec.to_builtins(record), ensure_ascii=True).encode()
+
+
+class JournalUnavailable(Exception):
+    """The journal directory cannot be created or written: Ledger cannot start safely."""
+
+    def __init__(self, directory: Path, reason: str) -> None:
+        super().__init__(
+            f"the journal directory {directory} cannot be written ({reason}); set "
+            "LEDGER_JOURNAL_DIR (journal_dir in the config file) to a writable directory "
+            "on local disk"
+        )
+        self.directory = directory
+
+
 def journal_directory(base: str | None, database_url: str) -> Path:
     """``base`` (or a default next to a SQLite file, else ./ledger-journal) per database."""
     url = make_url(database_url)
@@ -60,6 +80,17 @@ def journal_directory(base: str | None, database_url: str) -> Path:
     else:
         root = Path("ledger-journal")
     return root / identity
+
+
+def check_journal_directory(directory: Path) -> None:
+    """Raise :class:`JournalUnavailable` unless ``directory`` can hold journal files."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".probe-{os.getpid()}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        raise JournalUnavailable(directory, exc.strerror or str(exc)) from exc
 
 
 def entry_from_json(data: dict[str, Any]) -> LedgerEntry:
@@ -182,8 +213,13 @@ class Journal:
     # -- this process's records ---------------------------------------------------------
 
     def open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._open_segment()
+        """Create the directory and this process's first file; :class:`JournalUnavailable`
+        if it cannot be written (nothing could be acknowledged safely)."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._open_segment()
+        except OSError as exc:
+            raise JournalUnavailable(self.directory, exc.strerror or str(exc)) from exc
 
     def _open_segment(self) -> None:
         self._write_unwritten()  # into the segment their requests were counted in
@@ -299,7 +335,7 @@ class Journal:
             self._unwritten_starts.clear()
         if not records:
             return
-        data = b"".join(_encode(record) + b"\n" for record in records)
+        data = b"".join(_encoded(record) + b"\n" for record in records)
         os.write(self._fd, data)
         self._size += len(data)
 

@@ -192,6 +192,32 @@ class LedgerEntryRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
+class LedgerDeadLetter(Base):
+    """A ledger entry the database refused, kept (never dropped) until it is written.
+
+    ``state`` is ``unstored`` (the entry is in no ledger row: retried until it is),
+    ``salvaged`` (a copy cut to fit the columns is in the ledger, flagged in its
+    ``error``; this row keeps the original) or ``written`` (a retry wrote the original).
+    Every column is TEXT or a number: nothing here has a length for the entry to exceed.
+    """
+
+    __tablename__ = "ledger_dead_letters"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # sha256 of the entry's identity (request id and start): a request id of any length
+    # is unique here without an index on the text itself.
+    entry_key: Mapped[str] = mapped_column(String(64), unique=True)
+    request_id: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    entry: Mapped[str] = mapped_column(Text)  # the entry as it was refused, ASCII JSON
+    error: Mapped[str] = mapped_column(Text)  # why the database refused it, last time
+    changes: Mapped[str | None] = mapped_column(Text)  # what salvage changed, if it did
+    attempts: Mapped[int] = mapped_column(Integer)
+    first_failed_at: Mapped[datetime] = mapped_column(Timestamp())
+    last_failed_at: Mapped[datetime] = mapped_column(Timestamp())
+    resolved_at: Mapped[datetime | None] = mapped_column(Timestamp())
+
+
 class Budget(Base):
     """A spending limit on one scope, per calendar period in the budget's own time zone."""
 

@@ -7,6 +7,13 @@ the batching: it is the same ``await writer.record(entry)`` at any load.
 
 Writes are idempotent by request id, so an entry replayed after an ambiguous commit is
 not written (nor settled) twice.
+
+An entry the database refuses for its data (not an outage) is never dropped: a copy cut
+to fit the columns is salvaged into the ledger when only its values did not fit, and
+the original is kept in ``ledger_dead_letters`` (:mod:`ledger.db.dead_letters`), where
+``unstored`` ones are retried until they are written. Should the dead-letter table
+refuse it too, it stays in the journal and is tried again every
+``UNSTORED_RETRY_INTERVAL_S``.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from sqlalchemy import Connection
@@ -23,7 +31,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.budgets.model import RuleIndex
 from ledger.budgets.store import Settlement, apply_settlements, load_rules_in, rules_fingerprint
-from ledger.db.engine import WriteTransactions
+from ledger.db.dead_letters import (
+    SALVAGED,
+    UNSTORED,
+    keep_in,
+    list_dead_letters,
+    resolve_in,
+    salvaged,
+)
+from ledger.db.engine import WriteTransactions, write_transaction
 from ledger.db.journal import Journal
 from ledger.db.ledger import LedgerEntry, insert_entries
 from ledger.db.writer_process import WriteFailed
@@ -32,6 +48,9 @@ from ledger.reports.rollups import apply_entries_to_rollups
 logger = logging.getLogger("ledger.writer")
 
 REPLAY_INTERVAL_S = 1.0
+# How often an entry that even the dead-letter table refused is tried again.
+UNSTORED_RETRY_INTERVAL_S = 30.0
+KEPT_IN_JOURNAL = "journal"  # refused by the ledger and the dead-letter table alike
 
 
 def write_entries_in(connection: Connection, entries: Sequence[LedgerEntry]) -> list[str]:
@@ -84,6 +103,86 @@ async def write_entries(engine: AsyncEngine, entries: Sequence[LedgerEntry]) -> 
         return await connection.run_sync(write_entries_in, entries)
 
 
+async def keep_refused(
+    engine: AsyncEngine, entry: LedgerEntry, error: str
+) -> tuple[str, list[str]]:
+    """Keep an entry the database refused: salvaged into the ledger if it can be, and
+    its original in ``ledger_dead_letters`` either way. Returns the dead-letter state
+    (``salvaged`` or ``unstored``) and what the salvaged copy changed.
+
+    Salvage and dead letter commit together: the copy's spend is settled exactly once,
+    however often the entry is refused again (the copy's request id is then in the
+    ledger, and writing it again writes and settles nothing). Raises what the database
+    raised if it refuses the dead-letter row too.
+    """
+    copy, changes = salvaged(entry)
+    if changes:
+        try:
+            async with write_transaction(engine) as connection:
+                await connection.run_sync(_salvage_in, entry, copy, error, changes)
+            return SALVAGED, changes
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            error = f"{error}; the salvaged copy was refused too ({_describe(exc)})"
+    async with write_transaction(engine) as connection:
+        await connection.run_sync(lambda c: keep_in(c, entry, error, state=UNSTORED))
+    return UNSTORED, []
+
+
+def _salvage_in(
+    connection: Connection, entry: LedgerEntry, copy: LedgerEntry, error: str, changes: list[str]
+) -> None:
+    write_entries_in(connection, [copy])
+    keep_in(connection, entry, error, state=SALVAGED, changes=changes)
+
+
+@dataclass
+class RetryReport:
+    """What one pass over the unstored dead letters did."""
+
+    written: list[str] = field(default_factory=list)  # originals now in the ledger
+    salvaged: list[str] = field(default_factory=list)  # refused again; a copy went in
+    refused: list[str] = field(default_factory=list)  # refused again, still unstored
+
+
+async def retry_dead_letters(engine: AsyncEngine) -> RetryReport:
+    """Try every ``unstored`` dead letter again (after an operator fixed the cause).
+
+    An entry written now is settled against its budgets in the same transaction that
+    marks its row ``written``; an entry already in the ledger (another process's retry)
+    writes and settles nothing. So however many processes retry, each lands once.
+    """
+    report = RetryReport()
+    for letter in await list_dead_letters(engine, states=(UNSTORED,)):
+        try:
+            async with write_transaction(engine) as connection:
+                await connection.run_sync(_retry_in, letter.entry, letter.id)
+            report.written.append(letter.request_id)
+            logger.warning("wrote dead-lettered ledger entry %s", letter.request_id)
+            continue
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            error = _describe(exc)
+        state, _ = await keep_refused(engine, letter.entry, error)
+        (report.salvaged if state == SALVAGED else report.refused).append(letter.request_id)
+    return report
+
+
+def _retry_in(connection: Connection, entry: LedgerEntry, row_id: int) -> None:
+    write_entries_in(connection, [entry])
+    resolve_in(connection, row_id)
+
+
+def _describe(exc: BaseException) -> str:
+    kind = exc.kind if isinstance(exc, WriteFailed) else type(exc).__name__
+    message = str(exc)
+    if isinstance(exc, WriteFailed) and message.startswith(f"{kind}: "):
+        message = message[len(kind) + 2 :]
+    return f"{kind}: {message}"[:2000]
+
+
 class EntryWrites(Protocol):
     """Where a batch's transaction runs: in this process, or in a writer process."""
 
@@ -126,6 +225,7 @@ class LedgerWriter:
         gather_s: float = 0.02,
         writes: EntryWrites | None = None,
     ) -> None:
+        self._engine = engine
         self._gather_s = gather_s
         self._on_commit = on_commit
         # Acknowledge on the journal only when there is one to acknowledge on.
@@ -141,6 +241,8 @@ class LedgerWriter:
             asyncio.Queue()
         )
         self._pending: list[LedgerEntry] = []  # journaled, waiting for the database
+        # Refused by the ledger and by the dead-letter table: kept in the journal only.
+        self._unstored: list[LedgerEntry] = []
         self._task: asyncio.Task[None] | None = None
         self._replayer: asyncio.Task[None] | None = None
         self.database_available = True
@@ -156,6 +258,17 @@ class LedgerWriter:
     def backlog(self) -> int:
         """Entries not yet in the database: queued, and journaled during an outage."""
         return self._queue.qsize() + len(self._pending)
+
+    @property
+    def unstored(self) -> int:
+        """Entries the database refused outright (dead-letter row included): journal only."""
+        return len(self._unstored)
+
+    def keep_unstored(self, entries: Sequence[LedgerEntry]) -> None:
+        """Hold entries no table would take (from a dead process's journal) for retry."""
+        if self._journal is not None:
+            self._journal.pending(list(entries))
+        self._unstored.extend(entries)
 
     def start(self) -> None:
         if self._task is None:
@@ -179,6 +292,11 @@ class LedgerWriter:
             logger.error(
                 "%d ledger entries stay journaled until the database is back", len(self._pending)
             )
+        if self._unstored:
+            logger.error(
+                "%d ledger entries the database refused stay in the journal (%s) for the "
+                "next start to try again", len(self._unstored), self._journal_place(),
+            )  # fmt: skip
         await self._writes.aclose()
 
     # -- the write-ahead record of requests in flight -------------------------------------
@@ -270,22 +388,63 @@ class LedgerWriter:
                 for item in batch:
                     await self._write([item])
                 return
-            self._refused(entries[0], exc)
-            _settle(batch[0][1], RuntimeError("the ledger entry could not be written"))
+            kept = await self._keep_refused(entries[0], exc)
+            if kept is None:  # the database went away meanwhile: an outage after all
+                self._outage(entries, exc)
+                kept = KEPT_IN_JOURNAL if self._journal is not None else None
+            _settle(
+                batch[0][1],
+                None if kept is not None else RuntimeError("the ledger entry could not be written"),
+            )
             return
         self.database_available = True
         self._committed(entries)
         for _, done in batch:
             _settle(done, None)
 
-    def _refused(self, entry: LedgerEntry, exc: BaseException) -> None:
-        """The database will never take this entry as it is: say so loudly, with the entry."""
-        logger.error(
-            "ledger entry %s was refused by the database (%s: %s); entry: %s",
-            entry.request_id, type(exc).__name__, exc, entry.as_row(),
-        )  # fmt: skip
+    async def _keep_refused(self, entry: LedgerEntry, exc: BaseException) -> str | None:
+        """The database will not take ``entry`` as it is: keep it, and say so loudly.
+
+        Returns where it is kept (``salvaged``, ``unstored``: the dead-letter table;
+        ``journal``: only there, or only in memory without a journal), or None if the
+        database turned out to be unreachable (the caller treats it as an outage).
+        """
+        error = _describe(exc)
+        try:
+            state, changes = await keep_refused(self._engine, entry, error)
+        except Exception as failure:
+            if is_outage(failure):
+                return None
+            logger.error(
+                "ledger entry %s was refused by the database (%s), and so was its "
+                "dead-letter row (%s): kept in the journal (%s), not dropped; tried again "
+                "every %.0f s", entry.request_id, error, _describe(failure),
+                self._journal_place(), UNSTORED_RETRY_INTERVAL_S,
+            )  # fmt: skip
+            if self._journal is not None and not self._ack_on_journal:
+                self._journal.pending([entry])
+            if entry not in self._unstored:
+                self._unstored.append(entry)
+            return KEPT_IN_JOURNAL
+        if state == SALVAGED:
+            logger.error(
+                "ledger entry %s was refused by the database (%s): kept, not dropped. A "
+                "copy cut to fit is in the ledger (%s); the original is in "
+                "ledger_dead_letters", entry.request_id, error, "; ".join(changes),
+            )  # fmt: skip
+        else:
+            logger.error(
+                "ledger entry %s was refused by the database (%s): kept, not dropped, in "
+                "ledger_dead_letters as unstored; fix the cause, then run `ledger db "
+                "retry-dead-letters` (retried every few minutes anyway)",
+                entry.request_id, error,
+            )  # fmt: skip
         if self._journal is not None:
             self._journal.done([entry.request_id])
+        return state
+
+    def _journal_place(self) -> str:
+        return str(self._journal.directory) if self._journal is not None else "no journal"
 
     def _outage(self, entries: list[LedgerEntry], exc: BaseException) -> None:
         if self.database_available:
@@ -306,10 +465,21 @@ class LedgerWriter:
             self._journal.done([entry.request_id for entry in entries])
 
     async def _replay_forever(self) -> None:
+        since_unstored = 0.0
         while True:
             await asyncio.sleep(REPLAY_INTERVAL_S)
+            since_unstored += REPLAY_INTERVAL_S
+            if self._unstored and since_unstored >= UNSTORED_RETRY_INTERVAL_S:
+                since_unstored = 0.0
+                await self.retry_unstored()
             if self._pending:
                 await self._replay()
+
+    async def retry_unstored(self) -> None:
+        """Try the entries kept in the journal only again: the ledger, then dead letters."""
+        retry, self._unstored = self._unstored, []
+        self._pending.extend(retry)
+        await self._replay()
 
     async def _replay(self) -> None:
         """Write journaled entries now that the database may be back; once each."""
@@ -325,9 +495,8 @@ class LedgerWriter:
                     try:
                         await self._writes.write([entry])
                     except Exception as single:
-                        if is_outage(single):
+                        if is_outage(single) or await self._keep_refused(entry, single) is None:
                             return
-                        self._refused(entry, single)
                     else:
                         self._committed([entry])
                     self._pending.remove(entry)

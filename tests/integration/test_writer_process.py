@@ -21,6 +21,7 @@ import openai
 import pytest
 
 from ledger.db import writer_process
+from ledger.db.dead_letters import DeadLetter, list_dead_letters
 from ledger.db.engine import create_engine
 from ledger.db.ledger import LedgerEntry, new_request_id
 from ledger.db.writer import InProcessWrites, LedgerWriter
@@ -205,7 +206,7 @@ def test_a_writer_process_starved_of_cpu_gives_way_to_one_at_normal_priority_for
     assert os.sched_getscheduler(idle) == os.SCHED_IDLE and writes.gives_way
 
 
-def test_a_refused_entry_costs_its_batch_nothing(gateway: LiveServer) -> None:
+def test_a_refused_entry_costs_its_batch_nothing_and_is_salvaged(gateway: LiveServer) -> None:
     url = gateway.settings.database_url
 
     def entry() -> LedgerEntry:
@@ -230,10 +231,24 @@ def test_a_refused_entry_costs_its_batch_nothing(gateway: LiveServer) -> None:
             await engine.dispose()
 
     outcomes = asyncio.run(record())
-    assert outcomes[0] is None and outcomes[2] is None
-    assert isinstance(outcomes[1], RuntimeError)
-    written = {row["request_id"] for row in ledger_rows(url)}
-    assert written == {good[0].request_id, good[1].request_id}
+    assert outcomes == [None, None, None]  # the bad one is kept, so its caller is answered
+    rows = {row["request_id"]: row for row in ledger_rows(url)}
+    assert set(rows) == {good[0].request_id, good[1].request_id, bad.request_id}
+    # Stored with its tokens clamped to 64 bits, flagged; the original is kept as it was.
+    assert rows[bad.request_id]["input_tokens"] == 2**63 - 1
+    assert rows[bad.request_id]["error"].startswith("Salvaged:")
+    letters = asyncio.run(_dead_letters(url))
+    assert [(d.request_id, d.state, d.entry.input_tokens) for d in letters] == [
+        (bad.request_id, "salvaged", 2**70)
+    ]
+
+
+async def _dead_letters(url: str) -> list[DeadLetter]:
+    engine = create_engine(url)
+    try:
+        return await list_dead_letters(engine)
+    finally:
+        await engine.dispose()
 
 
 def _key_with_id(gateway: LiveServer) -> tuple[str, int]:
