@@ -24,7 +24,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ledger import __version__
-from ledger.admin.credentials import admin_key_hashes, ensure_admin_key, hash_key, load_hash_secret
+from ledger.admin.credentials import (
+    admin_key_file,
+    admin_key_hashes,
+    ensure_admin_key,
+    hash_key,
+    load_hash_secret,
+    read_admin_key_file,
+    write_admin_key_file,
+)
 from ledger.admin.identity import Authenticator
 from ledger.admin.routes import AdminController
 from ledger.budgets.guard import BudgetGuard
@@ -92,8 +100,8 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         generated = await ensure_admin_key(engine, secret)
         if generated is not None:
             admin_hashes.add(hash_key(secret, generated))
-            if announce:
-                announce_admin_key(generated)
+        if announce:
+            announce_admin_key(settings, generated, secret, admin_hashes)
     await sync_prices(engine, settings.price_overrides)
     prices = LivePrices(engine)
     await prices.reload()
@@ -408,14 +416,44 @@ def app_from_environment() -> Litestar:
     return create_app(settings, serving_process=True)
 
 
-def announce_admin_key(key: str) -> None:
-    print(
-        "\n  Ledger generated an admin key. It is shown ONCE and stored only as a hash:\n\n"
-        f"      {key}\n\n"
-        "  Set LEDGER_ADMIN_KEY to use a key of your own instead.\n",
-        file=sys.stderr,
-        flush=True,
-    )
+def announce_admin_key(
+    settings: Settings, generated: str | None, secret: bytes, admin_hashes: set[str]
+) -> None:
+    """Keep a generated admin key in its 0600 file and say where; never in the log stream.
+
+    The key itself reaches only the file and, when stderr is a terminal, that terminal:
+    stderr is where the JSON log lines go, and wherever it is collected, a key among them
+    would be stored with them. On a restart the file is named again while its key works.
+    """
+    path = admin_key_file(settings.database_url, settings.journal_dir)
+    if generated is None:
+        kept = read_admin_key_file(path)
+        if kept is not None and hash_key(secret, kept) in admin_hashes:
+            logger.info("the admin key Ledger generated is in %s", path)
+        return
+    try:
+        write_admin_key_file(path, generated)
+    except OSError as exc:
+        logger.error(
+            "Ledger generated an admin key but could not write it to %s (%s); set "
+            "LEDGER_ADMIN_KEY to an admin key of your own and restart",
+            path, exc,
+        )  # fmt: skip
+    else:
+        logger.warning(
+            "Ledger generated an admin key and wrote it to %s (readable by its owner only); "
+            "only its hash is in the database",
+            path,
+        )
+    if sys.stderr.isatty():
+        print(
+            "\n  Ledger generated an admin key. It is shown once here, and kept in\n"
+            f"  {path}:\n\n"
+            f"      {generated}\n\n"
+            "  Set LEDGER_ADMIN_KEY to use a key of your own instead.\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _warn(message: str) -> None:
