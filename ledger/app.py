@@ -57,6 +57,7 @@ from ledger.providers import Provider, build_providers
 from ledger.reports.routes import REPORT_ROUTES
 from ledger.reports.usage import UsageController
 from ledger.scheduler import LedgerScheduler, ledger_jobs
+from ledger.tokens import O200K_BASE, encoding_name_for_model, get_encoding, loaded_encodings
 
 logger = logging.getLogger("ledger")
 
@@ -153,6 +154,22 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
     )  # fmt: skip
 
 
+def encodings_to_warm(settings: Settings, router: ModelRouter) -> set[str]:
+    """The encodings to build before serving: those the first requests will need.
+
+    o200k_base always (every current OpenAI model, and Anthropic's local estimate), plus
+    the encoding of each OpenAI model configured in ``[[models]]``. A legacy catalog model
+    served without ``[[models]]`` (gpt-3.5, gpt-4-turbo: cl100k_base) still builds its
+    encoding on first use: building it for every server would cost each ~23 MB of memory.
+    """
+    names = {O200K_BASE}
+    if settings.models:
+        for route in router.models():
+            if route.provider.speaks("openai"):
+                names.add(encoding_name_for_model(route.upstream_model))
+    return names
+
+
 def _writer_process(settings: Settings) -> bool:
     # An in-memory SQLite database exists only inside this process.
     return settings.writer_process and (
@@ -230,7 +247,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # What the first request would otherwise wait for is ready before the server
+        # accepts it: the encodings (a few hundred ms each, built in a thread while the
+        # database is opened) and the key lookup's compiled query.
+        loop = asyncio.get_running_loop()
+        warming = [loop.run_in_executor(None, get_encoding, O200K_BASE)]
         services = await start_services(settings, announce=announce)
+        for name in encodings_to_warm(settings, services.router) - {O200K_BASE}:
+            warming.append(loop.run_in_executor(None, get_encoding, name))
+        await services.authenticator.warm()
+        await asyncio.gather(*warming)
         holder["services"] = services
         app.state["services"] = services
         refresher = asyncio.create_task(_refresh_prices(services.prices))
@@ -313,8 +339,14 @@ async def healthz() -> dict[str, str]:
     },
 )
 async def readyz(services: Services) -> Response[dict[str, Any]]:
-    """Ready to serve: the database answers, the schema is current, the ledger is caught up."""
-    checks: dict[str, Any] = {"ledger_backlog": services.writer.backlog}
+    """Ready to serve: the database answers, the schema is current, the ledger is caught up.
+
+    ``encodings`` lists the tokenizer encodings already built (at start-up, before serving).
+    """
+    checks: dict[str, Any] = {
+        "ledger_backlog": services.writer.backlog,
+        "encodings": loaded_encodings(),  # built before the first request, not by it
+    }
     ready = True
     try:
         with anyio.fail_after(2.0):
