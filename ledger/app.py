@@ -49,7 +49,7 @@ from ledger.errors import AuthenticationFailed, InvalidRequest, LedgerError, Not
 from ledger.gateway.lifecycle import Gateway
 from ledger.gateway.routes import ROUTES as GATEWAY_ROUTES
 from ledger.gateway.routing import ModelRouter
-from ledger.http import credential_from_headers, error_response, protocol_for_path
+from ledger.http import AccessLog, credential_from_headers, error_response, protocol_for_path
 from ledger.memory import keep_freed_memory_for_reuse
 from ledger.observability import Metrics
 from ledger.openapi import Readiness, errors
@@ -282,7 +282,7 @@ def create_app(
     def service(name: str) -> Provide:
         return Provide(lambda: getattr(holder["services"], name), sync_to_thread=False)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *GATEWAY_ROUTES,
             AdminController,
@@ -320,6 +320,10 @@ def create_app(
         # default would replace it, level and JSON format included, when the app is built.
         logging_config=None,
     )
+    # Around Litestar's whole handler (exception handling and routing included), not as a
+    # route middleware: an unrouted 404 gets its access line too.
+    app.asgi_handler = AccessLog(app.asgi_handler)
+    return app
 
 
 @get("/healthz", operation_id="healthz", tags=["ops"], media_type=MediaType.JSON)
