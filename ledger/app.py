@@ -24,7 +24,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ledger import __version__
-from ledger.admin.credentials import admin_key_hashes, ensure_admin_key, hash_key, load_hash_secret
+from ledger.admin.credentials import (
+    admin_key_file,
+    admin_key_hashes,
+    ensure_admin_key,
+    hash_key,
+    load_hash_secret,
+    read_admin_key_file,
+    write_admin_key_file,
+)
 from ledger.admin.identity import Authenticator
 from ledger.admin.routes import AdminController
 from ledger.budgets.guard import BudgetGuard
@@ -43,7 +51,7 @@ from ledger.errors import AuthenticationFailed, InvalidRequest, LedgerError, Not
 from ledger.gateway.lifecycle import Gateway
 from ledger.gateway.routes import ROUTES as GATEWAY_ROUTES
 from ledger.gateway.routing import ModelRouter
-from ledger.http import credential_from_headers, error_response, protocol_for_path
+from ledger.http import AccessLog, credential_from_headers, error_response, protocol_for_path
 from ledger.memory import keep_freed_memory_for_reuse
 from ledger.observability import Metrics
 from ledger.openapi import Readiness, errors
@@ -51,6 +59,7 @@ from ledger.providers import Provider, build_providers
 from ledger.reports.routes import REPORT_ROUTES
 from ledger.reports.usage import UsageController
 from ledger.scheduler import LedgerScheduler, ledger_jobs
+from ledger.tokens import O200K_BASE, encoding_name_for_model, get_encoding, loaded_encodings
 
 logger = logging.getLogger("ledger")
 
@@ -94,8 +103,8 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         generated = await ensure_admin_key(engine, secret)
         if generated is not None:
             admin_hashes.add(hash_key(secret, generated))
-            if announce:
-                announce_admin_key(generated)
+        if announce:
+            announce_admin_key(settings, generated, secret, admin_hashes)
     await sync_prices(engine, settings.price_overrides)
     prices = LivePrices(engine)
     await prices.reload()
@@ -152,6 +161,22 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         settings, engine, sessions, authenticator, prices, router, providers, writer, journal,
         budgets, gateway, metrics, read_sessions,
     )  # fmt: skip
+
+
+def encodings_to_warm(settings: Settings, router: ModelRouter) -> set[str]:
+    """The encodings to build before serving: those the first requests will need.
+
+    o200k_base always (every current OpenAI model, and Anthropic's local estimate), plus
+    the encoding of each OpenAI model configured in ``[[models]]``. A legacy catalog model
+    served without ``[[models]]`` (gpt-3.5, gpt-4-turbo: cl100k_base) still builds its
+    encoding on first use: building it for every server would cost each ~23 MB of memory.
+    """
+    names = {O200K_BASE}
+    if settings.models:
+        for route in router.models():
+            if route.provider.speaks("openai"):
+                names.add(encoding_name_for_model(route.upstream_model))
+    return names
 
 
 def _writer_process(settings: Settings) -> bool:
@@ -245,7 +270,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # What the first request would otherwise wait for is ready before the server
+        # accepts it: the encodings (a few hundred ms each, built in a thread while the
+        # database is opened) and the key lookup's compiled query.
+        loop = asyncio.get_running_loop()
+        warming = [loop.run_in_executor(None, get_encoding, O200K_BASE)]
         services = await start_services(settings, announce=announce)
+        for name in encodings_to_warm(settings, services.router) - {O200K_BASE}:
+            warming.append(loop.run_in_executor(None, get_encoding, name))
+        await services.authenticator.warm()
+        await asyncio.gather(*warming)
         holder["services"] = services
         app.state["services"] = services
         refresher = asyncio.create_task(_refresh_prices(services.prices))
@@ -271,7 +305,7 @@ def create_app(
     def service(name: str) -> Provide:
         return Provide(lambda: getattr(holder["services"], name), sync_to_thread=False)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *GATEWAY_ROUTES,
             AdminController,
@@ -309,6 +343,10 @@ def create_app(
         # default would replace it, level and JSON format included, when the app is built.
         logging_config=None,
     )
+    # Around Litestar's whole handler (exception handling and routing included), not as a
+    # route middleware: an unrouted 404 gets its access line too.
+    app.asgi_handler = AccessLog(app.asgi_handler)
+    return app
 
 
 @get("/healthz", operation_id="healthz", tags=["ops"], media_type=MediaType.JSON)
@@ -328,8 +366,14 @@ async def healthz() -> dict[str, str]:
     },
 )
 async def readyz(services: Services) -> Response[dict[str, Any]]:
-    """Ready to serve: the database answers, the schema is current, the ledger is caught up."""
-    checks: dict[str, Any] = {"ledger_backlog": services.writer.backlog}
+    """Ready to serve: the database answers, the schema is current, the ledger is caught up.
+
+    ``encodings`` lists the tokenizer encodings already built (at start-up, before serving).
+    """
+    checks: dict[str, Any] = {
+        "ledger_backlog": services.writer.backlog,
+        "encodings": loaded_encodings(),  # built before the first request, not by it
+    }
     ready = True
     try:
         with anyio.fail_after(2.0):
@@ -458,14 +502,44 @@ def app_from_environment() -> Litestar:
     return create_app(settings, serving_process=True)
 
 
-def announce_admin_key(key: str) -> None:
-    print(
-        "\n  Ledger generated an admin key. It is shown ONCE and stored only as a hash:\n\n"
-        f"      {key}\n\n"
-        "  Set LEDGER_ADMIN_KEY to use a key of your own instead.\n",
-        file=sys.stderr,
-        flush=True,
-    )
+def announce_admin_key(
+    settings: Settings, generated: str | None, secret: bytes, admin_hashes: set[str]
+) -> None:
+    """Keep a generated admin key in its 0600 file and say where; never in the log stream.
+
+    The key itself reaches only the file and, when stderr is a terminal, that terminal:
+    stderr is where the JSON log lines go, and wherever it is collected, a key among them
+    would be stored with them. On a restart the file is named again while its key works.
+    """
+    path = admin_key_file(settings.database_url, settings.journal_dir)
+    if generated is None:
+        kept = read_admin_key_file(path)
+        if kept is not None and hash_key(secret, kept) in admin_hashes:
+            logger.info("the admin key Ledger generated is in %s", path)
+        return
+    try:
+        write_admin_key_file(path, generated)
+    except OSError as exc:
+        logger.error(
+            "Ledger generated an admin key but could not write it to %s (%s); set "
+            "LEDGER_ADMIN_KEY to an admin key of your own and restart",
+            path, exc,
+        )  # fmt: skip
+    else:
+        logger.warning(
+            "Ledger generated an admin key and wrote it to %s (readable by its owner only); "
+            "only its hash is in the database",
+            path,
+        )
+    if sys.stderr.isatty():
+        print(
+            "\n  Ledger generated an admin key. It is shown once here, and kept in\n"
+            f"  {path}:\n\n"
+            f"      {generated}\n\n"
+            "  Set LEDGER_ADMIN_KEY to use a key of your own instead.\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _warn(message: str) -> None:

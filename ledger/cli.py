@@ -123,7 +123,12 @@ def _check_journal_directory(settings: Settings) -> None:
 
 
 async def _prepare_for_workers(settings: Settings) -> None:
-    from ledger.admin.credentials import ensure_admin_key, load_hash_secret
+    from ledger.admin.credentials import (
+        admin_key_hashes,
+        ensure_admin_key,
+        hash_key,
+        load_hash_secret,
+    )
     from ledger.app import announce_admin_key
     from ledger.db.engine import create_engine
     from ledger.db.migrate import upgrade
@@ -135,8 +140,10 @@ async def _prepare_for_workers(settings: Settings) -> None:
         secret = await load_hash_secret(engine, settings.secret_key)
         if not settings.admin_key:
             generated = await ensure_admin_key(engine, secret)
+            hashes = await admin_key_hashes(engine)
             if generated is not None:
-                announce_admin_key(generated)
+                hashes.add(hash_key(secret, generated))
+            announce_admin_key(settings, generated, secret, hashes)
     finally:
         await engine.dispose()
 

@@ -1,8 +1,11 @@
-"""HTTP plumbing shared by every route: credentials, bounded bodies, error rendering."""
+"""HTTP plumbing shared by every route: credentials, bounded bodies, error rendering, and
+the access line every request gets."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
@@ -16,6 +19,43 @@ from ledger.errors import (
     anthropic_error_body,
     openai_error_body,
 )
+from ledger.observability import AccessRecord, access_logger, current_access, log_access
+
+
+class AccessLog:
+    """ASGI middleware around the whole application: one access line per HTTP request.
+
+    It wraps everything Litestar does, so an unrouted 404 or a 401 has its line too. Per
+    request it costs a clock read, a context variable and a ``send`` wrapper; the line
+    is formatted by the log handler, and not at all when INFO is off for ``ledger.access``.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not access_logger.isEnabledFor(logging.INFO):
+            await self._app(scope, receive, send)
+            return
+        record = AccessRecord(scope["method"], scope["path"], time.perf_counter())
+
+        async def send_noting_status(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                record.http_status = message["status"]
+            elif not message.get("more_body", False):
+                record.ended = time.perf_counter()
+            await send(message)
+
+        token = current_access.set(record)
+        try:
+            await self._app(scope, receive, send_noting_status)
+        except Exception:
+            if record.http_status is None:
+                record.http_status = 500  # what the server answers in its place
+            raise
+        finally:
+            current_access.reset(token)
+            log_access(record)
 
 
 def credential_from_headers(request: Request[Any, Any, Any]) -> str | None:

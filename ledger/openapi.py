@@ -230,6 +230,7 @@ class Readiness(msgspec.Struct):
     status: Literal["ready", "degraded", "not ready"]
     ledger_backlog: int
     database: str
+    encodings: list[str] = []  # tokenizer encodings already built
     migrations: str | None = None
     ledger_writes: str | None = None
     ledger_unstored: int = 0

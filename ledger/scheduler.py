@@ -3,6 +3,9 @@
 Every Ledger process may run a scheduler. Before a job runs, its process claims the
 tick by inserting ``(job, tick)`` into ``scheduler_runs``; the primary key lets exactly
 one process win, on SQLite and PostgreSQL alike. The losers skip that tick.
+
+A run that did nothing is logged at DEBUG, one that did something (alerts sent, budgets
+corrected, reservations released) at INFO, a failure at ERROR: an idle server is quiet.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sized
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import delete
@@ -36,11 +41,27 @@ _RUN_HISTORY = timedelta(days=2)
 DEAD_LETTER_RETRY_INTERVAL_S = 300.0
 
 
+def _what_it_did(result: Any) -> str | None:
+    """A job's result for the log: a count, or how many things it returned; None if nothing."""
+    if not result:
+        return None
+    return str(len(result)) if isinstance(result, Sized) else str(result)[:200]
+
+
+def _dead_letter_retry_did(report: Any) -> str | None:
+    written, salvaged, refused = (len(report.written), len(report.salvaged), len(report.refused))
+    if not (written or salvaged or refused):
+        return None
+    return f"dead letters: {written} written, {salvaged} salvaged, {refused} still refused"
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     name: str
     interval_s: float
     run: Callable[[], Awaitable[object]]
+    # What a run's result says it did, for the log; None when it did nothing.
+    did: Callable[[Any], str | None] = _what_it_did
 
 
 def ledger_jobs(engine: AsyncEngine, settings: Settings) -> list[Job]:
@@ -51,17 +72,42 @@ def ledger_jobs(engine: AsyncEngine, settings: Settings) -> list[Job]:
     channels = settings.alert_channels
     return [
         Job("budget_check", settings.budget_check_interval_s,
-            lambda: check_budgets(engine, channels)),
+            lambda: check_budgets(engine, channels), _budget_checks_did),
         Job("release_expired_reservations", settings.reservation_sweep_interval_s,
-            lambda: release_expired_reservations(engine)),
+            lambda: release_expired_reservations(engine),
+            lambda n: f"released {n} expired reservation(s)" if n else None),
         Job("deliver_alerts", settings.alert_delivery_interval_s,
-            lambda: deliver_pending(engine, channels)),
-        Job("verify_rollups", 300.0, lambda: verify_rollups_job(engine)),
+            lambda: deliver_pending(engine, channels),
+            lambda n: f"delivered {n} alert(s)" if n else None),
+        Job("verify_rollups", 300.0, lambda: verify_rollups_job(engine),
+            _rollup_check_did),
         Job("retry_dead_letters", DEAD_LETTER_RETRY_INTERVAL_S,
-            lambda: retry_dead_letters(engine)),
-        Job("prune_scheduler_runs", 3600.0, lambda: prune_runs(engine)),
-        Job("ledger_partitions", 6 * 3600.0, lambda: ensure_partitions(engine)),
+            lambda: retry_dead_letters(engine),
+            _dead_letter_retry_did),
+        Job("prune_scheduler_runs", 3600.0, lambda: prune_runs(engine),
+            lambda n: f"pruned {n} old run record(s)" if n else None),
+        Job("ledger_partitions", 6 * 3600.0, lambda: ensure_partitions(engine),
+            lambda names: f"created partitions {', '.join(names)}" if names else None),
     ]  # fmt: skip
+
+
+def _rollup_check_did(check: Any) -> str | None:
+    if check.ok:
+        return None
+    found = (
+        f"{check.missing} missing, {check.extra} extra, {check.mismatched} different rollup rows"
+    )
+    return found + (", repaired" if check.repaired else "")
+
+
+def _budget_checks_did(checks: list[Any]) -> str | None:
+    done = [
+        f"budget {c.rule.id}: "
+        + ", ".join([*c.alerts, *(["counter corrected"] if c.drift else [])])
+        for c in checks
+        if c.alerts or c.drift
+    ]
+    return "; ".join(done) or None
 
 
 async def claim_tick(engine: AsyncEngine, job: str, tick: datetime, owner: str) -> bool:
@@ -88,11 +134,20 @@ async def run_once(engine: AsyncEngine, job: Job, owner: str, now: datetime | No
     """Claim this tick of ``job`` and run it; returns whether this process ran it."""
     tick = tick_of(now or datetime.now(UTC), job.interval_s)
     if not await claim_tick(engine, job.name, tick, owner):
+        logger.debug("scheduled job %s: tick %s ran in another process", job.name, tick)
         return False
+    started = time.perf_counter()
     try:
-        await job.run()
+        result = await job.run()
     except Exception:
         logger.exception("scheduled job %s failed", job.name)
+        return True
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    did = job.did(result)
+    if did is None:
+        logger.debug("scheduled job %s: nothing to do (%.1f ms)", job.name, elapsed_ms)
+    else:
+        logger.info("scheduled job %s: %s (%.1f ms)", job.name, did, elapsed_ms)
     return True
 
 

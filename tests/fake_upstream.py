@@ -24,6 +24,8 @@ with a bad value is answered with a 400.
 ``call_tool``               with ``tools`` in the request, call the first tool with
                             ``{"city": "Paris"}`` instead of replying with text
 ``set_cookie``              (non-streaming) answer with ``Set-Cookie: provider_session=…``
+``usage_with_empty_delta``  (OpenAI streams) the usage chunk carries
+                            ``choices: [{"index": 0, "delta": {}}]`` (LiteLLM's shape), not ``[]``
 ``reply_words=N``           reply ``"word0 word1 …"`` (N words) instead of the echo
 ``cached=N``                OpenAI ``prompt_tokens_details.cached_tokens`` (clamped to
                             ``prompt_tokens``); Anthropic ``cache_read_input_tokens``
@@ -150,6 +152,7 @@ class Directives:
     fault: str | None = None
     call_tool: bool = False
     set_cookie: bool = False
+    usage_with_empty_delta: bool = False  # the usage chunk's choices: one empty delta, not []
     reply_words: int | None = None
     cached: int = 0
     cache_write: int = 0
@@ -165,7 +168,7 @@ def parse_directives(text: str) -> Directives:
     """Parse the directives in `text`; raise `DirectiveError` on a bad value."""
     values: dict[str, Any] = {}
     for word in text.split():
-        if word in ("call_tool", "set_cookie"):
+        if word in ("call_tool", "set_cookie", "usage_with_empty_delta"):
             values[word] = True
             continue
         key, sep, raw = word.partition("=")
@@ -595,7 +598,13 @@ def _openai_completion(
     return completion
 
 
-def _openai_stream(body: dict[str, Any], reply: _Reply, usage: dict[str, Any] | None) -> _Stream:
+def _openai_stream(
+    body: dict[str, Any],
+    reply: _Reply,
+    usage: dict[str, Any] | None,
+    *,
+    usage_with_empty_delta: bool = False,
+) -> _Stream:
     """The chunks of a streamed completion; `usage` None leaves out the usage chunk."""
     base = {
         "id": _new_id("chatcmpl-"),
@@ -632,7 +641,8 @@ def _openai_stream(body: dict[str, Any], reply: _Reply, usage: dict[str, Any] | 
         ]
     tail = [chunk({}, "stop" if reply.tool_name is None else "tool_calls")]
     if usage is not None:
-        tail.append(_sse({**base, "choices": [], "usage": usage}))
+        choices = [{"index": 0, "delta": {}}] if usage_with_empty_delta else []
+        tail.append(_sse({**base, "choices": choices, "usage": usage}))
     tail.append(b"data: [DONE]\n\n")
     return _Stream(
         head=[chunk(first)], content=content, tail=tail, malformed=b"data: {not json}\n\n"
@@ -975,7 +985,12 @@ class FakeUpstream:
             return await _send_json(request, _openai_completion(body, reply, usage), directives)
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        stream = _openai_stream(body, reply, usage if include_usage else None)
+        stream = _openai_stream(
+            body,
+            reply,
+            usage if include_usage else None,
+            usage_with_empty_delta=directives.usage_with_empty_delta,
+        )
         return await _send_stream(request, stream, directives)
 
     async def _messages(

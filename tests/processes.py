@@ -56,6 +56,7 @@ class LedgerProcess:
         admin_key: str = "sk-admin-test-key",
         env: dict[str, str] | None = None,
         log: Path | None = None,
+        log_level: str = "warning",
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -71,7 +72,7 @@ class LedgerProcess:
         self._args = [sys.executable, "-m", "ledger.cli"]
         if config is not None:
             self._args += ["--config", str(config)]
-        self._args += ["serve", "--port", str(self.port), "--log-level", "warning"]
+        self._args += ["serve", "--port", str(self.port), "--log-level", log_level]
         self._log_path = log
         self.process: subprocess.Popen[bytes] | None = None
 

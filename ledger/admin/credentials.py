@@ -8,20 +8,25 @@ takes the same time whatever the key.
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.db.engine import write_transaction
+from ledger.db.engine import is_sqlite_file, write_transaction
+from ledger.db.journal import journal_directory
 from ledger.db.tables import AdminCredential, InstanceSetting
 
 CLIENT_KEY_PREFIX = "sk-ledger-"
 ADMIN_KEY_PREFIX = "sk-ledger-admin-"
 _PEPPER_SETTING = "key_hash_secret"
+ADMIN_KEY_FILE = "admin-key"
 
 
 def new_client_key() -> str:
@@ -99,3 +104,41 @@ async def admin_key_hashes(engine: AsyncEngine) -> set[str]:
             select(AdminCredential.key_hash).where(AdminCredential.revoked_at.is_(None))
         )
         return set(rows.all())
+
+
+def admin_key_file(database_url: str, journal_dir: str | None = None) -> Path:
+    """Where a generated admin key is kept: beside a SQLite file, else in its journal directory.
+
+    One file per database (``./ledger.db`` → ``./ledger.db.admin-key``), so a restart on the
+    same database finds the key its first start generated.
+    """
+    if is_sqlite_file(database_url):
+        database = Path(str(make_url(database_url).database))
+        return database.with_name(database.name + "." + ADMIN_KEY_FILE)
+    return journal_directory(journal_dir, database_url) / ADMIN_KEY_FILE
+
+
+def write_admin_key_file(path: Path, key: str) -> None:
+    """Write ``key`` to ``path``, readable by its owner only (0600), replacing any older file.
+
+    Written to a new file and renamed over the old one, so the key is never readable by
+    others, not even for a moment, whatever the old file's mode was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)  # whatever the umask
+        os.write(descriptor, (key + "\n").encode())
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(temporary, path)
+
+
+def read_admin_key_file(path: Path) -> str | None:
+    """The key in ``path``, or None when there is no such (readable) file."""
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import time
 from dataclasses import dataclass
@@ -187,6 +188,13 @@ class Authenticator:
                 "Keys cannot be checked right now: the database is unreachable. Try again shortly.",
                 code="auth_unavailable",
             ) from exc
+
+    async def warm(self) -> None:
+        """Look a key up once, for no key: the query is compiled and a connection is open
+        before the first request needs them (which then waited milliseconds for both)."""
+        with contextlib.suppress(AuthenticationFailed):
+            await self._look_up("")
+        self._refused.pop("", None)
 
     def _start_lookup(self, digest: str) -> asyncio.Task[Principal]:
         task = asyncio.get_running_loop().create_task(self._look_up(digest))

@@ -56,7 +56,7 @@ from ledger.gateway.requests import (
 )
 from ledger.gateway.routing import ModelRouter, Route
 from ledger.money import format_usd
-from ledger.observability import Metrics, current_request_id
+from ledger.observability import Metrics, current_access, current_request_id
 from ledger.pricing import Price, price_cost, worst_case_cost
 from ledger.providers import UpstreamResponse, anthropic, openai
 from ledger.tokens import approximate_anthropic_prompt, count_text_tokens, estimate_prompt
@@ -152,6 +152,9 @@ class Gateway:
             )
 
         entry = self._new_entry(call, principal, started)
+        access = current_access.get()
+        if access is not None:  # the request's access line tells its entry
+            access.entry, access.key_prefix = entry, principal.key_prefix
         self._in_flight += 1
         self._idle.clear()
         current_request_id.set(entry.request_id)

@@ -59,7 +59,8 @@ class OpenAIStreamRelay:
 
     When Ledger asked for ``include_usage`` on the client's behalf, the extra usage
     chunk and the ``"usage": null`` fields are removed, so the client receives exactly
-    the stream it asked for.
+    the stream it asked for. The usage chunk is recognised by what it carries, not by
+    ``choices`` being ``[]``: some servers (LiteLLM) send it with an empty delta.
     """
 
     def __init__(
@@ -101,7 +102,7 @@ class OpenAIStreamRelay:
                     if isinstance(delta, Mapping):
                         _collect_message_text(delta, self.text)
             if self._strip_usage:
-                if usage is not None and not payload.get("choices"):
+                if usage is not None and _carries_no_choice(payload.get("choices")):
                     continue  # the usage chunk the client did not ask for
                 out.append(_without_null_usage(event.raw))
             else:
@@ -111,6 +112,29 @@ class OpenAIStreamRelay:
     def finish(self) -> bytes:
         """Whatever trailing bytes never formed a complete event."""
         return self._parser.pending
+
+
+def _carries_no_choice(choices: Any) -> bool:
+    """Whether a chunk's ``choices`` say nothing: none, or only empty deltas that do not finish.
+
+    ``[]`` is OpenAI's usage chunk; ``[{"index": 0, "delta": {}}]`` is LiteLLM's.
+    """
+    if not choices:
+        return True
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, Mapping):
+            return False
+        if choice.get("finish_reason") is not None or choice.get("logprobs") is not None:
+            return False
+        delta = choice.get("delta")
+        if delta is not None and not (
+            isinstance(delta, Mapping)
+            and all(v is None or v in ("", [], {}) for v in delta.values())
+        ):
+            return False
+    return True
 
 
 def _without_null_usage(raw: bytes) -> bytes:

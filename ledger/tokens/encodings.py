@@ -105,6 +105,11 @@ def is_loaded(name: str) -> bool:
     return name in _BUILT
 
 
+def loaded_encodings() -> list[str]:
+    """The names of the encodings built in this process so far, sorted."""
+    return sorted(_BUILT)
+
+
 _BUILT: set[str] = set()
 
 

@@ -20,6 +20,7 @@ import httpx
 import openai
 import pytest
 
+from ledger.admin.credentials import admin_key_file
 from ledger.config import Settings
 from ledger.db.migrate import head_revision
 from tests.live import ADMIN_KEY, LiveServer
@@ -28,6 +29,8 @@ LEDGER = str(Path(sys.executable).parent / "ledger")
 MODEL = "gpt-4.1-mini"
 KEY_LINE = re.compile(r"^sk-ledger-[A-Za-z0-9_-]{40,}$")
 ADMIN_KEY_PATTERN = re.compile(r"sk-ledger-admin-[A-Za-z0-9_-]+")
+# The code under test, when it is not the installed package (a checkout on PYTHONPATH).
+_PYTHONPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
 
 
 def _plain_url(database_url: str) -> str:
@@ -44,6 +47,7 @@ def _ledger(
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/tmp"),
         "LEDGER_DATABASE_URL": _plain_url(database_url) if plain_url else database_url,
+        **_PYTHONPATH,
     }
     result = subprocess.run([LEDGER, *args], env=env, capture_output=True, text=True, timeout=60)
     if check:
@@ -266,20 +270,24 @@ def _free_port() -> int:
 class _Serve:
     """``ledger serve`` in ``directory`` with nothing but PATH, HOME and LEDGER_PORT set."""
 
-    def __init__(self, directory: Path, home: Path, port: int, log: Path) -> None:
+    def __init__(
+        self, directory: Path, home: Path, port: int, log: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         env = {
             "PATH": str(Path(sys.executable).parent) + os.pathsep + "/usr/bin:/bin",
             "HOME": str(home),
             "LEDGER_PORT": str(port),
+            **_PYTHONPATH,
+            **(env or {}),
         }
         self._log_file = log.open("w")
         self.process = subprocess.Popen(
             ["ledger", "serve", "--port", str(port)],
             cwd=directory,
             env=env,
-            stdout=subprocess.DEVNULL,
+            stdout=self._log_file,  # both streams, as a service manager collects them
             stderr=self._log_file,
         )
         try:
@@ -333,12 +341,16 @@ def test_serve_with_no_configuration_just_works(new_user: tuple[Path, Path]) -> 
     port = _free_port()
     server = _Serve(directory, home, port, directory.parent / "first.log")
     try:
-        stderr = server.stderr
-        admin_keys = ADMIN_KEY_PATTERN.findall(stderr)
-        assert len(admin_keys) == 1, stderr
-        admin_key = admin_keys[0]
-        assert "shown ONCE" in stderr
-        assert "MOCK" in stderr
+        # Neither stdout nor stderr (not a terminal here) carries the generated key: they
+        # are where logs are collected. It is in a file only its owner can read.
+        output = server.stderr
+        assert not ADMIN_KEY_PATTERN.search(output), output
+        key_file = directory / "ledger.db.admin-key"
+        assert str(key_file.name) in output
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        admin_key = key_file.read_text().strip()
+        assert ADMIN_KEY_PATTERN.fullmatch(admin_key)
+        assert "MOCK" in output
 
         admin = {"authorization": f"Bearer {admin_key}"}
         team = httpx.post(server.url + "/admin/teams", json={"name": "research"}, headers=admin)
@@ -363,10 +375,12 @@ def test_serve_with_no_configuration_just_works(new_user: tuple[Path, Path]) -> 
     assert (directory / "ledger.db").is_file()
     assert "Traceback" not in server.stderr
 
-    # A restart keeps the database and the admin key, and prints no new key.
+    # A restart keeps the database and the admin key, names its file again, makes no new one.
     again = _Serve(directory, home, port, directory.parent / "second.log")
     try:
         assert not ADMIN_KEY_PATTERN.search(again.stderr), again.stderr
+        assert str(key_file.name) in again.stderr
+        assert key_file.read_text().strip() == admin_key
         teams = httpx.get(again.url + "/admin/teams", headers=admin)
         assert teams.status_code == 200
         assert [t["name"] for t in teams.json()["data"]] == ["research"]
@@ -375,3 +389,27 @@ def test_serve_with_no_configuration_just_works(new_user: tuple[Path, Path]) -> 
         again_code = again.stop()
     assert again_code == 0, again.stderr
     assert sorted(p.name for p in directory.iterdir() if not p.name.startswith("ledger.db")) == []
+
+
+def test_a_generated_admin_key_is_kept_in_a_private_file_not_in_the_output(
+    database_url: str, new_user: tuple[Path, Path]
+) -> None:
+    directory, home = new_user
+    journal = directory / "journal"
+    env = {"LEDGER_DATABASE_URL": _plain_url(database_url), "LEDGER_JOURNAL_DIR": str(journal)}
+    server = _Serve(directory, home, _free_port(), directory.parent / "serve.log", env)
+    try:
+        output = server.stderr
+        key_file = admin_key_file(database_url, str(journal))
+        if not key_file.is_absolute():
+            key_file = directory / key_file
+        assert str(key_file.name) in output
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        admin_key = key_file.read_text().strip()
+        assert not ADMIN_KEY_PATTERN.search(output), output
+        teams = httpx.get(
+            server.url + "/admin/teams", headers={"authorization": f"Bearer {admin_key}"}
+        )
+        assert teams.status_code == 200, teams.text
+    finally:
+        assert server.stop() == 0, server.stderr

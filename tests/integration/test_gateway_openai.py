@@ -177,6 +177,27 @@ def test_stream_is_relayed_and_the_injected_usage_chunk_is_hidden(gateway: LiveS
     assert Decimal(entry["cost_usd"]) > 0
 
 
+def test_a_usage_chunk_with_an_empty_delta_is_hidden_too(gateway: LiveServer) -> None:
+    # LiteLLM sends the usage chunk with choices [{"index": 0, "delta": {}}], not [].
+    client = _client(gateway, gateway.team_key())
+    with client.chat.completions.with_streaming_response.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "usage_with_empty_delta one two"}],
+        stream=True,
+    ) as response:
+        request_id = response.headers["x-ledger-request-id"]
+        chunks = list(response.parse())
+    assert all(chunk.usage is None for chunk in chunks)
+    # Every chunk the client sees says something: content, a role or the finish.
+    assert all(c.choices[0].delta.content or c.choices[0].finish_reason for c in chunks[1:])
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+    entry = gateway.entry(request_id)
+    assert entry["status"] == "ok"
+    assert entry["usage_source"] == "provider"
+    assert entry["usage"]["output_tokens"] > 0
+
+
 def test_stream_with_include_usage_keeps_the_usage_chunk(gateway: LiveServer) -> None:
     client = _client(gateway, gateway.team_key())
     stream = client.chat.completions.create(
