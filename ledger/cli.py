@@ -297,6 +297,9 @@ async def _with_session(settings: Settings, fn: Callable[..., Awaitable[T]]) -> 
         await engine.dispose()
 
 
+_ALLOWED_MODELS_HELP = "Comma-separated model name patterns it may use, e.g. 'gpt-4.1*,claude-*'."
+
+
 @main.group()
 def teams() -> None:
     """Teams."""
@@ -305,13 +308,18 @@ def teams() -> None:
 @teams.command("create")
 @click.argument("name")
 @click.option("--cost-centre", default=None)
+@click.option("--allowed-models", default=None, help=_ALLOWED_MODELS_HELP)
 @click.pass_context
-def teams_create(ctx: click.Context, name: str, cost_centre: str | None) -> None:
+def teams_create(
+    ctx: click.Context, name: str, cost_centre: str | None, allowed_models: str | None
+) -> None:
     """Create a team."""
     from ledger.admin import identity
 
     async def go(session: Any, _secret: bytes) -> Any:
-        return await identity.create_team(session, name, cost_centre=cost_centre)
+        return await identity.create_team(
+            session, name, cost_centre=cost_centre, allowed_models=allowed_models
+        )
 
     team = _run(lambda: _with_session(_settings(ctx), go))
     click.echo(f"created team {team.name} (id {team.id})")
@@ -337,14 +345,15 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--team", required=True)
 @click.option("--name", default="default")
+@click.option("--allowed-models", default=None, help=_ALLOWED_MODELS_HELP)
 @click.pass_context
-def keys_create(ctx: click.Context, team: str, name: str) -> None:
+def keys_create(ctx: click.Context, team: str, name: str, allowed_models: str | None) -> None:
     """Create a key; it is printed once, alone on the last line."""
     from ledger.admin import identity
 
     async def go(session: Any, secret: bytes) -> Any:
         found = await identity.get_team_by_name(session, team)
-        return await identity.create_key(session, secret, found, name)
+        return await identity.create_key(session, secret, found, name, allowed_models)
 
     key, plaintext = _run(lambda: _with_session(_settings(ctx), go))
     click.echo(f"created key {key.id} ({key.prefix}…) for team {team}; it is shown only now:")

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+from ledger.access import PatternError, Patterns, parse_patterns
 
 ProviderKind = Literal["openai", "anthropic", "mock"]
 PROVIDER_KINDS: tuple[str, ...] = ("openai", "anthropic", "mock")
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./ledger.db"
+# The provider that serves every model when no [[providers]] are configured
+# (ledger.providers.MOCK_PROVIDER_NAME; a lower layer cannot import it).
+MOCK_PROVIDER = "mock"
 
 
 class ConfigError(ValueError):
@@ -72,6 +78,9 @@ class Settings:
     providers: tuple[ProviderConfig, ...] = ()
     models: tuple[ModelConfig, ...] = ()
     price_overrides: tuple[Mapping[str, Any], ...] = ()
+    # Model name patterns every request must match (None: any routed, priced model);
+    # teams and keys may narrow it further (ledger.access).
+    allowed_models: Patterns | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     # What a provider may send back: a response read whole (before and after decoding),
     # one event of a stream, and how far a gzip/deflate body may inflate. Past any of
@@ -142,6 +151,7 @@ _ENV_FIELDS: dict[str, type] = {
 # Limits where 0 or less would refuse every answer rather than mean "no limit".
 _POSITIVE_FIELDS = ("max_response_bytes", "max_event_bytes", "max_decompression_ratio")
 _SECTIONS = frozenset({"providers", "models", "prices", "alert_channels"})
+_LIST_FIELDS = frozenset({"allowed_models"})  # a TOML list, or comma-separated in LEDGER_*
 
 
 def load_settings(
@@ -159,7 +169,7 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
 
-    unknown = sorted(set(data) - set(_ENV_FIELDS) - _SECTIONS)
+    unknown = sorted(set(data) - set(_ENV_FIELDS) - _SECTIONS - _LIST_FIELDS)
     if unknown:
         # A typo such as `databse_url` must not silently fall back to the default.
         raise ConfigError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
@@ -176,15 +186,25 @@ def load_settings(
     for name in ("database_url", "reports_database_url"):
         if name in values:
             values[name] = normalise_database_url(values[name])
+    for name in _LIST_FIELDS:
+        env_name = f"LEDGER_{name.upper()}"
+        for source, raw in ((name, data.get(name)), (env_name, env.get(env_name) or None)):
+            if raw is not None:
+                try:
+                    values[name] = parse_patterns(raw)
+                except PatternError as exc:
+                    raise ConfigError(f"{source}: {exc}") from exc
 
     providers = tuple(_provider(p, env) for p in _table_list(data, "providers"))
     provider_names = [p.name for p in providers]
     if len(set(provider_names)) != len(provider_names):
         raise ConfigError("provider names must be unique")
     models = tuple(_model(m, set(provider_names)) for m in _table_list(data, "models"))
-    prices = tuple(_table_list(data, "prices"))
-    for table in prices:
-        _check_price(table)
+    served_by = {m.name: m.provider for m in models}
+    prices = tuple(
+        _price_with_provider(table, served_by, provider_names)
+        for table in _table_list(data, "prices")
+    )
     channels = tuple(_alert_channel(c, env) for c in _table_list(data, "alert_channels"))
     return Settings(
         **values,
@@ -275,15 +295,67 @@ def _model(table: Mapping[str, Any], providers: set[str]) -> ModelConfig:
     )
 
 
-def _check_price(table: Mapping[str, Any]) -> None:
-    """Refuse a bad ``[[prices]]`` entry now, rather than when the server starts."""
-    from ledger.pricing import PriceError, price_from_mapping
+def _price_with_provider(
+    table: Mapping[str, Any], served_by: Mapping[str, str], providers: list[str]
+) -> Mapping[str, Any]:
+    """A ``[[prices]]`` entry with its provider filled in, checked now rather than at start."""
+    from ledger.pricing import PriceError, load_catalog, price_from_mapping
+    from ledger.pricing.book import PriceBook
 
-    data = {"effective_from": "1970-01-01", "source": "config file", **table}
+    model = table.get("model")
     try:
-        price_from_mapping(data)
-    except PriceError as exc:
-        raise ConfigError(f"[[prices]] entry {table.get('model')!r}: {exc}") from exc
+        if "provider" not in table and isinstance(model, str) and model:
+            catalog = PriceBook(load_catalog())
+            table = {
+                **table,
+                "provider": provider_for_price(
+                    model,
+                    served_by=served_by,
+                    known_provider=lambda name: _latest_provider(catalog, name),
+                    providers=providers,
+                ),
+            }
+        price_from_mapping({"effective_from": "1970-01-01", "source": "config file", **table})
+    except (PriceError, ConfigError) as exc:
+        raise ConfigError(f"[[prices]] entry {model!r}: {exc}") from exc
+    return table
+
+
+def provider_for_price(
+    model: str,
+    *,
+    served_by: Mapping[str, str],
+    known_provider: Callable[[str], str | None],
+    providers: list[str],
+) -> str:
+    """The provider a price of ``model`` belongs to, when the price does not say.
+
+    The route decides: a ``[[models]]`` entry's provider; else the provider of the
+    model's known price (the catalog, or an earlier override: a dated alias finds its
+    model's); else the only provider configured (the mock, with none). Several
+    providers and a model nobody routes yet is ambiguous: refused, naming the choices.
+    """
+    if model in served_by:
+        return served_by[model]
+    known = known_provider(model)
+    if known:
+        return known
+    choices = providers or [MOCK_PROVIDER]
+    if len(choices) == 1:
+        return choices[0]
+    raise ConfigError(
+        f"provider is needed: {model!r} is neither a [[models]] entry nor a known model, "
+        f"and {len(choices)} providers could serve it; set provider to one of "
+        f"{', '.join(repr(c) for c in choices)}"
+    )
+
+
+def _latest_provider(book: Any, model: str) -> str | None:
+    price = book.price_at(model, _END_OF_TIME)
+    return price.provider if price is not None else None
+
+
+_END_OF_TIME = datetime(9999, 1, 1, tzinfo=UTC)  # the latest version of a price
 
 
 def _refuse_unknown_keys(table: Mapping[str, Any], known: frozenset[str], what: str) -> None:

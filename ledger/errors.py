@@ -70,13 +70,14 @@ class AuthenticationFailed(LedgerError):
 class PermissionDenied(LedgerError):
     """The key is valid but may not do this (403)."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, code: str = "permission_denied", param: str | None = None):
         super().__init__(
             message,
             status=403,
             openai_type="permission_error",
             anthropic_type="permission_error",
-            code="permission_denied",
+            code=code,
+            param=param,
         )
 
 

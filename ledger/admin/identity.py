@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hmac
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -13,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ledger.access import PatternError, Patterns, parse_patterns, storable, stored_patterns
 from ledger.admin.credentials import display_prefix, hash_key, new_client_key
 from ledger.db.tables import ApiKey, Team
 from ledger.errors import (
@@ -37,6 +39,10 @@ class Principal:
     team_name: str | None = None
     key_id: int | None = None
     key_prefix: str | None = None
+    # The team's and the key's allowed_models patterns (None: no restriction), cached
+    # with the key, so a change reaches other processes within the key cache's TTL.
+    team_allowed_models: Patterns | None = None
+    key_allowed_models: Patterns | None = None
 
 
 ADMIN = Principal(is_admin=True)
@@ -83,6 +89,10 @@ class FailureThrottle:
 
 
 _REFUSED = "Invalid or revoked API key."
+_PRINCIPAL_COLUMNS = (
+    ApiKey.id, ApiKey.prefix, ApiKey.revoked_at, Team.id, Team.name,
+    Team.allowed_models, ApiKey.allowed_models,
+)  # fmt: skip
 
 
 class Authenticator:
@@ -207,7 +217,7 @@ class Authenticator:
         async with self._sessions() as session:
             row = (
                 await session.execute(
-                    select(ApiKey.id, ApiKey.prefix, ApiKey.revoked_at, Team.id, Team.name)
+                    select(*_PRINCIPAL_COLUMNS)
                     .join(Team, Team.id == ApiKey.team_id)
                     .where(ApiKey.key_hash == digest)
                 )
@@ -219,8 +229,9 @@ class Authenticator:
             self._refused[digest] = time.monotonic() + self._refused_ttl_s
             raise AuthenticationFailed(_REFUSED)
         principal = Principal(
-            is_admin=False, team_id=row[3], team_name=row[4], key_id=row[0], key_prefix=row[1]
-        )
+            is_admin=False, team_id=row[3], team_name=row[4], key_id=row[0], key_prefix=row[1],
+            team_allowed_models=stored_patterns(row[5]), key_allowed_models=stored_patterns(row[6]),
+        )  # fmt: skip
         if generation == self._generation:
             if len(self._cache) >= self._max_cached:
                 self._cache.clear()
@@ -228,10 +239,17 @@ class Authenticator:
         return principal
 
     def forget_key(self, key_id: int) -> None:
-        """Drop a revoked key from this process's cache."""
+        """Drop a revoked (or changed) key from this process's cache."""
+        self._forget(lambda principal: principal.key_id == key_id)
+
+    def forget_team(self, team_id: int) -> None:
+        """Drop every key of a changed team from this process's cache."""
+        self._forget(lambda principal: principal.team_id == team_id)
+
+    def _forget(self, matches: Callable[[Principal], bool]) -> None:
         self._generation += 1
         for digest, (principal, _) in list(self._cache.items()):
-            if principal.key_id == key_id:
+            if matches(principal):
                 del self._cache[digest]
 
 
@@ -246,7 +264,12 @@ def _consume_exception(task: asyncio.Task[Principal]) -> None:
 
 
 async def create_team(
-    session: AsyncSession, name: str, *, cost_centre: str | None = None, markup_bps: int = 0
+    session: AsyncSession,
+    name: str,
+    *,
+    cost_centre: str | None = None,
+    markup_bps: int = 0,
+    allowed_models: object = None,
 ) -> Team:
     name = name.strip()
     if not name or len(name) > 100:
@@ -255,8 +278,9 @@ async def create_team(
         # SQLite would store it whole and PostgreSQL refuse it: refuse it the same way on both.
         raise InvalidRequest("cost_centre must be at most 100 characters", param="cost_centre")
     team = Team(
-        name=name, cost_centre=cost_centre, markup_bps=markup_bps, created_at=datetime.now(UTC)
-    )
+        name=name, cost_centre=cost_centre, markup_bps=markup_bps, created_at=datetime.now(UTC),
+        allowed_models=storable(allowed_patterns(allowed_models)),
+    )  # fmt: skip
     session.add(team)
     try:
         await session.flush()
@@ -267,6 +291,28 @@ async def create_team(
 
 async def list_teams(session: AsyncSession) -> list[Team]:
     return list((await session.scalars(select(Team).order_by(Team.id))).all())
+
+
+async def set_team_allowed_models(
+    session: AsyncSession, team_id: int, allowed_models: object
+) -> Team:
+    """Replace a team's ``allowed_models`` (``None`` lifts the restriction)."""
+    team = await session.get(Team, team_id)
+    if team is None:
+        raise NotFound(f"no team with id {team_id}")
+    team.allowed_models = storable(allowed_patterns(allowed_models))
+    await session.flush()
+    return team
+
+
+def allowed_patterns(value: object) -> Patterns | None:
+    """``allowed_models`` as an admin sent it: ``None`` (no restriction) or patterns."""
+    if value is None:
+        return None
+    try:
+        return parse_patterns(value)
+    except PatternError as exc:
+        raise InvalidRequest(str(exc), param="allowed_models") from exc
 
 
 async def get_team_by_name(session: AsyncSession, name: str) -> Team:
@@ -280,7 +326,7 @@ async def get_team_by_name(session: AsyncSession, name: str) -> Team:
 
 
 async def create_key(
-    session: AsyncSession, secret: bytes, team: Team, name: str
+    session: AsyncSession, secret: bytes, team: Team, name: str, allowed_models: object = None
 ) -> tuple[ApiKey, str]:
     """Create a key for ``team``; the plaintext is returned here and never again."""
     name = name.strip() or "default"
@@ -293,6 +339,7 @@ async def create_key(
         prefix=display_prefix(plaintext),
         key_hash=hash_key(secret, plaintext),
         created_at=datetime.now(UTC),
+        allowed_models=storable(allowed_patterns(allowed_models)),
     )
     session.add(key)
     await session.flush()
@@ -304,6 +351,18 @@ async def list_keys(session: AsyncSession, team_id: int | None = None) -> list[t
     if team_id is not None:
         query = query.where(ApiKey.team_id == team_id)
     return [(key, team_name) for key, team_name in (await session.execute(query)).all()]
+
+
+async def set_key_allowed_models(
+    session: AsyncSession, key_id: int, allowed_models: object
+) -> ApiKey:
+    """Replace a key's ``allowed_models`` (``None`` lifts the restriction)."""
+    key = await session.get(ApiKey, key_id)
+    if key is None:
+        raise NotFound(f"no key with id {key_id}")
+    key.allowed_models = storable(allowed_patterns(allowed_models))
+    await session.flush()
+    return key
 
 
 async def revoke_key(session: AsyncSession, key_id: int) -> ApiKey:

@@ -6,13 +6,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from litestar import Controller, delete, get, post
+from litestar import Controller, delete, get, patch, post
+from litestar.datastructures import State
 from litestar.di import Provide
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ledger.access import Patterns
 from ledger.admin import identity
 from ledger.admin.identity import Authenticator, Principal
 from ledger.auth import provide_admin
+from ledger.config import ConfigError, Settings, provider_for_price
 from ledger.db.prices import LivePrices, insert_prices, list_price_rows
 from ledger.errors import InvalidRequest
 from ledger.money import format_usd
@@ -24,11 +27,17 @@ class TeamIn(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     cost_centre: str | None = None
     markup_percent: str = "0"
+    allowed_models: list[str] | None = None  # model name patterns; None: no restriction
 
 
 class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
     team: str
     name: str = "default"
+    allowed_models: list[str] | None = None  # narrows the team's, never widens it
+
+
+class AllowedModelsIn(msgspec.Struct, forbid_unknown_fields=True):
+    allowed_models: list[str] | None  # required: null lifts the restriction
 
 
 def team_out(team: Any) -> dict[str, Any]:
@@ -37,6 +46,7 @@ def team_out(team: Any) -> dict[str, Any]:
         "name": team.name,
         "cost_centre": team.cost_centre,
         "markup_percent": _bps_to_percent(team.markup_bps),
+        "allowed_models": _patterns_out(team.allowed_models),
         "created_at": team.created_at.isoformat(),
     }
 
@@ -47,6 +57,7 @@ def key_out(key: Any, team_name: str) -> dict[str, Any]:
         "team": team_name,
         "name": key.name,
         "prefix": key.prefix,
+        "allowed_models": _patterns_out(key.allowed_models),
         "created_at": key.created_at.isoformat(),
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
     }
@@ -64,8 +75,24 @@ class AdminController(Controller):
         markup_bps = _percent_to_bps(data.markup_percent)
         async with sessions.begin() as session:
             team = await identity.create_team(
-                session, data.name, cost_centre=data.cost_centre, markup_bps=markup_bps
-            )
+                session, data.name, cost_centre=data.cost_centre, markup_bps=markup_bps,
+                allowed_models=data.allowed_models,
+            )  # fmt: skip
+        return team_out(team)
+
+    @patch("/teams/{team_id:int}", operation_id="updateTeam", responses=admin_errors(400, 404))
+    async def update_team(
+        self,
+        team_id: int,
+        data: AllowedModelsIn,
+        admin: Principal,
+        sessions: async_sessionmaker[AsyncSession],
+        authenticator: Authenticator,
+    ) -> dict[str, Any]:
+        """Replace the team's ``allowed_models``; its keys' cached copies are dropped here."""
+        async with sessions.begin() as session:
+            team = await identity.set_team_allowed_models(session, team_id, data.allowed_models)
+        authenticator.forget_team(team_id)
         return team_out(team)
 
     @get("/teams", operation_id="listTeams", responses=admin_errors())
@@ -88,7 +115,7 @@ class AdminController(Controller):
         async with sessions.begin() as session:
             team = await identity.get_team_by_name(session, data.team)
             key, plaintext = await identity.create_key(
-                session, authenticator.secret, team, data.name
+                session, authenticator.secret, team, data.name, data.allowed_models
             )
         return {**key_out(key, team.name), "key": plaintext}
 
@@ -99,6 +126,22 @@ class AdminController(Controller):
         async with sessions() as session:
             keys = await identity.list_keys(session)
         return {"data": [key_out(key, team) for key, team in keys]}
+
+    @patch("/keys/{key_id:int}", operation_id="updateKey", responses=admin_errors(400, 404))
+    async def update_key(
+        self,
+        key_id: int,
+        data: AllowedModelsIn,
+        admin: Principal,
+        sessions: async_sessionmaker[AsyncSession],
+        authenticator: Authenticator,
+    ) -> dict[str, Any]:
+        """Replace the key's ``allowed_models``; its cached copy is dropped here."""
+        async with sessions.begin() as session:
+            key = await identity.set_key_allowed_models(session, key_id, data.allowed_models)
+            team = await session.get(identity.Team, key.team_id)
+        authenticator.forget_key(key_id)
+        return key_out(key, team.name if team else "")
 
     @delete(
         "/keys/{key_id:int}",
@@ -121,15 +164,16 @@ class AdminController(Controller):
 
     @post("/prices", operation_id="createPrice", responses=admin_errors(400, 413))
     async def create_price(
-        self, data: dict[str, Any], admin: Principal, prices: LivePrices
+        self, data: dict[str, Any], admin: Principal, prices: LivePrices, state: State
     ) -> dict[str, Any]:
-        """Add a price version (effective now unless ``effective_from`` says otherwise)."""
+        """Add a price version (effective now unless ``effective_from`` says otherwise).
+
+        Without ``provider``, the model's route names it (see ``provider_for_price``).
+        """
         fields = dict(data)
         fields.setdefault("effective_from", datetime.now(UTC).isoformat())
-        if "provider" not in fields and isinstance(fields.get("model"), str):
-            # A new version of a known model keeps its provider unless told otherwise.
-            current = prices.price_at(fields["model"], datetime.now(UTC))
-            fields["provider"] = current.provider if current else ""
+        if "provider" not in fields and isinstance(fields.get("model"), str) and fields["model"]:
+            fields["provider"] = _provider_for(fields["model"], state["settings"], prices)
         fields.setdefault("source", "admin API")
         try:
             price = price_from_mapping(fields)
@@ -179,6 +223,28 @@ def price_row_out(row: Any) -> dict[str, Any]:
         "long_context_threshold": row.long_context_threshold,
         "free": row.free,
     }
+
+
+def _provider_for(model: str, settings: Settings, prices: LivePrices) -> str:
+    def known(name: str) -> str | None:
+        # The latest version's: a new version of a known model keeps its provider.
+        price = prices.price_at(name, datetime(9999, 1, 1, tzinfo=UTC))
+        return price.provider if price is not None else None
+
+    try:
+        return provider_for_price(
+            model,
+            served_by={m.name: m.provider for m in settings.models},
+            known_provider=known,
+            providers=[p.name for p in settings.providers],
+        )
+    except ConfigError as exc:
+        raise InvalidRequest(str(exc), param="provider") from exc
+
+
+def _patterns_out(stored: str | None) -> list[str] | None:
+    patterns: Patterns | None = identity.stored_patterns(stored)
+    return list(patterns) if patterns is not None else None
 
 
 def _percent_to_bps(value: str) -> int:

@@ -74,6 +74,8 @@ class Team(Base):
     # Chargeback markup in basis points (1250 = 12.50 %): exact, no float.
     markup_bps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(Timestamp())
+    # Comma-separated model name patterns the team's keys may use; NULL: no restriction.
+    allowed_models: Mapped[str | None] = mapped_column(Text)
 
 
 class ApiKey(Base):
@@ -86,6 +88,7 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp())
     revoked_at: Mapped[datetime | None] = mapped_column(Timestamp())
+    allowed_models: Mapped[str | None] = mapped_column(Text)  # as on Team, for this key
 
 
 class AdminCredential(Base):

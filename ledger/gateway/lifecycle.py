@@ -177,6 +177,7 @@ class Gateway:
             route = self._router.resolve(request.model)
             if not route.provider.speaks(request.protocol):
                 raise InvalidRequest(_wrong_protocol_message(route, request), param="model")
+            self._router.check_allowed(principal, route, self._router.price_of(route, started))
             price = self._price(route, started)
             priced = (route, price)
             entry.served_model = route.upstream_model
@@ -306,9 +307,7 @@ class Gateway:
         return replace(parsed, rewritten=True) if rewritten else parsed
 
     def _price(self, route: Route, at: datetime) -> Price:
-        price = self._prices.price_at(route.model, at) or self._prices.price_at(
-            route.upstream_model, at
-        )
+        price = self._router.price_of(route, at)
         if route.free:
             return Price(
                 model=route.model, provider=route.provider.name, effective_from=at,

@@ -295,7 +295,7 @@ _MODELS = {
 async def list_models(
     request: Request[Any, Any, Any], router: ModelRouter, authenticator: Authenticator
 ) -> Response[bytes]:
-    """The models this gateway serves, in OpenAI's shape or, for Anthropic clients, theirs."""
+    """The models this key may use (routed, priced, allowed), in OpenAI's or Anthropic's shape."""
     return await _models(request, router, authenticator)
 
 
@@ -313,10 +313,12 @@ async def _models(
 ) -> Response[bytes]:
     protocol = "anthropic" if "anthropic-version" in request.headers else "openai"
     try:
-        await authenticator.authenticate(credential_from_headers(request), client_address(request))
+        principal = await authenticator.authenticate(
+            credential_from_headers(request), client_address(request)
+        )
     except LedgerError as error:
         return error_response(error, protocol)
-    routes = router.models()
+    routes = router.models(principal)  # what this key may use, priced, and nothing else
     if protocol == "anthropic":
         data = [
             {

@@ -252,6 +252,7 @@ def test_no_route_of_any_kind_forwards_an_unauthenticated_request(
     gateway: LiveServer, fake_upstream: FakeUpstream, http: httpx.Client
 ) -> None:
     values = {"request_id": "req_x", "month": "2020-01", "budget_id": "1", "key_id": "1"}
+    values |= {"team_id": "1"}
     values |= {"file_path": "dashboard.css", "path": "openapi.json"}
     for route in _routes(create_app(gateway.settings, announce=False)):
         marker = f"m-{uuid.uuid4().hex}"
@@ -335,7 +336,11 @@ def test_admin_routes_refuse_team_keys(
 ) -> None:
     alpha, bravo = teams
     values = {"budget_id": str(bravo.budget_id), "key_id": str(bravo.key_id), "month": "2020-01"}
+    listed = gateway.admin.get("/admin/teams").json()["data"]
+    values["team_id"] = str(next(t["id"] for t in listed if t["name"] == bravo.name))
     bodies: dict[str, Any] = {
+        "updateTeam": {"allowed_models": ["nothing-at-all"]},
+        "updateKey": {"allowed_models": ["nothing-at-all"]},
         "createTeam": {"name": "intruders"},
         "createKey": {"team": alpha.name},
         "createBudget": {"team": alpha.name, "limit_usd": "1.00"},
@@ -363,6 +368,8 @@ def test_admin_routes_refuse_team_keys(
         "100.000000000"
     )
     assert "intruders" not in gateway.admin.get("/admin/teams").text
+    assert "nothing-at-all" not in gateway.admin.get("/admin/teams").text
+    assert "nothing-at-all" not in gateway.admin.get("/admin/keys").text
 
 
 # -- the provider key never leaks -------------------------------------------------------------

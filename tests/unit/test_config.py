@@ -256,3 +256,74 @@ def test_what_a_provider_may_send_back_is_bounded_by_default_and_configurable() 
     assert settings.max_decompression_ratio == 20
     with pytest.raises(ConfigError, match="max_event_bytes must be at least 1"):
         load_settings(env={"LEDGER_MAX_EVENT_BYTES": "0"})
+
+
+# -- a price's provider comes from the model's route --------------------------------------
+
+TWO_PROVIDERS = """
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+
+[[providers]]
+name = "claude"
+kind = "anthropic"
+base_url = "https://api.anthropic.com"
+"""
+
+
+def _price_toml(model: str) -> str:
+    return f'\n[[prices]]\nmodel = "{model}"\ninput = "0.40"\noutput = "1.60"\n'
+
+
+def _provider_of_price(tmp_path: Path, text: str) -> str:
+    settings = load_settings(env={}, config_file=_write(tmp_path, text))
+    (price,) = settings.price_overrides
+    return price["provider"]
+
+
+def test_a_price_without_provider_takes_the_provider_of_its_models_entry(tmp_path: Path) -> None:
+    text = TWO_PROVIDERS + '\n[[models]]\nname = "house-model"\nprovider = "claude"\n'
+    assert _provider_of_price(tmp_path, text + _price_toml("house-model")) == "claude"
+
+
+def test_a_price_without_provider_of_a_catalog_model_keeps_the_catalogs(tmp_path: Path) -> None:
+    assert _provider_of_price(tmp_path, TWO_PROVIDERS + _price_toml("gpt-4.1-mini")) == "openai"
+    # A dated snapshot finds its model's entry.
+    snapshot = _price_toml("claude-haiku-4-5-20251001")
+    assert _provider_of_price(tmp_path, TWO_PROVIDERS + snapshot) == "anthropic"
+
+
+def test_a_price_of_a_new_model_goes_to_the_only_provider(tmp_path: Path) -> None:
+    assert _provider_of_price(tmp_path, _price_toml("house-model")) == "mock"
+    one = TWO_PROVIDERS.split("\n\n[[providers]]")[0]
+    assert _provider_of_price(tmp_path, one + _price_toml("house-model")) == "openai"
+
+
+def test_a_price_of_a_new_model_with_several_providers_is_refused_naming_them(
+    tmp_path: Path,
+) -> None:
+    path = _write(tmp_path, TWO_PROVIDERS + _price_toml("house-model"))
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env={}, config_file=path)
+    message = str(raised.value)
+    assert "[[prices]] entry 'house-model'" in message
+    assert "'openai', 'claude'" in message
+
+
+def test_an_explicit_provider_is_kept(tmp_path: Path) -> None:
+    text = TWO_PROVIDERS + _price_toml("house-model") + 'provider = "claude"\n'
+    assert _provider_of_price(tmp_path, text) == "claude"
+
+
+def test_allowed_models_come_from_a_toml_list_or_a_comma_separated_variable(
+    tmp_path: Path,
+) -> None:
+    path = _write(tmp_path, 'allowed_models = ["gpt-4.1*", "claude-*"]\n')
+    assert load_settings(env={}, config_file=path).allowed_models == ("gpt-4.1*", "claude-*")
+    env = {"LEDGER_ALLOWED_MODELS": "o3, gpt-5*"}
+    assert load_settings(env=env, config_file=path).allowed_models == ("o3", "gpt-5*")
+    assert load_settings(env={}).allowed_models is None
+    with pytest.raises(ConfigError, match="allowed_models"):
+        load_settings(env={}, config_file=_write(tmp_path, "allowed_models = []\n"))
