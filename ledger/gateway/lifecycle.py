@@ -11,6 +11,7 @@ exactly one ledger entry. Nothing here knows about HTTP frameworks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -57,7 +58,13 @@ from ledger.pricing import Price, price_cost, worst_case_cost
 from ledger.providers import UpstreamResponse, anthropic, openai
 from ledger.redaction import Redactor
 from ledger.tokens import approximate_anthropic_prompt, count_text_tokens, estimate_prompt_tokens
-from ledger.usage import MAX_ENTRY_COST_NANOS, ImplausibleUsage, Usage, implausibility
+from ledger.usage import (
+    MAX_ENTRY_COST_NANOS,
+    ImplausibleUsage,
+    Usage,
+    implausibility,
+    reported_count,
+)
 
 logger = logging.getLogger("ledger.gateway")
 
@@ -358,9 +365,10 @@ class Gateway:
         except (LedgerError, TimeoutError):
             return None
         if response.status == 200 and isinstance(payload, dict):
-            tokens = payload.get("input_tokens")
-            if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
-                return tokens
+            # The estimate prices the request when usage is lost or not believed, so a
+            # count that is not plausible falls back to Ledger's own estimate.
+            with contextlib.suppress(ImplausibleUsage):
+                return reported_count(payload.get("input_tokens"), "input_tokens") or None
         return None
 
     def _output_cap(self, request: ParsedRequest, scope: RequestScope) -> int | None:
@@ -422,8 +430,14 @@ class Gateway:
             await upstream.aclose()
             payload = _json_or_none(body)
             tokens = payload.get("input_tokens") if isinstance(payload, dict) else None
-            if not isinstance(tokens, int):
-                raise UpstreamFailed("The provider's count_tokens answer has no input_tokens.")
+            try:
+                tokens = reported_count(tokens, "input_tokens") if tokens is not None else None
+            except ImplausibleUsage:
+                tokens = None
+            if tokens is None:
+                raise UpstreamFailed(
+                    "The provider's count_tokens answer has no plausible input_tokens."
+                )
             headers = dict(upstream.headers)
         else:
             tokens = approximate_anthropic_prompt(request.body)
