@@ -53,9 +53,10 @@ from ledger.gateway.routes import ROUTES as GATEWAY_ROUTES
 from ledger.gateway.routing import ModelRouter
 from ledger.http import AccessLog, credential_from_headers, error_response, protocol_for_path
 from ledger.memory import keep_freed_memory_for_reuse
-from ledger.observability import Metrics
+from ledger.observability import Metrics, redact_logs
 from ledger.openapi import Readiness, errors
 from ledger.providers import Provider, build_providers
+from ledger.redaction import Redactor
 from ledger.reports.routes import REPORT_ROUTES
 from ledger.reports.usage import UsageController
 from ledger.scheduler import LedgerScheduler, ledger_jobs
@@ -109,6 +110,10 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
     prices = LivePrices(engine)
     await prices.reload()
     providers = build_providers(settings)
+    # A provider may echo its key in an error: cut every configured key out of what is
+    # relayed, stored and logged.
+    redactor = Redactor(provider.api_key for provider in settings.providers)
+    redact_logs(redactor)
     if announce and settings.uses_mock_provider:
         _warn(
             "No providers are configured: every catalog model is served by the built-in MOCK "
@@ -156,6 +161,7 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         max_event_bytes=settings.max_event_bytes,
+        redactor=redactor,
     )
     return Services(
         settings, engine, sessions, authenticator, prices, router, providers, writer, journal,

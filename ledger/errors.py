@@ -139,6 +139,23 @@ class UpstreamFailed(LedgerError):
         self.may_have_billed = may_have_billed
 
 
+class UpstreamCredentialsRefused(UpstreamFailed):
+    """The provider refused Ledger's own key (its 401 or 403): a 502, not the client's fault.
+
+    Relayed as it came, a provider's 401 would tell the client that *its* key is wrong,
+    and the SDKs would say so. Retrying will not help until an operator fixes the key.
+    """
+
+    def __init__(self, provider: str):
+        super().__init__(
+            f"The provider refused the gateway's credentials for provider '{provider}'. "
+            "This is a gateway configuration problem; your own key was accepted.",
+            code="upstream_credentials_refused",
+            may_have_billed=False,
+        )
+        self.headers = {"x-should-retry": "false"}
+
+
 class UpstreamTimeout(UpstreamFailed):
     def __init__(
         self, message: str = "The provider did not answer in time.", *, may_have_billed: bool = True

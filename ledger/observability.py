@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ledger.money import format_usd
+from ledger.redaction import Redactor
 
 # The request being served, for log lines written anywhere below the lifecycle.
 current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -259,7 +261,7 @@ class JsonFormatter(logging.Formatter):
             if request_id is not None:
                 line["request_id"] = request_id
         if record.exc_info:
-            line["error"] = self.formatException(record.exc_info)
+            line["error"] = record.exc_text or self.formatException(record.exc_info)
         return _encode_line(line).decode()
 
 
@@ -284,3 +286,46 @@ def configure_logging(level: str, fmt: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+
+
+def redact_logs(redactor: Redactor) -> None:
+    """Cut ``redactor``'s secrets out of every log record from now on, whoever handles it.
+
+    Done where records are made (the record factory) rather than in one handler: a record
+    reaches every handler on its way up, the operator's and a test's included. Logging is
+    process-wide, so this is too: each app adds its providers' keys.
+    """
+    if not redactor:
+        return
+    if not _log_redactors:
+        previous = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            _redact_record(record)
+            return record
+
+        logging.setLogRecordFactory(factory)
+    _log_redactors.append(redactor)
+
+
+_log_redactors: list[Redactor] = []
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed record is logging's to report, when it is emitted
+        return
+    clean = message
+    for redactor in _log_redactors:
+        clean = redactor.text(clean)
+    if clean != message:
+        record.msg, record.args = clean, None
+    if record.exc_info and record.exc_info[0] is not None:
+        # Formatted now so the traceback (an error's message may quote the provider) is
+        # redacted too; formatters use exc_text when it is set.
+        text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        for redactor in _log_redactors:
+            text = redactor.text(text)
+        record.exc_text = text

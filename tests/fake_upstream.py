@@ -47,6 +47,14 @@ with a bad value is answered with a 400.
 ``fault=cut_stream``        (streams) send about half the content, then close the connection
 ``fault=stall_stream``      (streams) send the first events, sleep ``stall_s``, then go on
 ``fault=malformed_sse``     (streams) an event whose data is not JSON, half way through
+``fault=http_403``          403, a permission error (like ``http_400``)
+``fault=echo_key``          401 whose message quotes the key the request carried, as a
+                            provider that echoes it does ("Incorrect API key provided: …")
+``fault=stream_error_key``  (streams) half way through, an error event quoting that key
+``usage=KIND``              garbage in the usage counts: ``negative`` (output ``-5``),
+                            ``string`` (output ``"12"``), ``float`` (output ``12.5``),
+                            ``huge`` (output ``10**13``), ``absurd`` (``10**12`` in every
+                            bucket: input, cache read and writes, output, reasoning)
 ==========================  ==================================================================
 
 Anthropic's ``input_tokens`` excludes cache reads and writes: it is always the prompt count,
@@ -64,7 +72,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -124,9 +132,13 @@ class RecordedRequest:
     peer: str = ""  # "host:port" of the connection it came on: one per kept-alive connection
 
 
-_STATUS_FAULTS = frozenset({"http_400", "http_429", "http_500", "http_502", "http_503"})
-_STREAM_FAULTS = frozenset({"cut_stream", "stall_stream", "malformed_sse"})
+_STATUS_FAULTS = frozenset({"http_400", "http_403", "http_429", "http_500", "http_502", "http_503"})
+_STREAM_FAULTS = frozenset({"cut_stream", "stall_stream", "malformed_sse", "stream_error_key"})
 FAULTS = _STATUS_FAULTS | _STREAM_FAULTS | {"stall", "reset", "malformed_json", "no_usage"}
+FAULTS |= {"echo_key"}
+GARBAGE_USAGE = frozenset({"negative", "string", "float", "huge", "absurd"})
+"""Every accepted value of ``usage=``."""
+ABSURD_TOKENS = 10**12
 """Every accepted value of ``fault=``."""
 
 _INT_DIRECTIVES = (
@@ -162,6 +174,7 @@ class Directives:
     chunk_delay_ms: int = 0
     body_end_delay_ms: int = 0  # between a stream's last event and the end of its body
     stall_s: float = _DEFAULT_STALL_S
+    usage: str | None = None  # garbage to put in the usage counts (GARBAGE_USAGE)
 
 
 def parse_directives(text: str) -> Directives:
@@ -178,6 +191,12 @@ def parse_directives(text: str) -> Directives:
             if raw not in FAULTS:
                 raise DirectiveError(f"unknown fault {raw!r}; expected one of {sorted(FAULTS)}")
             values["fault"] = raw
+        elif key == "usage":
+            if raw not in GARBAGE_USAGE:
+                raise DirectiveError(
+                    f"unknown usage {raw!r}; expected one of {sorted(GARBAGE_USAGE)}"
+                )
+            values["usage"] = raw
         elif key in _INT_DIRECTIVES:
             values[key] = _non_negative(key, raw, int)
         elif key == "stall_s":
@@ -385,6 +404,13 @@ _STATUS_FAULT_ERRORS = {
     "http_400": _StatusFault(
         400, "invalid_request_error", None, "invalid_request_error", "Bad request."
     ),
+    "http_403": _StatusFault(
+        403,
+        "permission_error",
+        None,
+        "permission_error",
+        "Your API key does not have permission to use this model.",
+    ),
     "http_429": _StatusFault(
         429,
         "rate_limit_error",
@@ -454,6 +480,7 @@ class _Stream:
     content: list[bytes]
     tail: list[bytes]
     malformed: bytes
+    key_error: bytes = b""  # the error event of fault=stream_error_key
 
 
 async def _send_stream(
@@ -480,6 +507,10 @@ async def _send_stream(
                 await response.write(stream.malformed)
             case "stall_stream":
                 await asyncio.sleep(directives.stall_s)
+            case "stream_error_key":
+                await response.write(stream.key_error)
+                await response.write_eof()
+                return response
         await _write_events(response, [*stream.content[half:], *stream.tail], delay)
         if directives.body_end_delay_ms:
             await asyncio.sleep(directives.body_end_delay_ms / 1000)
@@ -496,6 +527,20 @@ async def _write_events(
         if delay:
             await asyncio.sleep(delay)
         await response.write(event)
+
+
+def _sent_key(recorded: RecordedRequest) -> str:
+    """The key a request carried, as a provider would read it."""
+    bearer = recorded.headers.get("authorization", "").removeprefix("Bearer ")
+    return recorded.headers.get("x-api-key") or bearer
+
+
+def _echo_key(protocol: _Protocol, key: str) -> web.Response:
+    """A 401 quoting the key, as a provider that echoes what it was sent."""
+    message = f"Incorrect API key provided: {key}. You can find your API key at the console."
+    if protocol is _Protocol.OPENAI:
+        return _error(protocol, 401, "invalid_request_error", message, "invalid_api_key")
+    return _error(protocol, 401, "authentication_error", message)
 
 
 async def _fault_before_reply(
@@ -654,6 +699,41 @@ def _sse(payload: Any, event: str | None = None) -> bytes:
     return (f"event: {event}\n" + data if event else data).encode()
 
 
+_GARBAGE_COUNTS: dict[str, Any] = {
+    "negative": -5,
+    "string": "12",
+    "float": 12.5,
+    "huge": 10**13,
+}
+
+
+def _garbled(usage: dict[str, Any], kind: str | None, output_key: str) -> dict[str, Any]:
+    """`usage` with the garbage ``usage=`` asks for: in its output count, or (``absurd``)
+    ``10**12`` in every count it has, nested ones included."""
+    if kind is None:
+        return usage
+    if kind != "absurd":
+        return {**usage, output_key: _GARBAGE_COUNTS[kind]}
+
+    def absurd(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: absurd(v) for k, v in value.items()}
+        return ABSURD_TOKENS if isinstance(value, int) and not isinstance(value, bool) else value
+
+    return absurd(usage)
+
+
+def _key_error_event(protocol: _Protocol, key: str) -> bytes:
+    message = f"Incorrect API key provided: {key}. You can find your API key at the console."
+    if protocol is _Protocol.OPENAI:
+        error = {"message": message, "type": "invalid_request_error", "code": "invalid_api_key"}
+        return _sse({"error": error})
+    return _sse(
+        {"type": "error", "error": {"type": "authentication_error", "message": message}},
+        event="error",
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Anthropic: messages
 
@@ -729,14 +809,23 @@ def _anthropic_message(
 
 
 def _anthropic_stream(
-    body: dict[str, Any], reply: _Reply, input_usage: dict[str, Any] | None, output_tokens: int
+    body: dict[str, Any],
+    reply: _Reply,
+    input_usage: dict[str, Any] | None,
+    output_tokens: int,
+    *,
+    garbage: str | None = None,
 ) -> _Stream:
-    """The events of a streamed message; `input_usage` None leaves usage out of them all."""
+    """The events of a streamed message; `input_usage` None leaves usage out of them all.
+
+    `garbage` (``usage=``) goes in the final output count; ``absurd`` in every count.
+    """
     message = _anthropic_message(body, reply, None)
     message["content"] = []
     message["stop_reason"] = None
     if input_usage is not None:
-        message["usage"] = {**input_usage, "output_tokens": 1, "service_tier": "standard"}
+        start_usage = {**input_usage, "output_tokens": 1, "service_tier": "standard"}
+        message["usage"] = _garbled(start_usage, "absurd" if garbage == "absurd" else None, "")
 
     if reply.tool_name is None:
         block: dict[str, Any] = {"type": "text", "text": ""}
@@ -755,7 +844,9 @@ def _anthropic_stream(
         },
     }
     if input_usage is not None:
-        message_delta["usage"] = {"output_tokens": output_tokens}
+        message_delta["usage"] = _garbled(
+            {"output_tokens": output_tokens}, garbage, "output_tokens"
+        )
 
     def event(payload: dict[str, Any]) -> bytes:
         return _sse(payload, event=payload["type"])
@@ -975,12 +1066,18 @@ class FakeUpstream:
             directives = parse_directives(user_text)
         except DirectiveError as error:
             return _error(_Protocol.OPENAI, 400, "invalid_request_error", str(error))
+        if directives.fault == "echo_key":
+            return _echo_key(_Protocol.OPENAI, _sent_key(recorded))
         instead = await _fault_before_reply(_Protocol.OPENAI, directives)
         if instead is not None:
             return instead
 
         reply = _plan_reply(user_text, directives, _openai_first_tool(body))
-        usage = None if directives.fault == "no_usage" else _openai_usage(body, reply, directives)
+        usage = None
+        if directives.fault != "no_usage":
+            usage = _garbled(
+                _openai_usage(body, reply, directives), directives.usage, "completion_tokens"
+            )
         if body.get("stream") is not True:
             return await _send_json(request, _openai_completion(body, reply, usage), directives)
         options = body.get("stream_options")
@@ -991,6 +1088,7 @@ class FakeUpstream:
             usage if include_usage else None,
             usage_with_empty_delta=directives.usage_with_empty_delta,
         )
+        stream = replace(stream, key_error=_key_error_event(_Protocol.OPENAI, _sent_key(recorded)))
         return await _send_stream(request, stream, directives)
 
     async def _messages(
@@ -1007,6 +1105,8 @@ class FakeUpstream:
             directives = parse_directives(user_text)
         except DirectiveError as error:
             return _error(_Protocol.ANTHROPIC, 400, "invalid_request_error", str(error))
+        if directives.fault == "echo_key":
+            return _echo_key(_Protocol.ANTHROPIC, _sent_key(recorded))
         instead = await _fault_before_reply(_Protocol.ANTHROPIC, directives)
         if instead is not None:
             return instead
@@ -1017,11 +1117,15 @@ class FakeUpstream:
         if directives.fault != "no_usage":
             input_usage = _anthropic_input_usage(body, directives)
         if body.get("stream") is True:
-            stream = _anthropic_stream(body, reply, input_usage, output_tokens)
-            return await _send_stream(request, stream, directives)
+            stream = _anthropic_stream(
+                body, reply, input_usage, output_tokens, garbage=directives.usage
+            )
+            key_error = _key_error_event(_Protocol.ANTHROPIC, _sent_key(recorded))
+            return await _send_stream(request, replace(stream, key_error=key_error), directives)
         usage = None
         if input_usage is not None:
             usage = {**input_usage, "output_tokens": output_tokens, "service_tier": "standard"}
+            usage = _garbled(usage, directives.usage, "output_tokens")
         return await _send_json(request, _anthropic_message(body, reply, usage), directives)
 
     async def _count_tokens(

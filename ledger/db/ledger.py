@@ -87,6 +87,9 @@ class LedgerEntry:
     price_id: int | None = None
     budget_id: int | None = None
     error: str | None = None
+    # The provider's usage object as it came, kept when it was not believed (the entry
+    # is then priced from Ledger's estimate): JSON, at most 4 KiB.
+    raw_usage: str | None = None
     # Not columns: budget changes that commit together with this entry, and what the
     # gateway's metrics need to know about it.
     settlements: list[Settlement] = field(default_factory=list)

@@ -193,6 +193,7 @@ class LedgerEntryRow(Base):
     price_id: Mapped[int | None] = mapped_column(Integer)
     budget_id: Mapped[int | None] = mapped_column(Integer)  # the budget that blocked it
     error: Mapped[str | None] = mapped_column(Text)
+    raw_usage: Mapped[str | None] = mapped_column(Text)  # a disbelieved usage object, JSON
 
 
 class LedgerDeadLetter(Base):

@@ -11,6 +11,7 @@ exactly one ledger entry. Nothing here knows about HTTP frameworks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -35,6 +36,7 @@ from ledger.errors import (
     InvalidRequest,
     LedgerError,
     PermissionDenied,
+    UpstreamCredentialsRefused,
     UpstreamFailed,
     UpstreamTimeout,
     anthropic_error_body,
@@ -59,8 +61,15 @@ from ledger.money import format_usd
 from ledger.observability import Metrics, current_access, current_request_id
 from ledger.pricing import Price, price_cost, worst_case_cost
 from ledger.providers import UpstreamResponse, anthropic, openai
+from ledger.redaction import Redactor
 from ledger.tokens import approximate_anthropic_prompt, count_text_tokens, estimate_prompt
-from ledger.usage import Usage
+from ledger.usage import (
+    MAX_ENTRY_COST_NANOS,
+    ImplausibleUsage,
+    Usage,
+    implausibility,
+    reported_count,
+)
 
 logger = logging.getLogger("ledger.gateway")
 
@@ -68,6 +77,7 @@ _TAG = re.compile(r"^[A-Za-z0-9_.:/=-]{1,64}$")
 _MAX_TAGS = 16
 _COUNT_TOKENS_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
 _ERROR_BODY_LIMIT = 64 * 1024
+_RAW_USAGE_LIMIT = 4096  # characters of a disbelieved usage object kept in its entry
 _COUNT_TOKENS_TIMEOUT_S = 5.0
 
 
@@ -118,9 +128,12 @@ class Gateway:
         metrics: Metrics | None = None,
         max_body_bytes: int = 32 * 1024 * 1024,
         max_event_bytes: int = 8 * 1024 * 1024,
+        redactor: Redactor | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
         self._max_event_bytes = max_event_bytes
+        # Cuts the providers' keys out of whatever a provider says that Ledger passes on.
+        self._redactor = redactor or Redactor()
         self._metrics = metrics
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -216,6 +229,8 @@ class Gateway:
             )
             if reservation.clamped_output_tokens is not None:
                 output_cap = reservation.clamped_output_tokens
+            # What the provider is told it may write per choice, if anything.
+            output_limit = output_cap if output_cap is not None else request.max_output_tokens
 
             # 6. Forward. From here the provider may bill, so a crash must not lose this.
             prompt_cost = 0 if price.free else price_cost(Usage(input_tokens=estimate), price).total
@@ -231,7 +246,9 @@ class Gateway:
                 entry.provider_seconds = time.perf_counter() - sent_at
                 return await self._relay_error(entry, call, upstream, reservation)
             if request.stream:
-                return await self._stream(entry, call, request, route, price, upstream, reservation)
+                return await self._stream(
+                    entry, call, request, route, price, upstream, reservation, output_limit
+                )
 
             # 7. Capture usage, 8. settle, 9. record.
             try:
@@ -242,7 +259,20 @@ class Gateway:
             payload = _json_or_none(payload_bytes)
             if payload is None:
                 raise UpstreamFailed("The provider returned a response that is not valid JSON.")
-            usage = _usage(request.protocol, payload)
+            try:
+                usage = _usage(request.protocol, payload)
+                doubt = (
+                    None
+                    if usage is None
+                    else implausibility(
+                        usage, max_output_tokens=output_limit, choices=request.choices
+                    )
+                )
+                if doubt is not None:
+                    raise ImplausibleUsage(doubt, raw=payload.get("usage"))
+            except ImplausibleUsage as rejected:
+                _disbelieve(entry, rejected)
+                usage = None
             if usage is None:
                 usage = self._estimated_usage(entry, route, _response_text(request, payload))
                 entry.usage_source = "estimated"
@@ -373,9 +403,10 @@ class Gateway:
         except (LedgerError, TimeoutError):
             return None
         if response.status == 200 and isinstance(payload, dict):
-            tokens = payload.get("input_tokens")
-            if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
-                return tokens
+            # The estimate prices the request when usage is lost or not believed, so a
+            # count that is not plausible falls back to Ledger's own estimate.
+            with contextlib.suppress(ImplausibleUsage):
+                return reported_count(payload.get("input_tokens"), "input_tokens") or None
         return None
 
     def _output_cap(self, request: ParsedRequest, scope: RequestScope) -> int | None:
@@ -439,8 +470,14 @@ class Gateway:
                 await upstream.aclose()
             payload = _json_or_none(body)
             tokens = payload.get("input_tokens") if isinstance(payload, dict) else None
-            if not isinstance(tokens, int):
-                raise UpstreamFailed("The provider's count_tokens answer has no input_tokens.")
+            try:
+                tokens = reported_count(tokens, "input_tokens") if tokens is not None else None
+            except ImplausibleUsage:
+                tokens = None
+            if tokens is None:
+                raise UpstreamFailed(
+                    "The provider's count_tokens answer has no plausible input_tokens."
+                )
             headers = dict(upstream.headers)
         else:
             tokens = approximate_anthropic_prompt(request.body)
@@ -458,15 +495,26 @@ class Gateway:
         upstream: UpstreamResponse,
         reservation: Reservation | None = None,
     ) -> GatewayReply:
-        """A provider's own error reaches the client unchanged; providers do not bill them."""
+        """A provider's own error reaches the client as it came, less any provider key in it.
+
+        Providers do not bill errors. A provider refusing Ledger's own credentials (401,
+        403) is Ledger's problem, not the client's: it is answered 502, never as though the
+        client's key had been refused.
+        """
         try:
-            body = await upstream.read()
+            body = self._redactor.bytes(await upstream.read())
         except LedgerError:
             body = b""
         await upstream.aclose()
         entry.status = "upstream_error"
         entry.http_status = upstream.status
         entry.error = _provider_error_text(body, upstream.status)
+        if upstream.status in (401, 403):
+            refused = UpstreamCredentialsRefused(entry.provider or "")
+            entry.http_status = refused.status
+            entry.error = f"{refused.message} The provider said: {entry.error}"
+            await self._record(entry, reservation)
+            return self._error_reply(call.protocol, refused, entry)
         await self._record(entry, reservation)
         if not body or _json_or_none(body) is None:
             error = UpstreamFailed(
@@ -489,14 +537,20 @@ class Gateway:
         price: Price,
         upstream: UpstreamResponse,
         reservation: Reservation,
+        output_limit: int | None,
     ) -> GatewayReply:
         relay: openai.OpenAIStreamRelay | anthropic.AnthropicStreamRelay
+        redact = self._redactor.bytes if self._redactor else None
         if request.protocol == OPENAI:
             relay = openai.OpenAIStreamRelay(
-                strip_usage=not request.include_usage, max_event_bytes=self._max_event_bytes
+                strip_usage=not request.include_usage,
+                max_event_bytes=self._max_event_bytes,
+                redact=redact,
             )
         else:
-            relay = anthropic.AnthropicStreamRelay(max_event_bytes=self._max_event_bytes)
+            relay = anthropic.AnthropicStreamRelay(
+                max_event_bytes=self._max_event_bytes, redact=redact
+            )
         entry.http_status = upstream.status
 
         recorded = False
@@ -507,7 +561,7 @@ class Gateway:
             recorded = True
             entry.provider_seconds += time.perf_counter() - relay_started
             with anyio.CancelScope(shield=True):
-                self._settle_stream(entry, request, route, price, relay)
+                self._settle_stream(entry, request, route, price, relay, output_limit)
                 await self._record(entry, reservation)
 
         async def chunks() -> AsyncGenerator[bytes, None]:
@@ -550,7 +604,7 @@ class Gateway:
                 entry.status = "timeout" if isinstance(error, UpstreamTimeout) else "upstream_error"
                 entry.error = error.message
                 # Tell the client in its own protocol rather than ending the stream silently.
-                yield _stream_error_event(request.protocol, error)
+                yield self._redactor.bytes(_stream_error_event(request.protocol, error))
             except (asyncio.CancelledError, GeneratorExit):
                 # Cancelled: by the client leaving, or by Ledger's own shutdown deadline.
                 if not relay.done:
@@ -567,7 +621,7 @@ class Gateway:
                     # After the last event, only so the connection can be used again.
                     await upstream.aclose(finished=relay.done)
                     if not recorded:
-                        self._settle_stream(entry, request, route, price, relay)
+                        self._settle_stream(entry, request, route, price, relay, output_limit)
                         await self._record(entry, reservation)
 
         headers = {
@@ -587,8 +641,17 @@ class Gateway:
         route: Route,
         price: Price,
         relay: openai.OpenAIStreamRelay | anthropic.AnthropicStreamRelay,
+        output_limit: int | None,
     ) -> None:
         usage = relay.usage
+        rejected = relay.rejected
+        if rejected is None and usage is not None:
+            doubt = implausibility(usage, max_output_tokens=output_limit, choices=request.choices)
+            if doubt:
+                rejected = ImplausibleUsage(doubt, raw=relay.raw_usage)
+        if rejected is not None:
+            _disbelieve(entry, rejected)
+            usage = None  # nothing the provider said about usage is believed
         complete = usage is not None and (
             request.protocol == OPENAI or getattr(relay, "output_reported", False)
         )
@@ -627,17 +690,35 @@ class Gateway:
         if price.free or route.free:
             return
         cost = price_cost(usage, price)
-        entry.input_cost_nanos = cost.input
-        entry.cache_read_cost_nanos = cost.cache_read
-        entry.cache_write_cost_nanos = cost.cache_write
-        entry.output_cost_nanos = cost.output
-        entry.request_fee_nanos = cost.request_fee
-        entry.cost_nanos = cost.total
+        parts = [cost.input, cost.cache_read, cost.cache_write, cost.output, cost.request_fee]
+        if cost.total > MAX_ENTRY_COST_NANOS:
+            # Only prices far above any provider's reach this (see MAX_ENTRY_COST_NANOS):
+            # the entry is capped, its buckets filled in order up to the ceiling, and said so.
+            left = MAX_ENTRY_COST_NANOS
+            for index, part in enumerate(parts):
+                parts[index] = min(part, left)
+                left -= parts[index]
+            entry.error = _join(
+                entry.error,
+                f"The cost ({format_usd(cost.total)} USD) is above the most one entry may "
+                f"cost; recorded as {format_usd(MAX_ENTRY_COST_NANOS)} USD.",
+            )
+        (
+            entry.input_cost_nanos,
+            entry.cache_read_cost_nanos,
+            entry.cache_write_cost_nanos,
+            entry.output_cost_nanos,
+            entry.request_fee_nanos,
+        ) = parts
+        entry.cost_nanos = sum(parts)
 
     async def _record(self, entry: LedgerEntry, reservation: Reservation | None = None) -> None:
         """Settle the reservation with the actual cost and write the entry: one commit."""
         if entry.ended_at is None:  # a stream ends when its client has every byte
             entry.ended_at = datetime.now(UTC)
+        if self._redactor:  # what a provider said may quote its key
+            entry.error = self._redactor.maybe(entry.error)
+            entry.raw_usage = self._redactor.maybe(entry.raw_usage)
         if reservation is not None:
             entry.settlements = self._budgets.settle(reservation, entry.cost_nanos)
             entry.budgets_seen = reservation.rules_fingerprint
@@ -680,7 +761,7 @@ class Gateway:
     def _error_reply(self, protocol: str, error: LedgerError, entry: LedgerEntry) -> GatewayReply:
         body = openai_error_body(error) if protocol == OPENAI else anthropic_error_body(error)
         headers = {"content-type": "application/json", **error.headers, **_ledger_headers(entry)}
-        return GatewayReply(error.status, headers, msgspec.json.encode(body))
+        return GatewayReply(error.status, headers, self._redactor.bytes(msgspec.json.encode(body)))
 
 
 # -- small pure helpers -----------------------------------------------------------------
@@ -794,6 +875,25 @@ def _json_or_none(raw: bytes) -> Any:
         return msgspec.json.decode(raw)
     except (msgspec.DecodeError, RecursionError):
         return None
+
+
+def _disbelieve(entry: LedgerEntry, rejected: ImplausibleUsage) -> None:
+    """Say in the entry that the provider's usage was not believed, and keep what it was."""
+    entry.error = _join(
+        entry.error,
+        f"The provider's usage was not believed ({rejected.reason}); the entry is priced "
+        "from Ledger's estimate of the prompt and of the output it saw.",
+    )
+    if rejected.raw is not None:
+        try:
+            raw = msgspec.json.encode(rejected.raw).decode()
+        except (TypeError, ValueError, OverflowError):
+            raw = repr(rejected.raw)
+        entry.raw_usage = raw[:_RAW_USAGE_LIMIT]
+
+
+def _join(first: str | None, second: str) -> str:
+    return second if not first else f"{first} {second}"
 
 
 def _provider_error_text(body: bytes, status: int) -> str:

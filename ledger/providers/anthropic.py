@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 
 from ledger.providers.sse import DEFAULT_MAX_EVENT_BYTES, SSEParser
-from ledger.usage import MAX_TOKENS, Usage
+from ledger.usage import ImplausibleUsage, Usage, reported_count
 
 MESSAGES_PATH = "/messages"
 COUNT_TOKENS_PATH = "/messages/count_tokens"
@@ -29,32 +29,40 @@ def usage_from_mapping(usage: Any, previous: Usage | None = None) -> Usage | Non
     """Normalise an Anthropic ``usage`` object; ``input_tokens`` already excludes cache tokens.
 
     Stream events carry partial usage (``message_delta`` may hold only
-    ``output_tokens``), so fields missing here keep their ``previous`` value.
+    ``output_tokens``), so fields missing here keep their ``previous`` value. A count
+    that is not plausible raises :class:`ImplausibleUsage` (see ``reported_count``).
     """
     if not isinstance(usage, Mapping):
         return None
+    try:
+        return _normalised(usage, previous)
+    except ImplausibleUsage as doubt:
+        raise ImplausibleUsage(doubt.reason, raw=usage) from None
+
+
+def _normalised(usage: Mapping[str, Any], previous: Usage | None) -> Usage:
     base = previous or Usage()
     cache_write_5m = base.cache_write_5m_tokens
     cache_write_1h = base.cache_write_1h_tokens
     breakdown = usage.get("cache_creation")
     if isinstance(breakdown, Mapping):
-        cache_write_5m = _int(breakdown.get("ephemeral_5m_input_tokens"))
-        cache_write_1h = _int(breakdown.get("ephemeral_1h_input_tokens"))
+        cache_write_5m = _int(breakdown, "ephemeral_5m_input_tokens")
+        cache_write_1h = _int(breakdown, "ephemeral_1h_input_tokens")
     elif "cache_creation_input_tokens" in usage:
         # Older API versions report one total; it is priced as the 5-minute write.
-        cache_write_5m = _int(usage.get("cache_creation_input_tokens"))
+        cache_write_5m = _int(usage, "cache_creation_input_tokens")
         cache_write_1h = 0
     return Usage(
-        input_tokens=_int(usage["input_tokens"]) if "input_tokens" in usage else base.input_tokens,
+        input_tokens=_int(usage, "input_tokens") if "input_tokens" in usage else base.input_tokens,
         cache_read_tokens=(
-            _int(usage["cache_read_input_tokens"])
+            _int(usage, "cache_read_input_tokens")
             if "cache_read_input_tokens" in usage
             else base.cache_read_tokens
         ),
         cache_write_5m_tokens=cache_write_5m,
         cache_write_1h_tokens=cache_write_1h,
         output_tokens=(
-            _int(usage["output_tokens"]) if "output_tokens" in usage else base.output_tokens
+            _int(usage, "output_tokens") if "output_tokens" in usage else base.output_tokens
         ),
     )
 
@@ -76,9 +84,18 @@ def response_text(payload: Any) -> str:
 class AnthropicStreamRelay:
     """Relays a Messages stream unchanged; usage comes from message_start and message_delta."""
 
-    def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+    def __init__(
+        self,
+        *,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        redact: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        self._redact = redact
         self._parser = SSEParser(max_event_bytes)
         self.usage: Usage | None = None
+        self.rejected: ImplausibleUsage | None = None  # usage seen but not believed
+        # The provider's usage objects as they came, by the event that carried them.
+        self.raw_usage: dict[str, Any] = {}
         self.output_reported = False
         self.text: list[str] = []
         self.done = False
@@ -102,11 +119,11 @@ class AnthropicStreamRelay:
             if kind == "message_start":
                 message = payload.get("message")
                 if isinstance(message, Mapping):
-                    self.usage = usage_from_mapping(message.get("usage"), self.usage)
+                    self._take_usage(message.get("usage"), kind)
             elif kind == "message_delta":
                 usage = payload.get("usage")
                 if isinstance(usage, Mapping):
-                    self.usage = usage_from_mapping(usage, self.usage)
+                    self._take_usage(usage, kind)
                     self.output_reported = "output_tokens" in usage
             elif kind == "content_block_start":
                 _collect_block_text(payload.get("content_block"), self.text)
@@ -121,7 +138,19 @@ class AnthropicStreamRelay:
                 self.done = True
             elif kind == "error":
                 self.provider_error = str(payload.get("error"))[:500]
+                if self._redact is not None:  # a provider may echo its key in an error
+                    out[-1] = self._redact(event.raw)
         return b"".join(out)
+
+    def _take_usage(self, usage: Any, kind: str) -> None:
+        if usage is not None:
+            self.raw_usage[kind] = usage
+        if self.rejected is not None:
+            return  # once one count is not believed, none of this stream's usage is
+        try:
+            self.usage = usage_from_mapping(usage, self.usage)
+        except ImplausibleUsage as doubt:
+            self.rejected = ImplausibleUsage(doubt.reason, raw=self.raw_usage)
 
     def finish(self) -> bytes:
         return self._parser.pending
@@ -143,9 +172,5 @@ def _collect_block_text(block: Any, parts: list[str]) -> None:
             parts.append(msgspec.json.encode(tool_input).decode())
 
 
-def _int(value: Any) -> int:
-    # A count no provider could mean (negative, or beyond any context window) is treated as
-    # not reported: a 70-bit integer would not even fit the ledger's 64-bit columns.
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
-        return 0
-    return value
+def _int(usage: Mapping[str, Any], name: str) -> int:
+    return reported_count(usage.get(name), name)

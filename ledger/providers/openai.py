@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 
 from ledger.providers.sse import DEFAULT_MAX_EVENT_BYTES, SSEParser
-from ledger.usage import MAX_TOKENS, Usage
+from ledger.usage import ImplausibleUsage, Usage, reported_count
 
 CHAT_COMPLETIONS_PATH = "/chat/completions"
 # Headers a client may send that change what the provider does; forwarded as they are.
@@ -24,16 +24,27 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 
 
 def usage_from_payload(payload: Any) -> Usage | None:
-    """Normalise an OpenAI ``usage`` object; ``prompt_tokens`` includes the cached tokens."""
+    """Normalise an OpenAI ``usage`` object; ``prompt_tokens`` includes the cached tokens.
+
+    None when there is no usage object; :class:`ImplausibleUsage` when one of its
+    counts is not a plausible count (see :func:`ledger.usage.reported_count`).
+    """
     if not isinstance(payload, Mapping):
         return None
     usage = payload.get("usage")
     if not isinstance(usage, Mapping):
         return None
-    prompt = _int(usage.get("prompt_tokens"))
-    completion = _int(usage.get("completion_tokens"))
-    cached = _int(_get(usage, "prompt_tokens_details", "cached_tokens"))
-    reasoning = _int(_get(usage, "completion_tokens_details", "reasoning_tokens"))
+    try:
+        prompt = reported_count(usage.get("prompt_tokens"), "prompt_tokens")
+        completion = reported_count(usage.get("completion_tokens"), "completion_tokens")
+        cached = reported_count(
+            _get(usage, "prompt_tokens_details", "cached_tokens"), "cached_tokens"
+        )
+        reasoning = reported_count(
+            _get(usage, "completion_tokens_details", "reasoning_tokens"), "reasoning_tokens"
+        )
+    except ImplausibleUsage as doubt:
+        raise ImplausibleUsage(doubt.reason, raw=usage) from None
     cached = min(cached, prompt)
     return Usage(
         input_tokens=prompt - cached,
@@ -64,11 +75,18 @@ class OpenAIStreamRelay:
     """
 
     def __init__(
-        self, *, strip_usage: bool, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+        self,
+        *,
+        strip_usage: bool,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        redact: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self._strip_usage = strip_usage
+        self._redact = redact
         self._parser = SSEParser(max_event_bytes)
         self.usage: Usage | None = None
+        self.rejected: ImplausibleUsage | None = None  # usage seen but not believed
+        self.raw_usage: Any = None  # the provider's usage object, as it came
         self.text: list[str] = []
         self.done = False
         self.malformed_events = 0
@@ -93,16 +111,25 @@ class OpenAIStreamRelay:
                 continue
             if isinstance(payload, Mapping) and "error" in payload:
                 self.provider_error = str(payload.get("error"))[:500]
-            usage = usage_from_payload(payload)
-            if usage is not None:
+                if self._redact is not None:  # a provider may echo its key in an error
+                    out.append(self._redact(event.raw))
+                    continue
+            try:
+                usage = usage_from_payload(payload)
+            except ImplausibleUsage as doubt:
+                self.rejected, usage = doubt, None
+            if usage is not None and self.rejected is None:
                 self.usage = usage
+            has_usage = isinstance(payload, Mapping) and isinstance(payload.get("usage"), Mapping)
+            if has_usage:
+                self.raw_usage = payload["usage"]
             if isinstance(payload, Mapping):
                 for choice in payload.get("choices") or []:
                     delta = choice.get("delta") if isinstance(choice, Mapping) else None
                     if isinstance(delta, Mapping):
                         _collect_message_text(delta, self.text)
             if self._strip_usage:
-                if usage is not None and _carries_no_choice(payload.get("choices")):
+                if has_usage and _carries_no_choice(payload.get("choices")):
                     continue  # the usage chunk the client did not ask for
                 out.append(_without_null_usage(event.raw))
             else:
@@ -164,12 +191,4 @@ def _get(mapping: Mapping[str, Any], *path: str) -> Any:
         if not isinstance(value, Mapping):
             return None
         value = value.get(key)
-    return value
-
-
-def _int(value: Any) -> int:
-    # A count no provider could mean (negative, or beyond any context window) is treated as
-    # not reported: a 70-bit integer would not even fit the ledger's 64-bit columns.
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
-        return 0
     return value

@@ -66,6 +66,7 @@ def entry_out(row: LedgerEntryRow, teams: dict[int, str], keys: dict[int, str]) 
         "price_id": row.price_id,
         "budget_id": row.budget_id,
         "error": row.error,
+        "raw_usage": row.raw_usage,
     }
 
 

@@ -168,6 +168,30 @@ SCENARIOS = [
         ALL,
         _same(Expect("ok", 200, "ok", 200, "estimated")),
     ),
+    # Usage that is not a plausible count is not believed: priced from the estimate.
+    *(
+        Scenario(
+            f"provider_sends_garbage_usage_{garbage}",
+            f"usage={garbage} reply_words=12",
+            ALL,
+            _same(Expect("ok", 200, "ok", 200, "estimated")),
+        )
+        for garbage in ("negative", "string", "float", "huge", "absurd")
+    ),
+    # A provider refusing Ledger's own key is a 502, never the client's 401; the key it
+    # echoes is in no answer and no entry (checked for every scenario below).
+    Scenario(
+        "provider_echoes_its_key_in_a_401",
+        "fault=echo_key",
+        ALL,
+        _same(Expect("status", 502, "upstream_error", 502, "none")),
+    ),
+    Scenario(
+        "provider_refuses_the_gateway_403",
+        "fault=http_403",
+        ALL,
+        _same(Expect("status", 502, "upstream_error", 502, "none")),
+    ),
     # -- the client ----------------------------------------------------------------------
     # The client gives up while the provider is still thinking. A stream is cancelled when
     # its first byte would go out; a plain response is complete (and billed) by the time
@@ -444,6 +468,9 @@ def test_every_request_of_a_faulty_burst_is_one_ledger_entry(
     assert figures.recorded == sent
     for entry in entries:
         _check_entry(entry, scenario.expect[entry["stream"]], tag)
+    provider_key = fake_upstream.api_key
+    assert provider_key not in repr([(o.body, o.headers, o.error) for o in outcomes])
+    assert provider_key not in repr(entries)
     sent_kinds = Counter(str(outcome.kind) for outcome in outcomes)
     recorded_kinds = Counter(str(kind_of(entry)) for entry in entries)
     assert recorded_kinds == sent_kinds

@@ -400,9 +400,14 @@ FAULTS = [
     "fault=reset reply_words=30",
     "fault=malformed_json",
     "fault=no_usage",
+    "usage=absurd",
+    # The provider quotes the key it was sent: in a 401, and in an error event mid-stream.
+    "fault=echo_key",
+    "fault=http_403",
 ]
 STREAM_FAULTS = ["hello", "fault=cut_stream reply_words=30", "fault=stall_stream stall_s=2"]
 STREAM_FAULTS += ["fault=malformed_sse reply_words=20", "fault=reset reply_words=30"]
+STREAM_FAULTS += ["fault=echo_key", "fault=stream_error_key reply_words=20"]
 
 
 def _exercise(
@@ -491,6 +496,9 @@ def test_the_provider_key_never_appears_in_responses_logs_or_the_ledger(
 
     assert any("INSERT INTO ledger_entries" in line for line in capture.lines), "no SQL logged"
     assert any("upstream" in s or "Provider" in s for s in seen)
+    # The provider did echo its key; what Ledger passed on, stored and logged has it cut out.
+    assert any("Incorrect API key provided: [REDACTED]" in s for s in seen)
+    assert any("[REDACTED]" in str(entry["error"]) for entry in entries)
     places = {
         "responses": "\n".join(seen),
         "log lines": "\n".join(capture.lines),
