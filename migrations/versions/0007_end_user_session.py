@@ -1,7 +1,7 @@
 """the end user's session, and the whole end user when it was too long for its column
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-27 10:00:00
 
 Claude Code names a session in every user id: the end user is its account, and the

@@ -1,7 +1,7 @@
 """keep a provider's disbelieved usage on its ledger entry
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 Create Date: 2026-11-27 10:00:00
 
 Usage that is not a plausible count (negative, a string, a fraction, more than any model
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0005"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """allowed_models on teams and keys: which models their requests may use
 
 Revision ID: 0009
-Revises: 0005
+Revises: 0008
 Create Date: 2026-12-02 10:00:00
 
 Comma-separated model name patterns (``gpt-4.1*,claude-*``); NULL, the default for
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | None = "0005"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
