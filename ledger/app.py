@@ -115,7 +115,11 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         primary_reads, secret, admin_hashes, ttl_s=settings.key_cache_ttl_s
     )
     router = ModelRouter(settings, providers, prices)
-    budgets = BudgetGuard(engine, reservation_ttl_s=settings.reservation_ttl_s)
+    budgets = BudgetGuard(
+        engine,
+        reservation_ttl_s=settings.reservation_ttl_s,
+        db_timeout_s=settings.budget_db_timeout_s,
+    )
     journal = Journal(journal_directory(settings.journal_dir, settings.database_url), budgets.owner)
     journal.open()
     await recover_journals(engine, journal)
@@ -138,6 +142,7 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         default_max_output_tokens=settings.default_max_output_tokens,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
+        body_read_timeout_s=settings.body_read_timeout_s,
     )
     return Services(
         settings, engine, sessions, authenticator, prices, router, providers, writer, journal,

@@ -80,6 +80,7 @@ class GatewayCall:
     forward_headers: dict[str, str] = field(default_factory=dict)
     body_error: LedgerError | None = None  # found while reading the body (size, type)
     client: str | None = None  # the caller's address, for throttling bad keys
+    principal: Principal | None = None  # already authenticated on the headers
     client_gone: Callable[[], bool] | None = None  # true once the client has disconnected
 
 
@@ -111,8 +112,10 @@ class Gateway:
         default_max_output_tokens: int,
         metrics: Metrics | None = None,
         max_body_bytes: int = 32 * 1024 * 1024,
+        body_read_timeout_s: float | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
+        self.body_read_timeout_s = body_read_timeout_s
         self._metrics = metrics
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -124,20 +127,25 @@ class Gateway:
         self._writer = writer
         self._default_max_output = default_max_output_tokens
 
+    async def authenticate(self, credential: str | None, client: str | None) -> Principal:
+        """The principal a key acts as (step 1 of :meth:`handle`, for a key in the headers)."""
+        return await self._auth.authenticate(credential, client)
+
     async def handle(self, call: GatewayCall) -> GatewayReply:
         """Serve one request. Raises :class:`LedgerError` only before the key is known."""
         started = datetime.now(UTC)
         body: dict[str, Any] | None = None
-        credential = call.credential
-        if credential is None and call.body_error is None:
-            try:
-                body = decode_json_object(call.raw_body)
-            except InvalidRequest:
-                body = None
-            credential = key_from_body(body) if body else None
-
-        # 1. Authenticate. Before this there is no one to charge, so no entry.
-        principal = await self._auth.authenticate(credential, call.client)
+        principal = call.principal
+        if principal is None:
+            credential = call.credential
+            if credential is None and call.body_error is None:
+                try:
+                    body = decode_json_object(call.raw_body)
+                except InvalidRequest:
+                    body = None
+                credential = key_from_body(body) if body else None
+            # 1. Authenticate. Before this there is no one to charge, so no entry.
+            principal = await self._auth.authenticate(credential, call.client)
         if principal.is_admin:
             raise PermissionDenied(
                 "The admin key cannot make model requests; create a team key with POST /admin/keys."
@@ -201,6 +209,15 @@ class Gateway:
             )
             if reservation.clamped_output_tokens is not None:
                 output_cap = reservation.clamped_output_tokens
+            if reservation.holds and call.client_gone is not None and call.client_gone():
+                # The budget's database kept this request waiting and its client has left:
+                # nothing is forwarded for nobody (the reservation is released at $0).
+                entry.status, entry.http_status = "client_disconnected", 499
+                entry.error = "The client disconnected before the request was forwarded."
+                await self._record(entry, reservation)
+                return self._error_reply(
+                    call.protocol, InvalidRequest(entry.error, code="client_disconnected"), entry
+                )
 
             # 6. Forward. From here the provider may bill, so a crash must not lose this.
             prompt_cost = 0 if price.free else price_cost(Usage(input_tokens=estimate), price).total
