@@ -24,6 +24,7 @@ import pytest
 from tests.fake_upstream import FakeUpstream
 from tests.integration.fault_support import backend_of, reservations_left, tally
 from tests.live import LiveServer, gateway_settings
+from tests.processes import LedgerProcess
 
 MODEL = "gpt-4.1-mini"
 CLAUDE = "claude-sonnet-4-5"
@@ -49,6 +50,12 @@ def _chat(client: httpx.Client, server: LiveServer, key: str, forwarded: str) ->
         headers={"authorization": f"Bearer {key}", "x-forwarded-for": forwarded},
         json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10},
     )
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Any) -> str:
+    """A SQLite file, for tests that are about one backend only."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
 
 
 # -- finding 10: the throttle counts an address nobody can forge ---------------------------
@@ -163,6 +170,17 @@ def test_a_connection_that_never_finishes_its_headers_is_closed_at_the_header_de
     assert impatient.admin.get("/healthz").status_code == 200
 
 
+def test_ledger_serve_with_several_workers_keeps_the_head_deadline(sqlite_url: str) -> None:
+    # The server's settings, not the database: one backend is enough.
+    env = {"LEDGER_HEADER_READ_TIMEOUT_S": "1", "LEDGER_WORKERS": "2"}
+    with LedgerProcess(sqlite_url, env=env) as process:
+        for _ in range(2):  # the connections may land on either worker
+            with socket.create_connection(("127.0.0.1", process.port), timeout=WITHIN_S) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+                answer = _until_closed(sock)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+
+
 def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_recorded_once(
     impatient: LiveServer, database_url: str
 ) -> None:
@@ -265,11 +283,6 @@ def _file_locked(database_url: str, *, release_after_s: float | None = None) -> 
         holder.close()
 
 
-@pytest.fixture
-def sqlite_url(tmp_path: Any) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
-
-
 def _budgeted(server: LiveServer) -> str:
     key = server.team_key("research")
     response = server.admin.post("/admin/budgets", json={"team": "research", "limit_usd": "100"})
@@ -309,10 +322,20 @@ def test_a_budgeted_request_gets_a_fast_503_while_the_sqlite_file_is_locked(
         assert anthropic_answer.json()["error"]["type"] == "overloaded_error"
         assert not _forwarded(fake_upstream, marker)
         # Once the lock is gone, each refusal is in the ledger, once.
-        for response, _ in answers:
-            entry = server.entry(response.headers["x-ledger-request-id"], timeout=30)
+        seen = [response.headers["x-ledger-request-id"] for response, _ in answers]
+        for request_id in seen:
+            entry = server.entry(request_id, timeout=30)
             assert (entry["status"], entry["http_status"]) == ("blocked", 503)
-        assert len(server.entries()) == len(calls)
+        entries = server.entries()
+        figures = tally(
+            "sqlite_locked_503",
+            "sqlite",
+            len(calls),
+            [e["request_id"] for e in entries],
+            seen,
+            reservations_left(sqlite_url),
+        )
+        assert (figures.lost, figures.duplicated, figures.reservations_left) == (0, 0, 0), figures
 
 
 def test_a_request_whose_client_left_while_the_budget_waited_is_never_forwarded(

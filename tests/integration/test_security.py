@@ -330,6 +330,22 @@ def test_metrics_do_not_show_team_spend_without_a_key(
     assert response.status_code in (401, 403) or bravo.name not in response.text
 
 
+def test_metrics_need_the_metrics_token_or_the_admin_key(
+    database_url: str, fake_upstream: FakeUpstream, http: httpx.Client
+) -> None:
+    token = "metrics-token-for-the-test"
+    with LiveServer(gateway_settings(database_url, fake_upstream, metrics_token=token)) as server:
+        team_key = server.team_key()
+        url = server.url + "/metrics"
+        assert http.get(url).status_code == 401  # SECURITY.md: not a no-key route
+        for refused in (team_key, "nobody"):
+            assert http.get(url, headers={"authorization": f"Bearer {refused}"}).status_code == 401
+        for allowed in (token, ADMIN_KEY):
+            response = http.get(url, headers={"authorization": f"Bearer {allowed}"})
+            assert response.status_code == 200, response.text
+            assert "ledger_" in response.text
+
+
 def test_admin_routes_refuse_team_keys(
     gateway: LiveServer, teams: tuple[Team, Team], http: httpx.Client
 ) -> None:
