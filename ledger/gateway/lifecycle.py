@@ -212,12 +212,18 @@ class Gateway:
             if reservation.holds and call.client_gone is not None and call.client_gone():
                 # The budget's database kept this request waiting and its client has left:
                 # nothing is forwarded for nobody (the reservation is released at $0).
-                entry.status, entry.http_status = "client_disconnected", 499
-                entry.error = "The client disconnected before the request was forwarded."
-                await self._record(entry, reservation)
-                return self._error_reply(
-                    call.protocol, InvalidRequest(entry.error, code="client_disconnected"), entry
+                gone = LedgerError(
+                    "The client disconnected before the request was forwarded.",
+                    status=499,  # nobody reads it; the status nginx gives a client that left
+                    code="client_disconnected",
                 )
+                entry.status, entry.http_status, entry.error = (
+                    "client_disconnected",
+                    499,
+                    gone.message,
+                )
+                await self._record(entry, reservation)
+                return self._error_reply(call.protocol, gone, entry)
 
             # 6. Forward. From here the provider may bill, so a crash must not lose this.
             prompt_cost = 0 if price.free else price_cost(Usage(input_tokens=estimate), price).total
