@@ -131,7 +131,11 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         primary_reads, secret, admin_hashes, ttl_s=settings.key_cache_ttl_s
     )
     router = ModelRouter(settings, providers, prices)
-    budgets = BudgetGuard(engine, reservation_ttl_s=settings.reservation_ttl_s)
+    budgets = BudgetGuard(
+        engine,
+        reservation_ttl_s=settings.reservation_ttl_s,
+        db_timeout_s=settings.budget_db_timeout_s,
+    )
     journal = Journal(journal_directory(settings.journal_dir, settings.database_url), budgets.owner)
     try:
         journal.open()
@@ -162,6 +166,7 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         max_body_bytes=settings.max_body_bytes,
         max_event_bytes=settings.max_event_bytes,
         redactor=redactor,
+        body_read_timeout_s=settings.body_read_timeout_s,
     )
     return Services(
         settings, engine, sessions, authenticator, prices, router, providers, writer, journal,

@@ -57,6 +57,12 @@ def main(ctx: click.Context, config_file: str | None, database_url: str | None) 
 @click.option("--no-migrate", is_flag=True, help="Do not upgrade the database schema on start.")
 @click.option("--log-level", default=None, help="debug, info, warning, error.")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default=None)
+@click.option(
+    "--forwarded-allow-ips",
+    default=None,
+    help="Proxies whose X-Forwarded-For is believed (comma-separated); overrides "
+    "LEDGER_TRUSTED_PROXIES. Default: none.",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -66,10 +72,10 @@ def serve(
     no_migrate: bool,
     log_level: str | None,
     log_format: str | None,
+    forwarded_allow_ips: str | None,
 ) -> None:
     """Run the gateway."""
-    import uvicorn
-
+    from ledger import serving
     from ledger.app import create_app
     from ledger.observability import configure_logging
 
@@ -81,6 +87,7 @@ def serve(
         migrate_on_start=settings.migrate_on_start and not no_migrate,
         log_level=(log_level or settings.log_level).upper(),
         log_format=log_format or settings.log_format,
+        trusted_proxies=forwarded_allow_ips or settings.trusted_proxies,
     )
     configure_logging(settings.log_level, settings.log_format)
     _check_journal_directory(settings)
@@ -102,13 +109,21 @@ def serve(
         "timeout_graceful_shutdown": 30,
     }
     if settings.workers == 1:
-        uvicorn.run(create_app(settings, serving_process=True), **options)
+        serving.run(
+            serving.server_config(create_app(settings, serving_process=True), settings, **options)
+        )
         return
     # Several workers: prepare the database once here, then every worker skips it.
     _run(lambda: _prepare_for_workers(settings))
     _export_settings(settings)
-    uvicorn.run(
-        "ledger.app:app_from_environment", factory=True, workers=settings.workers, **options
+    serving.run(
+        serving.server_config(
+            "ledger.app:app_from_environment",
+            settings,
+            factory=True,
+            workers=settings.workers,
+            **options,
+        )
     )
 
 

@@ -106,6 +106,16 @@ class Settings:
     budget_check_interval_s: float = 30.0
     reservation_sweep_interval_s: float = 10.0
     alert_delivery_interval_s: float = 5.0
+    # Addresses whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated,
+    # "*" for any). Unset: none are, and the client is the connection's peer.
+    trusted_proxies: str | None = None
+    # A connection that has not sent a whole request head within this time is closed (408).
+    header_read_timeout_s: float = 10.0
+    # A request body that has not arrived in full within this time is refused (408).
+    body_read_timeout_s: float = 30.0
+    # How long a hard-budget decision may wait for a locked SQLite file before the
+    # request is refused with 503 budget_unavailable.
+    budget_db_timeout_s: float = 2.0
     config_file: str | None = None
 
     @property
@@ -145,6 +155,10 @@ _ENV_FIELDS: dict[str, type] = {
     "budget_check_interval_s": float,
     "reservation_sweep_interval_s": float,
     "alert_delivery_interval_s": float,
+    "trusted_proxies": str,
+    "header_read_timeout_s": float,
+    "body_read_timeout_s": float,
+    "budget_db_timeout_s": float,
 }
 
 

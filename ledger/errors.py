@@ -114,6 +114,20 @@ class PayloadTooLarge(LedgerError):
         )
 
 
+class RequestTimeout(LedgerError):
+    """The client did not send its whole body in time (408)."""
+
+    def __init__(self, timeout_s: float):
+        super().__init__(
+            f"The request body did not arrive within {timeout_s:g} s.",
+            status=408,
+            openai_type="invalid_request_error",
+            anthropic_type="invalid_request_error",
+            code="request_timeout",
+            headers={"connection": "close"},
+        )
+
+
 class UpstreamFailed(LedgerError):
     """The provider could not be reached or answered with something unusable.
 

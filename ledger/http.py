@@ -16,6 +16,7 @@ from ledger.errors import (
     InvalidRequest,
     LedgerError,
     PayloadTooLarge,
+    RequestTimeout,
     anthropic_error_body,
     openai_error_body,
 )
@@ -75,7 +76,10 @@ def credential_in(headers: Mapping[str, str]) -> str | None:
 
 
 def client_address(request: Request[Any, Any, Any]) -> str | None:
-    """The peer's address (behind a proxy, run uvicorn with --forwarded-allow-ips)."""
+    """The peer's address; a proxy's X-Forwarded-For only from LEDGER_TRUSTED_PROXIES.
+
+    (uvicorn rewrites the scope's client for trusted proxies only: ledger/serving.py.)
+    """
     return request.client.host if request.client else None
 
 
@@ -90,12 +94,30 @@ def scope_headers(scope: Mapping[str, Any]) -> dict[str, str]:
 
 
 async def read_body(
-    headers: Mapping[str, str], receive: Callable[[], Awaitable[Any]], limit: int
+    headers: Mapping[str, str],
+    receive: Callable[[], Awaitable[Any]],
+    limit: int,
+    *,
+    timeout_s: float | None = None,
 ) -> bytes:
-    """The whole body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
+    """The whole body, refusing (413) as soon as it is known to exceed ``limit`` bytes.
+
+    A body that has not arrived in full within ``timeout_s`` is refused (408): a client
+    trickling a large body must not hold its buffer and connection indefinitely.
+    """
     declared = headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(limit)
+    if not timeout_s or timeout_s <= 0:
+        return await _read_all(receive, limit)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_all(receive, limit)
+    except TimeoutError:
+        raise RequestTimeout(timeout_s) from None
+
+
+async def _read_all(receive: Callable[[], Awaitable[Any]], limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
     while True:

@@ -13,6 +13,7 @@ import uvicorn
 
 from ledger.app import create_app
 from ledger.config import ProviderConfig, Settings
+from ledger.serving import server_config
 from tests.fake_upstream import FakeUpstream
 
 ADMIN_KEY = "sk-admin-test-key"
@@ -64,8 +65,10 @@ class LiveServer:
         self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings, announce=False)
-        config = uvicorn.Config(
+        # The same server settings as `ledger serve` (forwarded headers, head deadline).
+        config = server_config(
             self.app,
+            settings,
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=5,

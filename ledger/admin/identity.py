@@ -49,11 +49,13 @@ ADMIN = Principal(is_admin=True)
 
 
 class FailureThrottle:
-    """Refuses a client that keeps presenting bad keys, without touching anyone else.
+    """Slows down a client that keeps presenting bad keys, without touching anyone else.
 
     After ``max_failures`` failed authentications within ``window_s`` seconds from one
-    client address, that address is refused with 429 until the window has passed.
-    Counted per process; memory is bounded by forgetting the oldest clients.
+    client address, that address's failures are answered 429 instead of 401 until the
+    window has passed. Only failures: a valid key is served from any address, so a
+    client that shares (or forges) an address cannot lock a key out. Counted per
+    process; memory is bounded by forgetting the oldest clients.
     """
 
     def __init__(
@@ -158,14 +160,17 @@ class Authenticator:
     async def authenticate(self, key: str | None, client: str | None = None) -> Principal:
         """The principal for ``key``; raises :class:`AuthenticationFailed` otherwise.
 
-        ``client`` (the caller's address) is refused for a while after repeated failures.
+        After repeated failures from ``client`` (the caller's address) its further
+        failures are :class:`TooManyFailedAuthentications` (429). A valid key is never
+        refused for its address: keys carry 256 random bits, so the throttle has no
+        guess to stop, only a client stuck on bad keys to slow down.
         """
-        wait = self.throttle.retry_after(client)
-        if wait is not None:
-            raise TooManyFailedAuthentications(wait)
         try:
             return await self._authenticate(key)
         except AuthenticationFailed:
+            wait = self.throttle.retry_after(client)
+            if wait is not None:
+                raise TooManyFailedAuthentications(wait) from None
             if key:  # a wrong key is a guess; a missing one is not
                 self.throttle.failed(client)
             raise

@@ -49,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.budgets import store
 from ledger.budgets.model import BudgetRule, RequestScope, RuleIndex
 from ledger.budgets.store import PeriodState, Settlement
+from ledger.db.engine import bounded_waits
 from ledger.errors import BudgetExceeded, ServiceUnavailable
 from ledger.money import format_usd
 
@@ -125,8 +126,11 @@ class BudgetGuard:
         sync_interval_s: float = 0.5,
         rules_refresh_s: float = 5.0,
         leases: bool = True,
+        db_timeout_s: float = 2.0,
     ) -> None:
-        self._engine = engine
+        # Budget decisions are on the request path: a locked SQLite file is waited for
+        # ``db_timeout_s`` at most, then the request is refused (503, fail closed).
+        self._engine = bounded_waits(engine, db_timeout_s)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._ttl = timedelta(seconds=reservation_ttl_s)
         self._sync_interval_s = sync_interval_s

@@ -22,6 +22,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+# How long a SQLite transaction waits for another connection's write lock.
+BUSY_TIMEOUT_MS = 30_000
+
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
@@ -94,6 +97,18 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
         connection = await connection.execution_options(sqlite_begin="IMMEDIATE")
         async with connection.begin():
             yield connection
+
+
+def bounded_waits(engine: AsyncEngine, timeout_s: float) -> AsyncEngine:
+    """``engine`` whose transactions wait at most ``timeout_s`` for a SQLite write lock.
+
+    Another process holding the file's lock (a long ``BEGIN IMMEDIATE``, a backup) makes
+    a transaction wait for the busy timeout, 30 s by default, then fail with "database is
+    locked". A request waiting on it should fail sooner. PostgreSQL is unaffected.
+    """
+    if not is_sqlite(str(engine.url)):
+        return engine
+    return engine.execution_options(sqlite_busy_timeout_ms=max(1, int(timeout_s * 1000)))
 
 
 P = ParamSpec("P")
@@ -176,7 +191,7 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -185,5 +200,14 @@ def _begin_sqlite(connection: Any) -> None:
     # A transaction that reads before it writes asks for sqlite_begin="IMMEDIATE" (see
     # write_transaction): taking the write lock up front means it can never fail half-way
     # with "database is locked" when another writer commits first. Reads stay lock-free.
-    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+    options = connection.get_execution_options()
+    # A caller that must answer fast (a budget decision on the request path) waits less
+    # for another process's lock: see bounded_waits. Set per connection, and only when
+    # it changes, so the common case costs nothing.
+    wait_ms = options.get("sqlite_busy_timeout_ms", BUSY_TIMEOUT_MS)
+    info = connection.connection.info
+    if info.get("busy_timeout_ms", BUSY_TIMEOUT_MS) != wait_ms:
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={int(wait_ms)}")
+        info["busy_timeout_ms"] = wait_ms
+    mode = options.get("sqlite_begin", "DEFERRED")
     connection.exec_driver_sql(f"BEGIN {mode}")

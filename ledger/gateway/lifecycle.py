@@ -95,6 +95,7 @@ class GatewayCall:
     forward_headers: dict[str, str] = field(default_factory=dict)
     body_error: LedgerError | None = None  # found while reading the body (size, type)
     client: str | None = None  # the caller's address, for throttling bad keys
+    principal: Principal | None = None  # already authenticated on the headers
     client_gone: Callable[[], bool] | None = None  # true once the client has disconnected
 
 
@@ -129,8 +130,10 @@ class Gateway:
         max_body_bytes: int = 32 * 1024 * 1024,
         max_event_bytes: int = 8 * 1024 * 1024,
         redactor: Redactor | None = None,
+        body_read_timeout_s: float | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
+        self.body_read_timeout_s = body_read_timeout_s
         self._max_event_bytes = max_event_bytes
         # Cuts the providers' keys out of whatever a provider says that Ledger passes on.
         self._redactor = redactor or Redactor()
@@ -145,20 +148,25 @@ class Gateway:
         self._writer = writer
         self._default_max_output = default_max_output_tokens
 
+    async def authenticate(self, credential: str | None, client: str | None) -> Principal:
+        """The principal a key acts as (step 1 of :meth:`handle`, for a key in the headers)."""
+        return await self._auth.authenticate(credential, client)
+
     async def handle(self, call: GatewayCall) -> GatewayReply:
         """Serve one request. Raises :class:`LedgerError` only before the key is known."""
         started = datetime.now(UTC)
         body: dict[str, Any] | None = None
-        credential = call.credential
-        if credential is None and call.body_error is None:
-            try:
-                body = decode_json_object(call.raw_body)
-            except InvalidRequest:
-                body = None
-            credential = key_from_body(body) if body else None
-
-        # 1. Authenticate. Before this there is no one to charge, so no entry.
-        principal = await self._auth.authenticate(credential, call.client)
+        principal = call.principal
+        if principal is None:
+            credential = call.credential
+            if credential is None and call.body_error is None:
+                try:
+                    body = decode_json_object(call.raw_body)
+                except InvalidRequest:
+                    body = None
+                credential = key_from_body(body) if body else None
+            # 1. Authenticate. Before this there is no one to charge, so no entry.
+            principal = await self._auth.authenticate(credential, call.client)
         if principal.is_admin:
             raise PermissionDenied(
                 "The admin key cannot make model requests; create a team key with POST /admin/keys."
@@ -229,6 +237,21 @@ class Gateway:
             )
             if reservation.clamped_output_tokens is not None:
                 output_cap = reservation.clamped_output_tokens
+            if reservation.holds and call.client_gone is not None and call.client_gone():
+                # The budget's database kept this request waiting and its client has left:
+                # nothing is forwarded for nobody (the reservation is released at $0).
+                gone = LedgerError(
+                    "The client disconnected before the request was forwarded.",
+                    status=499,  # nobody reads it; the status nginx gives a client that left
+                    code="client_disconnected",
+                )
+                entry.status, entry.http_status, entry.error = (
+                    "client_disconnected",
+                    499,
+                    gone.message,
+                )
+                await self._record(entry, reservation)
+                return self._error_reply(call.protocol, gone, entry)
             # What the provider is told it may write per choice, if anything.
             output_limit = output_cap if output_cap is not None else request.max_output_tokens
 

@@ -12,8 +12,14 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi.spec import Operation, Schema
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from ledger.admin.identity import Authenticator
-from ledger.errors import InvalidRequest, LedgerError
+from ledger.admin.identity import Authenticator, Principal
+from ledger.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    LedgerError,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 from ledger.gateway.lifecycle import END_OF_RESPONSE, Gateway, GatewayCall
 from ledger.gateway.routing import ModelRouter
 from ledger.http import (
@@ -74,6 +80,18 @@ class ServeGateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway: Gateway = scope["app"].state["services"].gateway
         headers = scope_headers(scope)
+        client = scope.get("client")
+        address = client[0] if client else None
+        credential = credential_in(headers)
+        principal: Principal | None = None
+        if credential is not None:
+            # Authenticated on the headers, before the body is read: a caller without a
+            # valid key cannot make Ledger buffer (or wait for) a body at all.
+            try:
+                principal = await gateway.authenticate(credential, address)
+            except LedgerError as error:
+                await self._refuse(send, error)
+                return
         body_error: LedgerError | None = None
         raw = b""
         try:
@@ -83,21 +101,33 @@ class ServeGateway:
                     f"Content-Type must be application/json, not {content_type!r}."
                 )
                 body_error.status = 415
-            raw = await read_body(headers, receive, gateway.max_body_bytes)
+            limit = gateway.max_body_bytes if principal is not None else BODY_KEY_MAX_BYTES
+            raw = await read_body(headers, receive, limit, timeout_s=gateway.body_read_timeout_s)
+        except PayloadTooLarge as error:
+            if principal is None:
+                # Only a small body is read for the key it may carry.
+                await self._refuse(send, AuthenticationFailed(_NO_KEY_FOR_LARGE_BODY))
+                return
+            body_error = error
+        except RequestTimeout as error:
+            if principal is None:  # nobody to charge: no entry
+                await self._refuse(send, error)
+                return
+            body_error = error
         except LedgerError as error:
             body_error = error
-        client = scope.get("client")
         call = GatewayCall(
             protocol=self._protocol,
             endpoint=self._endpoint,
             raw_body=raw,
-            credential=credential_in(headers),
+            credential=credential,
             seed_body=self._seed_body,
             end_user=headers.get("x-ledger-user"),
             tags=headers.get("x-ledger-tags"),
             forward_headers={h: v for h in _FORWARDED_HEADERS if (v := headers.get(h))},
             body_error=body_error,
-            client=client[0] if client else None,
+            client=address,
+            principal=principal,
             client_gone=(watch := DisconnectWatch(receive)),
         )
         try:
@@ -112,6 +142,22 @@ class ServeGateway:
             await _send_whole(send, reply.status, reply.headers, reply.body)
         else:
             await _send_stream(send, reply.status, reply.headers, reply.stream, watch)
+
+    async def _refuse(self, send: Send, error: LedgerError) -> None:
+        """Answer before the body was read (or in full); the connection ends with it.
+
+        Otherwise the server would keep reading, and discarding, whatever the client
+        still sends, on a connection held open for it.
+        """
+        headers = {**error.headers, "connection": "close"}
+        await _send_whole(send, error.status, headers, error_body(error, self._protocol))
+
+
+BODY_KEY_MAX_BYTES = 64 * 1024
+_NO_KEY_FOR_LARGE_BODY = (
+    "Missing API key. Send it as 'Authorization: Bearer <key>'; a key in the body is read "
+    f"only from bodies of at most {BODY_KEY_MAX_BYTES // 1024} KiB."
+)
 
 
 def served(protocol: str, endpoint: str, *, seed_body: bool = False) -> DefineMiddleware:

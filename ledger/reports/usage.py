@@ -90,6 +90,17 @@ async def _team_id(session: AsyncSession, principal: Principal, team: str | None
     return principal.team_id
 
 
+async def _own_key(session: AsyncSession, principal: Principal, key_id: int) -> None:
+    """A team key may filter by its own team's keys; any other key id is refused (403).
+
+    An id that does not exist is refused the same way, as the reports do, so the answer
+    does not tell which ids exist.
+    """
+    team_id = await session.scalar(select(ApiKey.team_id).where(ApiKey.id == key_id))
+    if team_id != principal.team_id:
+        raise PermissionDenied("A team key can only read its own team's keys.")
+
+
 class UsageController(Controller):
     before_request = read_your_writes
     path = "/api/usage"
@@ -119,6 +130,8 @@ class UsageController(Controller):
             if value is not None and value.tzinfo is None:
                 raise InvalidRequest(f"{name} needs a UTC offset, e.g. 2026-10-01T00:00:00Z")
         async with sessions() as session:
+            if key_id is not None and not principal.is_admin:
+                await _own_key(session, principal, key_id)
             where = EntryFilter(
                 request_id=request_id,
                 team_id=await _team_id(session, principal, team),

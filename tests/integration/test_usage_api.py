@@ -198,7 +198,6 @@ def test_a_team_key_sees_only_its_own_team(gateway: LiveServer, traffic: dict[st
     assert {e["team"] for e in own.json()["data"]} == {"support"}
     assert set(_ids(_usage(gateway, support, team="support"))) == {ids["s_mini"], ids["s_4o"]}
     # No filter reaches another team's entries.
-    assert _ids(_usage(gateway, support, key_id=traffic["research_key_id"])) == []
     assert _ids(_usage(gateway, support, request_id=ids["r_mini_1"])) == []
     assert _ids(_usage(gateway, support, model=MINI)) == [ids["s_mini"]]
     # Research's key sees research's entries, made by either of its keys.
@@ -209,6 +208,19 @@ def test_a_team_key_sees_only_its_own_team(gateway: LiveServer, traffic: dict[st
         response = _usage(gateway, support, team=team)
         assert response.status_code == 403, response.text
         assert response.json()["error"]["code"] == "permission_denied"
+    # So is asking for another team's key (as SECURITY.md says), or for a key id that
+    # does not exist: the answer does not tell which ids exist.
+    for key_id in (traffic["research_key_id"], 999_999):
+        response = _usage(gateway, support, key_id=key_id)
+        assert response.status_code == 403, response.text
+        assert response.json()["error"]["code"] == "permission_denied"
+    support_key_id = next(
+        k["id"] for k in gateway.admin.get("/admin/keys").json()["data"] if k["team"] == "support"
+    )
+    assert set(_ids(_usage(gateway, support, key_id=support_key_id))) == {
+        ids["s_mini"],
+        ids["s_4o"],
+    }
 
     # Another team's entry looks exactly like one that does not exist.
     headers = {"authorization": f"Bearer {support}"}
