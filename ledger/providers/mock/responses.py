@@ -79,7 +79,7 @@ def response(request: dict[str, Any], cache: PrefixCache) -> tuple[dict[str, Any
         "max_output_tokens": facts.max_tokens,
         "usage": {
             "input_tokens": input_tokens,
-            "input_tokens_details": {"cached_tokens": cached},
+            "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
             "output_tokens": reply.tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": input_tokens + reply.tokens,
