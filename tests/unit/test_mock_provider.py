@@ -21,6 +21,7 @@ SCHEMAS: list[dict[str, Any]] = [
     {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 3},
     {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
     {"type": "integer", "minimum": 100, "multipleOf": 7},
+    {"type": "number", "minimum": 10, "maximum": 20, "multipleOf": 0.25},
     {"type": "string", "minLength": 50, "maxLength": 60},
     {"type": "string", "format": "email"},
     {"type": "string", "format": "date-time"},
@@ -158,3 +159,18 @@ def test_prefix_cache_forgets_expired_and_least_recent_prefixes() -> None:
     now[0] = 11.0
     assert not cache.hit("a")
     assert len(cache) == 1
+
+
+def test_a_schema_demanding_the_impossible_still_gets_a_finite_answer() -> None:
+    endless = {
+        "$defs": {"A": {"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}}}},
+        "type": "object",
+        "properties": {
+            "loop": {"$ref": "#/$defs/A"},
+            "many": {"type": "array", "minItems": 10**9},
+            "long": {"type": "string", "minLength": 10**9},
+        },
+        "required": ["loop", "many", "long"],
+    }
+    value = instance_for(endless)
+    assert len(value["many"]) <= 64 and len(value["long"]) <= 4096

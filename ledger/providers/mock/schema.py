@@ -30,6 +30,11 @@ _FORMATS = {
     "ipv6": "2001:db8::1",
     "duration": "PT1H",
 }
+# Bounds on what a client's schema can make the mock build: a schema that demands a billion
+# items, or recurses through required properties forever, gets a finite (if invalid) answer.
+_HARD_DEPTH = 64
+_MAX_ITEMS = 64
+_MAX_LENGTH = 4096
 
 
 def instance_for(schema: Any, seed: int = 0) -> Any:
@@ -43,6 +48,8 @@ class _Generator:
         self._seed = seed
 
     def value(self, schema: Any, depth: int, path: str) -> Any:
+        if depth > _HARD_DEPTH:
+            return None
         if not isinstance(schema, Mapping):
             return None if schema is False else self._string({}, path)
         schema = self._resolve(schema)
@@ -144,9 +151,9 @@ class _Generator:
         for name in names:
             result[name] = self.value(properties.get(name, {}), depth + 1, f"{path}/{name}")
         extra = schema.get("additionalProperties")
-        minimum = schema.get("minProperties")
+        minimum = min(_count(schema.get("minProperties")) or 0, _MAX_ITEMS)
         index = 0
-        while isinstance(minimum, int) and len(result) < minimum and extra is not False:
+        while len(result) < minimum and extra is not False:
             key = f"key_{index}"
             index += 1
             if key not in result:
@@ -161,8 +168,8 @@ class _Generator:
         if isinstance(items, list):  # draft-07 tuple form
             prefix, items = items, schema.get("additionalItems", {})
         prefix = prefix if isinstance(prefix, list) else []
-        minimum = _int(schema.get("minItems"), 0)
-        maximum = _int(schema.get("maxItems"), None)
+        minimum = min(_count(schema.get("minItems")) or 0, _MAX_ITEMS)
+        maximum = _count(schema.get("maxItems"))
         count = max(minimum, len(prefix) if prefix else (2 if depth < _MAX_DEPTH else 0))
         if maximum is not None:
             count = min(count, maximum)
@@ -192,6 +199,8 @@ class _Generator:
         step = schema.get("multipleOf")
         if isinstance(step, int) and not isinstance(step, bool) and step > 0:
             return self._integer(schema)
+        if isinstance(step, float) and step > 0:
+            return _multiple_of(schema, step)
         low, low_open = _bound(schema, "minimum", "exclusiveMinimum")
         high, high_open = _bound(schema, "maximum", "exclusiveMaximum")
         value = 42.5
@@ -216,12 +225,10 @@ class _Generator:
             text = _FORMATS[fmt]
         else:
             text = " ".join(words(self._seed + sum(map(ord, path)), 1 + self._pick(path, 3)))
-        minimum = _int(schema.get("minLength"), 0)
-        maximum = _int(schema.get("maxLength"), None)
-        while len(text) < minimum:
-            text += " " + text
+        minimum = min(_count(schema.get("minLength")) or 0, _MAX_LENGTH)
+        maximum = _count(schema.get("maxLength"))
         if len(text) < minimum:
-            text = text.ljust(minimum, "x")
+            text = ((text + " ") * (minimum // (len(text) + 1) + 1))[:minimum]
         if maximum is not None:
             text = text[:maximum]
         return text
@@ -236,6 +243,17 @@ def _integer_bounds(schema: Mapping[str, Any]) -> tuple[int | None, int | None]:
     low_i = None if low is None else (math.floor(low) + 1 if low_open else math.ceil(low))
     high_i = None if high is None else (math.ceil(high) - 1 if high_open else math.floor(high))
     return low_i, high_i
+
+
+def _multiple_of(schema: Mapping[str, Any], step: float) -> float:
+    low, low_open = _bound(schema, "minimum", "exclusiveMinimum")
+    high, _ = _bound(schema, "maximum", "exclusiveMaximum")
+    count = max(1, round(42 / step))
+    if low is not None and count * step <= low:
+        count = math.floor(low / step) + 1 if low_open else math.ceil(low / step)
+    if high is not None and count * step > high:
+        count = math.floor(high / step)
+    return count * step
 
 
 def _bound(schema: Mapping[str, Any], inclusive: str, exclusive: str) -> tuple[float | None, bool]:
@@ -256,7 +274,7 @@ def _number_or_none(value: Any) -> float | None:
     return value
 
 
-def _int(value: Any, default: int | None) -> int | None:
+def _count(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return default
+        return None
     return value
