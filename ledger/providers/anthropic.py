@@ -49,9 +49,12 @@ def _normalised(usage: Mapping[str, Any], previous: Usage | None) -> Usage:
         cache_write_5m = _int(breakdown, "ephemeral_5m_input_tokens")
         cache_write_1h = _int(breakdown, "ephemeral_1h_input_tokens")
     elif "cache_creation_input_tokens" in usage:
-        # Older API versions report one total; it is priced as the 5-minute write.
-        cache_write_5m = _int(usage, "cache_creation_input_tokens")
-        cache_write_1h = 0
+        total = _int(usage, "cache_creation_input_tokens")
+        # A stream's message_delta repeats message_start's total without the 5m/1h split:
+        # the same total keeps the split already known. Otherwise (older API versions
+        # report one total) it is priced as the 5-minute write.
+        if previous is None or total != cache_write_5m + cache_write_1h:
+            cache_write_5m, cache_write_1h = total, 0
     return Usage(
         input_tokens=_int(usage, "input_tokens") if "input_tokens" in usage else base.input_tokens,
         cache_read_tokens=(
