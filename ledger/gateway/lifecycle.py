@@ -57,7 +57,7 @@ from ledger.gateway.requests import (
 from ledger.gateway.routing import ModelRouter, Route
 from ledger.money import format_usd
 from ledger.observability import Metrics, current_access, current_request_id
-from ledger.pricing import Price, price_cost, worst_case_cost
+from ledger.pricing import Price, price_cost, requested_factor, worst_case_cost
 from ledger.providers import UpstreamResponse, anthropic, openai
 from ledger.tokens import approximate_anthropic_prompt, count_text_tokens, estimate_prompt
 from ledger.usage import Usage
@@ -197,10 +197,22 @@ class Gateway:
             output_cap = self._output_cap(request, scope)
             estimate = entry.estimated_input_tokens
             caches = _asks_for_cache(request)
+            # A request that asks for a dearer service (priority, fast mode, US-only
+            # inference) reserves at that multiplier, so the overspend bound holds.
+            factor = requested_factor(
+                price,
+                service_tier=body.get("service_tier"),
+                speed=body.get("speed"),
+                inference_geo=body.get("inference_geo"),
+            )
 
             def worst_case(output_tokens: int) -> int:
                 return worst_case_cost(
-                    estimate, output_tokens * request.choices, price, may_write_cache=caches
+                    estimate,
+                    output_tokens * request.choices,
+                    price,
+                    may_write_cache=caches,
+                    factor=factor,
                 )
 
             def clamp(remaining: int) -> tuple[int, int] | None:
@@ -599,13 +611,8 @@ class Gateway:
             # The stream ended without final usage: count what was seen, and say so.
             seen = self._estimated_usage(entry, route, "".join(relay.text))
             if usage is not None:  # Anthropic's message_start still gave the exact input
-                seen = Usage(
-                    input_tokens=usage.input_tokens,
-                    cache_read_tokens=usage.cache_read_tokens,
-                    cache_write_5m_tokens=usage.cache_write_5m_tokens,
-                    cache_write_1h_tokens=usage.cache_write_1h_tokens,
-                    output_tokens=max(seen.output_tokens, usage.output_tokens),
-                )
+                # (and how it was served: tier, region, speed, tool calls so far).
+                seen = replace(usage, output_tokens=max(seen.output_tokens, usage.output_tokens))
             usage = seen
             entry.usage_source = "estimated"
         self._settle(entry, usage, price, route)
@@ -625,14 +632,22 @@ class Gateway:
         entry.cache_write_1h_tokens = usage.cache_write_1h_tokens
         entry.output_tokens = usage.output_tokens
         entry.reasoning_tokens = usage.reasoning_tokens
+        entry.service_tier = usage.service_tier
+        entry.provider_cost_nanos = usage.provider_cost_nanos
         if price.free or route.free:
             return
-        cost = price_cost(usage, price)
+        if route.provider.kind == OPENAI and openai.is_regional_endpoint(route.provider.base_url):
+            usage = replace(usage, regional=True)
+        # Priced from what the response reported (tier, region, speed, tool calls), at
+        # the time the request started (time-of-day prices).
+        cost = price_cost(usage, price, at=entry.started_at)
         entry.input_cost_nanos = cost.input
         entry.cache_read_cost_nanos = cost.cache_read
         entry.cache_write_cost_nanos = cost.cache_write
         entry.output_cost_nanos = cost.output
         entry.request_fee_nanos = cost.request_fee
+        entry.tool_fees_nanos = cost.tool_fees
+        entry.pricing_notes = json.dumps(list(cost.applied)) if cost.applied else None
         entry.cost_nanos = cost.total
 
     async def _record(self, entry: LedgerEntry, reservation: Reservation | None = None) -> None:
