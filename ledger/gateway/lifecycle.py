@@ -327,6 +327,10 @@ class Gateway:
                 source="configured free", input=0, cached_input=0, cache_write_5m=0,
                 cache_write_1h=0, output=0, free=True, id=price.id if price else None,
             )  # fmt: skip
+        if price is not None and not _price_serves(price, route):
+            # A price tagged for another provider (azure's, bedrock's) is not this
+            # provider's price: the same model id is priced differently per provider.
+            price = None
         if price is None:
             raise InvalidRequest(
                 f"No price is known for model '{route.model}'. Add one with POST /admin/prices "
@@ -791,6 +795,18 @@ def _parse_tags(header: str | None) -> list[str]:
             "and _.:/=- (64 characters each)."
         )
     return sorted(set(tags))
+
+
+# Price provider tags that name no particular provider: any route may use them.
+_ANY_PROVIDER = frozenset({"", "unknown", "config", "custom"})
+
+
+def _price_serves(price: Price, route: Route) -> bool:
+    """Whether a price is for the provider serving the route: its name or protocol kind."""
+    provider = route.provider
+    return provider.kind == "mock" or price.provider in (
+        _ANY_PROVIDER | {provider.name, provider.kind}
+    )
 
 
 def _usage(protocol: str, payload: Any) -> Usage | None:

@@ -62,8 +62,8 @@ def entry_out(row: LedgerEntryRow, teams: dict[int, str], keys: dict[int, str]) 
             "cache_write": format_usd(row.cache_write_cost_nanos),
             "output": format_usd(row.output_cost_nanos),
             "request_fee": format_usd(row.request_fee_nanos),
-            "tool_fees": format_usd(row.tool_fees_nanos or 0),
         },
+        "tool_fees_usd": format_usd(row.tool_fees_nanos or 0),  # per-call fees, in cost_usd
         "service_tier": row.service_tier,
         "pricing_notes": json.loads(row.pricing_notes) if row.pricing_notes else [],
         # The provider's own reported cost (OpenRouter's usage.cost) and how far Ledger's
