@@ -449,6 +449,7 @@ def prices_import(ctx: click.Context, path: str, dry_run: bool) -> None:
     from ledger.db.migrate import upgrade
     from ledger.db.prices import insert_prices, load_registry, sync_prices
     from ledger.pricing import PriceBook, PriceError, diff_prices, parse_price_map_text
+    from ledger.pricing.price_map import refuse_untiered_replacements
 
     settings = _settings(ctx)
     now = datetime.now(UTC)
@@ -467,6 +468,9 @@ def prices_import(ctx: click.Context, path: str, dry_run: bool) -> None:
                 [p for p in (registry.price_at(m, now) for m in registry.models()) if p]
             )
             diff = diff_prices(current, result.prices, now)
+            changed, kept_tiers = refuse_untiered_replacements(diff.changed)
+            result.refused.extend(kept_tiers)
+            diff = diff._replace(changed=changed)
             if not dry_run:
                 to_write = [(p, "import") for p in diff.added] + [
                     (new, "import") for _, new in diff.changed
@@ -484,9 +488,12 @@ def prices_import(ctx: click.Context, path: str, dry_run: bool) -> None:
         click.echo(f"changed  {new.model}")
     for name, reason in result.refused:
         click.echo(f"refused  {name}: {reason}")
+    for name, price_field, written, kept in result.rounded:
+        click.echo(f"rounded  {name}: {price_field} {written} per token -> ${kept} per million")
     click.echo(
         f"{len(diff.added)} added, {len(diff.changed)} changed, {len(diff.unchanged)} unchanged, "
         f"{len(result.refused)} refused, {len(result.skipped)} skipped"
+        + (f", {len(result.rounded)} rounded to the nano per million" if result.rounded else "")
         + (" (dry run: nothing written)" if dry_run else "")
     )
 

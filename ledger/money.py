@@ -41,6 +41,13 @@ def usd_to_nanos(value: str | int | Decimal) -> Nanos:
     return int(amount)
 
 
+def usd_to_nanos_rounded(value: str | int | Decimal) -> Nanos:
+    """Convert a USD amount to nanos, rounded half up to the nano: for amounts others
+    computed (a provider's reported cost), never for prices, which must be exact."""
+    amount = to_decimal(value) * NANOS_PER_USD
+    return int(amount.to_integral_value(rounding=ROUND_HALF_UP))
+
+
 def nanos_to_usd(nanos: Nanos) -> Decimal:
     """The exact Decimal value in USD of an amount in nanos."""
     return Decimal(nanos).scaleb(-9)
@@ -68,5 +75,22 @@ def cost_of_tokens(tokens: int, nanos_per_million: Nanos) -> Nanos:
         raise MoneyError("token counts cannot be negative")
     quotient, remainder = divmod(tokens * nanos_per_million, TOKENS_PER_PRICE_UNIT)
     if remainder * 2 >= TOKENS_PER_PRICE_UNIT:
+        quotient += 1
+    return quotient
+
+
+def cost_of_tokens_scaled(
+    tokens: int, nanos_per_million: Nanos, numerator: int, denominator: int
+) -> Nanos:
+    """Cost of ``tokens`` at a per-million price times the exact ratio
+    ``numerator / denominator`` (a service tier's 1/2, data residency's 11/10), rounded
+    half up once: the same rounding as :func:`cost_of_tokens`, never a float."""
+    if tokens < 0:
+        raise MoneyError("token counts cannot be negative")
+    if numerator < 0 or denominator <= 0:
+        raise MoneyError("a multiplier must be a positive ratio")
+    divisor = TOKENS_PER_PRICE_UNIT * denominator
+    quotient, remainder = divmod(tokens * nanos_per_million * numerator, divisor)
+    if remainder * 2 >= divisor:
         quotient += 1
     return quotient

@@ -29,12 +29,20 @@ with a bad value is answered with a 400.
 ``reply_words=N``           reply ``"word0 word1 …"`` (N words) instead of the echo
 ``cached=N``                OpenAI ``prompt_tokens_details.cached_tokens`` (clamped to
                             ``prompt_tokens``); Anthropic ``cache_read_input_tokens``
-``cache_write=N``           Anthropic 5-minute cache write tokens
+``cache_write=N``           Anthropic 5-minute cache write tokens; OpenAI
+                            ``prompt_tokens_details.cache_write_tokens`` (within the prompt)
 ``cache_write_1h=N``        Anthropic 1-hour cache write tokens
 ``reasoning=N``             OpenAI ``reasoning_tokens``, also added to ``completion_tokens``
 ``prompt_tokens=N``         bill the prompt as N tokens (OpenAI ``prompt_tokens``, Anthropic
                             ``input_tokens`` and ``count_tokens``), as for files and audio,
                             which the fake does not read
+``service_tier=T``          the response's ``service_tier`` (OpenAI top level, Anthropic usage)
+``inference_geo=G``         (Anthropic) ``usage.inference_geo``
+``speed=S``                 (Anthropic) ``usage.speed``
+``web_searches=N``          (Anthropic) ``usage.server_tool_use.web_search_requests``
+``reasoning_outside``       (OpenAI) reasoning not included in ``completion_tokens``;
+                            ``total_tokens`` counts it beside
+``cost=USD``                (OpenAI) ``usage.cost`` as a JSON number (OpenRouter's)
 ``chunk_delay_ms=N``        pause between stream events (default 0)
 ``body_end_delay_ms=N``     (streams) pause between the last event and the body's end
 ``stall_s=S``               how long the stall faults sleep (default 30 s)
@@ -150,6 +158,7 @@ _INT_DIRECTIVES = (
     "reply_words",
     "chunk_delay_ms",
     "body_end_delay_ms",
+    "web_searches",
 )
 
 
@@ -175,13 +184,19 @@ class Directives:
     body_end_delay_ms: int = 0  # between a stream's last event and the end of its body
     stall_s: float = _DEFAULT_STALL_S
     usage: str | None = None  # garbage to put in the usage counts (GARBAGE_USAGE)
+    service_tier: str | None = None
+    inference_geo: str | None = None
+    speed: str | None = None
+    web_searches: int = 0
+    reasoning_outside: bool = False
+    cost: float | None = None
 
 
 def parse_directives(text: str) -> Directives:
     """Parse the directives in `text`; raise `DirectiveError` on a bad value."""
     values: dict[str, Any] = {}
     for word in text.split():
-        if word in ("call_tool", "set_cookie", "usage_with_empty_delta"):
+        if word in ("call_tool", "set_cookie", "usage_with_empty_delta", "reasoning_outside"):
             values[word] = True
             continue
         key, sep, raw = word.partition("=")
@@ -199,8 +214,10 @@ def parse_directives(text: str) -> Directives:
             values["usage"] = raw
         elif key in _INT_DIRECTIVES:
             values[key] = _non_negative(key, raw, int)
-        elif key == "stall_s":
+        elif key in ("stall_s", "cost"):
             values[key] = _non_negative(key, raw, float)
+        elif key in ("service_tier", "inference_geo", "speed"):
+            values[key] = raw
     return Directives(**values)
 
 
@@ -588,10 +605,13 @@ def _openai_usage(body: dict[str, Any], reply: _Reply, directives: Directives) -
     if prompt_tokens is None:
         prompt_tokens = count_openai_prompt_tokens(body)
     completion_tokens = reply.output_tokens(encoding) + directives.reasoning
-    return {
+    total_tokens = prompt_tokens + completion_tokens
+    if directives.reasoning_outside:
+        completion_tokens -= directives.reasoning
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+        "total_tokens": total_tokens,
         "prompt_tokens_details": {
             "cached_tokens": min(directives.cached, prompt_tokens),
             "audio_tokens": 0,
@@ -603,10 +623,15 @@ def _openai_usage(body: dict[str, Any], reply: _Reply, directives: Directives) -
             "rejected_prediction_tokens": 0,
         },
     }
+    if directives.cache_write:
+        usage["prompt_tokens_details"]["cache_write_tokens"] = directives.cache_write
+    if directives.cost is not None:
+        usage["cost"] = directives.cost
+    return usage
 
 
 def _openai_completion(
-    body: dict[str, Any], reply: _Reply, usage: dict[str, Any] | None
+    body: dict[str, Any], reply: _Reply, usage: dict[str, Any] | None, service_tier: str = "default"
 ) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
@@ -635,7 +660,7 @@ def _openai_completion(
                 "finish_reason": "stop" if reply.tool_name is None else "tool_calls",
             }
         ],
-        "service_tier": "default",
+        "service_tier": service_tier,
         "system_fingerprint": _SYSTEM_FINGERPRINT,
     }
     if usage is not None:
@@ -649,6 +674,7 @@ def _openai_stream(
     usage: dict[str, Any] | None,
     *,
     usage_with_empty_delta: bool = False,
+    service_tier: str = "default",
 ) -> _Stream:
     """The chunks of a streamed completion; `usage` None leaves out the usage chunk."""
     base = {
@@ -656,7 +682,7 @@ def _openai_stream(
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": body["model"],
-        "service_tier": "default",
+        "service_tier": service_tier,
         "system_fingerprint": _SYSTEM_FINGERPRINT,
     }
 
@@ -772,7 +798,15 @@ def _anthropic_prompt_tokens(body: dict[str, Any], directives: Directives) -> in
 
 def _anthropic_input_usage(body: dict[str, Any], directives: Directives) -> dict[str, Any]:
     cache_write = directives.cache_write + directives.cache_write_1h
+    served: dict[str, Any] = {}
+    if directives.inference_geo is not None:
+        served["inference_geo"] = directives.inference_geo
+    if directives.speed is not None:
+        served["speed"] = directives.speed
+    if directives.web_searches:
+        served["server_tool_use"] = {"web_search_requests": directives.web_searches}
     return {
+        **served,
         "input_tokens": _anthropic_prompt_tokens(body, directives),
         "cache_creation_input_tokens": cache_write,
         "cache_read_input_tokens": directives.cached,
@@ -824,7 +858,7 @@ def _anthropic_stream(
     message["content"] = []
     message["stop_reason"] = None
     if input_usage is not None:
-        start_usage = {**input_usage, "output_tokens": 1, "service_tier": "standard"}
+        start_usage = {"output_tokens": 1, "service_tier": "standard", **input_usage}
         message["usage"] = _garbled(start_usage, "absurd" if garbage == "absurd" else None, "")
 
     if reply.tool_name is None:
@@ -1079,7 +1113,10 @@ class FakeUpstream:
                 _openai_usage(body, reply, directives), directives.usage, "completion_tokens"
             )
         if body.get("stream") is not True:
-            return await _send_json(request, _openai_completion(body, reply, usage), directives)
+            completion = _openai_completion(
+                body, reply, usage, directives.service_tier or "default"
+            )
+            return await _send_json(request, completion, directives)
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         stream = _openai_stream(
@@ -1087,6 +1124,7 @@ class FakeUpstream:
             reply,
             usage if include_usage else None,
             usage_with_empty_delta=directives.usage_with_empty_delta,
+            service_tier=directives.service_tier or "default",
         )
         stream = replace(stream, key_error=_key_error_event(_Protocol.OPENAI, _sent_key(recorded)))
         return await _send_stream(request, stream, directives)
@@ -1116,6 +1154,8 @@ class FakeUpstream:
         input_usage = None
         if directives.fault != "no_usage":
             input_usage = _anthropic_input_usage(body, directives)
+            if directives.service_tier is not None:
+                input_usage["service_tier"] = directives.service_tier
         if body.get("stream") is True:
             stream = _anthropic_stream(
                 body, reply, input_usage, output_tokens, garbage=directives.usage
@@ -1124,7 +1164,7 @@ class FakeUpstream:
             return await _send_stream(request, replace(stream, key_error=key_error), directives)
         usage = None
         if input_usage is not None:
-            usage = {**input_usage, "output_tokens": output_tokens, "service_tier": "standard"}
+            usage = {"output_tokens": output_tokens, "service_tier": "standard", **input_usage}
             usage = _garbled(usage, directives.usage, "output_tokens")
         return await _send_json(request, _anthropic_message(body, reply, usage), directives)
 

@@ -84,6 +84,10 @@ class LedgerEntry:
     cache_write_cost_nanos: int = 0
     output_cost_nanos: int = 0
     request_fee_nanos: int = 0
+    tool_fees_nanos: int = 0
+    service_tier: str | None = None
+    pricing_notes: str | None = None  # JSON list: the multipliers and fees that applied
+    provider_cost_nanos: int | None = None
     price_id: int | None = None
     budget_id: int | None = None
     error: str | None = None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import select
@@ -14,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.db.tables import PriceRow
 from ledger.pricing import Price, PriceBook, load_catalog, price_from_mapping
+from ledger.pricing.prices import TimeWindow
 
 # Overrides win over the shipped catalog; among overrides with the same start, the
 # most deliberate one wins.
@@ -135,6 +138,7 @@ def _row(price: Price, origin: str) -> dict[str, Any]:
         "long_context_output": price.long_context_output,
         "free": price.free,
         "aliases": ",".join(price.aliases),
+        "dimensions": _dimensions_json(price),
         "created_at": datetime.now(UTC),
     }
 
@@ -160,4 +164,35 @@ def _price(row: Any) -> Price:
         aliases=tuple(a for a in row.aliases.split(",") if a),
         free=row.free,
         id=row.id,
+        **_dimensions_from_json(getattr(row, "dimensions", None)),
     )
+
+
+def _dimensions_json(price: Price) -> str | None:
+    if not price.service_tier_rates and not price.time_windows:
+        return None
+    return json.dumps(
+        {
+            "service_tiers": {tier: list(rates) for tier, rates in price.service_tier_rates},
+            "time_of_day": [
+                [w.start, w.end, w.factor.numerator, w.factor.denominator]
+                for w in price.time_windows
+            ],
+        },
+        sort_keys=True,
+    )
+
+
+def _dimensions_from_json(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    data = json.loads(text)
+    return {
+        "service_tier_rates": tuple(
+            (tier, tuple(rates)) for tier, rates in data.get("service_tiers", {}).items()
+        ),
+        "time_windows": tuple(
+            TimeWindow(start, end, Fraction(num, den))
+            for start, end, num, den in data.get("time_of_day", [])
+        ),
+    }

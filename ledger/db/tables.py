@@ -138,6 +138,8 @@ class PriceRow(Base):
     long_context_output: Mapped[int | None] = mapped_column(BigInteger)
     free: Mapped[bool] = mapped_column(Boolean, default=False)
     aliases: Mapped[str] = mapped_column(Text, default="")  # comma-separated
+    # Service-tier prices and time-of-day windows, JSON (ledger.db.prices); NULL: none.
+    dimensions: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp())
 
 
@@ -190,6 +192,13 @@ class LedgerEntryRow(Base):
     cache_write_cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     output_cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     request_fee_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Per-call tool fees (web searches), the service tier that priced the entry, what
+    # else applied (multipliers, fees: JSON list of phrases), and the provider's own
+    # reported cost (OpenRouter's usage.cost), kept beside Ledger's for comparison.
+    tool_fees_nanos: Mapped[int | None] = mapped_column(BigInteger, default=0)
+    service_tier: Mapped[str | None] = mapped_column(String(32))
+    pricing_notes: Mapped[str | None] = mapped_column(Text)
+    provider_cost_nanos: Mapped[int | None] = mapped_column(BigInteger)
     price_id: Mapped[int | None] = mapped_column(Integer)
     budget_id: Mapped[int | None] = mapped_column(Integer)  # the budget that blocked it
     error: Mapped[str | None] = mapped_column(Text)

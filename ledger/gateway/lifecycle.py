@@ -59,7 +59,7 @@ from ledger.gateway.requests import (
 from ledger.gateway.routing import ModelRouter, Route
 from ledger.money import format_usd
 from ledger.observability import Metrics, current_access, current_request_id
-from ledger.pricing import Price, price_cost, worst_case_cost
+from ledger.pricing import Price, price_cost, requested_factor, worst_case_cost
 from ledger.providers import UpstreamResponse, anthropic, openai
 from ledger.redaction import Redactor
 from ledger.tokens import approximate_anthropic_prompt, count_text_tokens, estimate_prompt
@@ -219,10 +219,22 @@ class Gateway:
             output_cap = self._output_cap(request, scope)
             estimate = entry.estimated_input_tokens
             caches = _asks_for_cache(request)
+            # A request that asks for a dearer service (priority, fast mode, US-only
+            # inference) reserves at that multiplier, so the overspend bound holds.
+            factor = requested_factor(
+                price,
+                service_tier=body.get("service_tier"),
+                speed=body.get("speed"),
+                inference_geo=body.get("inference_geo"),
+            )
 
             def worst_case(output_tokens: int) -> int:
                 return worst_case_cost(
-                    estimate, output_tokens * request.choices, price, may_write_cache=caches
+                    estimate,
+                    output_tokens * request.choices,
+                    price,
+                    may_write_cache=caches,
+                    factor=factor,
                 )
 
             def clamp(remaining: int) -> tuple[int, int] | None:
@@ -367,6 +379,10 @@ class Gateway:
                 source="configured free", input=0, cached_input=0, cache_write_5m=0,
                 cache_write_1h=0, output=0, free=True, id=price.id if price else None,
             )  # fmt: skip
+        if price is not None and not _price_serves(price, route):
+            # A price tagged for another provider (azure's, bedrock's) is not this
+            # provider's price: the same model id is priced differently per provider.
+            price = None
         if price is None:
             raise InvalidRequest(
                 f"No price is known for model '{route.model}'. Add one with POST /admin/prices "
@@ -684,13 +700,8 @@ class Gateway:
             # The stream ended without final usage: count what was seen, and say so.
             seen = self._estimated_usage(entry, route, "".join(relay.text))
             if usage is not None:  # Anthropic's message_start still gave the exact input
-                seen = Usage(
-                    input_tokens=usage.input_tokens,
-                    cache_read_tokens=usage.cache_read_tokens,
-                    cache_write_5m_tokens=usage.cache_write_5m_tokens,
-                    cache_write_1h_tokens=usage.cache_write_1h_tokens,
-                    output_tokens=max(seen.output_tokens, usage.output_tokens),
-                )
+                # (and how it was served: tier, region, speed, tool calls so far).
+                seen = replace(usage, output_tokens=max(seen.output_tokens, usage.output_tokens))
             usage = seen
             entry.usage_source = "estimated"
         self._settle(entry, usage, price, route)
@@ -710,10 +721,23 @@ class Gateway:
         entry.cache_write_1h_tokens = usage.cache_write_1h_tokens
         entry.output_tokens = usage.output_tokens
         entry.reasoning_tokens = usage.reasoning_tokens
+        entry.service_tier = usage.service_tier
+        entry.provider_cost_nanos = usage.provider_cost_nanos
         if price.free or route.free:
             return
-        cost = price_cost(usage, price)
-        parts = [cost.input, cost.cache_read, cost.cache_write, cost.output, cost.request_fee]
+        if route.provider.kind == OPENAI and openai.is_regional_endpoint(route.provider.base_url):
+            usage = replace(usage, regional=True)
+        # Priced from what the response reported (tier, region, speed, tool calls), at
+        # the time the request started (time-of-day prices).
+        cost = price_cost(usage, price, at=entry.started_at)
+        parts = [
+            cost.input,
+            cost.cache_read,
+            cost.cache_write,
+            cost.output,
+            cost.request_fee,
+            cost.tool_fees,
+        ]
         if cost.total > MAX_ENTRY_COST_NANOS:
             # Only prices far above any provider's reach this (see MAX_ENTRY_COST_NANOS):
             # the entry is capped, its buckets filled in order up to the ceiling, and said so.
@@ -732,7 +756,9 @@ class Gateway:
             entry.cache_write_cost_nanos,
             entry.output_cost_nanos,
             entry.request_fee_nanos,
+            entry.tool_fees_nanos,
         ) = parts
+        entry.pricing_notes = json.dumps(list(cost.applied)) if cost.applied else None
         entry.cost_nanos = sum(parts)
 
     async def _record(self, entry: LedgerEntry, reservation: Reservation | None = None) -> None:
@@ -879,6 +905,18 @@ def _parse_tags(header: str | None) -> list[str]:
             "and _.:/=- (64 characters each)."
         )
     return sorted(set(tags))
+
+
+# Price provider tags that name no particular provider: any route may use them.
+_ANY_PROVIDER = frozenset({"", "unknown", "config", "custom"})
+
+
+def _price_serves(price: Price, route: Route) -> bool:
+    """Whether a price is for the provider serving the route: its name or protocol kind."""
+    provider = route.provider
+    return provider.kind == "mock" or price.provider in (
+        _ANY_PROVIDER | {provider.name, provider.kind}
+    )
 
 
 def _usage(protocol: str, payload: Any) -> Usage | None:

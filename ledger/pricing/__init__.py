@@ -11,8 +11,10 @@ from ledger.pricing.prices import (
     CostBreakdown,
     Price,
     PriceError,
+    batch_price,
     price_cost,
     price_from_mapping,
+    requested_factor,
     worst_case_cost,
 )
 
@@ -23,11 +25,13 @@ __all__ = [
     "PriceBook",
     "PriceDiff",
     "PriceError",
+    "batch_price",
     "diff_prices",
     "load_catalog",
     "parse_price_map",
     "parse_price_map_text",
     "price_cost",
     "price_from_mapping",
+    "requested_factor",
     "worst_case_cost",
 ]

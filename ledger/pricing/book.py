@@ -146,4 +146,6 @@ def _charged(price: Price) -> tuple[object, ...]:
         price.long_context_cache_write_1h,
         price.long_context_output,
         price.free,
+        price.service_tier_rates,
+        price.time_windows,
     )

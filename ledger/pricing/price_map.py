@@ -8,10 +8,11 @@ per-token prices times one million are the per-million prices Ledger stores.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Context, Decimal, Inexact
+from decimal import ROUND_HALF_UP, Context, Decimal, Inexact
 from typing import Any
 
 from ledger.pricing.prices import Price, PriceError, price_from_mapping
@@ -31,6 +32,13 @@ class ImportResult:
     prices: list[Price]
     skipped: list[tuple[str, str]]
     refused: list[tuple[str, str]]
+    # Prices read as float artefacts (3.6000000000000003e-06) and rounded to the nano
+    # per million tokens: (name, field, as written, as kept).
+    rounded: list[tuple[str, str, str, str]] = field(default_factory=list)
+    # Every context tier of every entry, lowest threshold first, as (threshold, prices in
+    # USD per million by Ledger field). Price holds one long-context tier today (the
+    # lowest, applied to the Price); the whole list is kept for a Price of many tiers.
+    tiers: dict[str, list[tuple[int, dict[str, Decimal]]]] = field(default_factory=dict)
 
 
 def parse_price_map_text(
@@ -78,6 +86,8 @@ def parse_price_map(
     prices: list[Price] = []
     skipped: list[tuple[str, str]] = []
     refused: list[tuple[str, str]] = []
+    rounded: list[tuple[str, str, str, str]] = []
+    tiers: dict[str, list[tuple[int, dict[str, Decimal]]]] = {}
     for name, entry in data.items():
         if name == "sample_spec":
             skipped.append((name, "the format's documentation entry"))
@@ -90,15 +100,23 @@ def parse_price_map(
             skipped.append((name, f"mode {mode!r} is not priced per chat token"))
             continue
         try:
-            prices.append(_price_from_entry(name, entry, effective_from, source))
+            price, entry_tiers = _price_from_entry(name, entry, effective_from, source, rounded)
         except PriceError as exc:
             refused.append((name, str(exc)))
-    return ImportResult(prices, skipped, refused)
+            continue
+        prices.append(price)
+        if entry_tiers:
+            tiers[name] = entry_tiers
+    return ImportResult(prices, skipped, refused, rounded, tiers)
 
 
 _TOKEN_PRICED_MODES = frozenset({"chat", "responses", "completion"})
 _PROVIDERS = {"openai": "openai", "text-completion-openai": "openai", "anthropic": "anthropic"}
-_TIERS = {"_above_200k_tokens": 200_000, "_above_128k_tokens": 128_000}
+# A context tier: "_above_200k_tokens", "_above_272k_tokens", "_above_1m_tokens"…
+_TIER_SUFFIX = re.compile(r"(_above_(\d+)(k|m)?_tokens)$")
+# Service-tier prices: the map's suffix and the service_tier the response reports.
+_SERVICE_TIERS = {"_flex": "flex", "_priority": "priority", "_batches": "batch"}
+_NANO_PER_MILLION = Decimal("1e-15")  # one nano-USD per million tokens, per token
 
 # Ledger's price field for each of the price map's per-token fields (before a tier suffix).
 _FIELDS = {
@@ -117,8 +135,12 @@ _EXACT = Context(traps=[Inexact])
 
 
 def _price_from_entry(
-    name: str, entry: Mapping[str, Any], effective_from: datetime, source: str
-) -> Price:
+    name: str,
+    entry: Mapping[str, Any],
+    effective_from: datetime,
+    source: str,
+    rounded: list[tuple[str, str, str, str]],
+) -> tuple[Price, list[tuple[int, dict[str, Decimal]]]]:
     mapping: dict[str, Any] = {
         "model": name,
         "provider": _provider(name, entry.get("litellm_provider")),
@@ -126,30 +148,92 @@ def _price_from_entry(
         "source": source,
     }
     per_token: dict[str, Decimal] = {}
-    for field, ledger_field in _FIELDS.items():
-        if entry.get(field) is not None:
-            per_token[ledger_field] = _per_token(field, entry[field])
+    for map_field, ledger_field in _FIELDS.items():
+        if entry.get(map_field) is not None:
+            per_token[ledger_field] = _per_token(map_field, entry[map_field])
 
-    tiers = [suffix for suffix in _TIERS if any(field + suffix in entry for field in _FIELDS)]
-    if len(tiers) > 1:
-        raise PriceError(f"more than one long-context tier ({', '.join(tiers)})")
+    # Every context tier, whatever its threshold (200k, 128k, 272k, 100k, 256k, 512k…).
+    by_threshold: dict[int, dict[str, Decimal]] = {}
+    for key, value in entry.items():
+        match = _TIER_SUFFIX.search(key)
+        if match is None or value is None:
+            continue
+        base_field = key[: match.start()]
+        if base_field not in _FIELDS:
+            continue
+        number, unit = int(match.group(2)), match.group(3)
+        threshold = number * (1_000_000 if unit == "m" else 1_000 if unit == "k" else 1)
+        by_threshold.setdefault(threshold, {})[_FIELDS[base_field]] = _per_token(key, value)
+    tiers = sorted(by_threshold.items())
     if tiers:
-        suffix = tiers[0]
-        mapping["long_context_threshold"] = _TIERS[suffix]
-        for field, ledger_field in _FIELDS.items():
-            if entry.get(field + suffix) is not None:
-                value = _per_token(field + suffix, entry[field + suffix])
-                per_token[f"long_context_{ledger_field}"] = value
+        # Price holds one long-context tier: the lowest, so a request past it is never
+        # priced below what it crosses (see ImportResult.tiers for the rest).
+        threshold, tier_prices = tiers[0]
+        mapping["long_context_threshold"] = threshold
+        for ledger_field, value in tier_prices.items():
+            per_token[f"long_context_{ledger_field}"] = value
 
     if "input" not in per_token or "output" not in per_token:
         raise PriceError("no input or output price")
     _check_units(per_token)
     for ledger_field, value in per_token.items():
-        try:
-            mapping[ledger_field] = value.scaleb(6, context=_EXACT)
-        except Inexact:
-            raise PriceError(f"{ledger_field} has more digits than can be held exactly") from None
-    return price_from_mapping(mapping)
+        mapping[ledger_field] = _per_million(name, ledger_field, value, rounded)
+
+    service_tiers: dict[str, dict[str, Decimal]] = {}
+    for suffix, tier in _SERVICE_TIERS.items():
+        prices: dict[str, Decimal] = {}
+        for map_field, ledger_field in _FIELDS.items():
+            value = entry.get(map_field + suffix)
+            if value is not None:
+                prices[ledger_field] = _per_million(
+                    name, f"{tier} {ledger_field}", _per_token(map_field + suffix, value), rounded
+                )
+        if "input" in prices:
+            service_tiers[tier] = prices
+    if service_tiers:
+        mapping["service_tiers"] = service_tiers
+    per_million_tiers = [
+        (threshold, {k: v.scaleb(6) for k, v in tier_prices.items()})
+        for threshold, tier_prices in tiers
+    ]
+    return price_from_mapping(mapping), per_million_tiers
+
+
+def _per_million(
+    name: str, ledger_field: str, value: Decimal, rounded: list[tuple[str, str, str, str]]
+) -> Decimal:
+    """A per-token price as USD per million, exact when it is; a float artefact finer
+    than one nano per million (3.6000000000000003e-06) is rounded to it, and noted."""
+    try:
+        per_million = value.scaleb(6, context=_EXACT)
+    except Inexact:
+        raise PriceError(f"{ledger_field} has more digits than can be held exactly") from None
+    kept = per_million.quantize(Decimal("1e-9"), rounding=ROUND_HALF_UP)
+    if kept != per_million:
+        rounded.append((name, ledger_field, str(value), str(kept)))
+    return kept
+
+
+def refuse_untiered_replacements(
+    changed: list[tuple[Price, Price]],
+) -> tuple[list[tuple[Price, Price]], list[tuple[str, str]]]:
+    """Split ``changed`` (current, incoming) pairs: an incoming price without a context
+    tier never replaces one that has it (a 250k-token claude-sonnet-4-5 request would
+    be priced at half); those are returned as refused, with the reason."""
+    kept: list[tuple[Price, Price]] = []
+    refused: list[tuple[str, str]] = []
+    for current, incoming in changed:
+        if current.long_context_threshold is not None and incoming.long_context_threshold is None:
+            refused.append(
+                (
+                    incoming.model,
+                    f"has no context tier, and would replace {current.model}'s tier above "
+                    f"{current.long_context_threshold} tokens",
+                )
+            )
+        else:
+            kept.append((current, incoming))
+    return kept, refused
 
 
 def _provider(name: str, litellm_provider: object) -> str:
@@ -173,14 +257,14 @@ def _per_token(field: str, value: object) -> Decimal:
 
 
 def _check_units(per_token: Mapping[str, Decimal]) -> None:
-    for field, value in per_token.items():
+    for name, value in per_token.items():
         if value > _MAX_PER_TOKEN:
             raise PriceError(
-                f"{field} of ${value} per token is over $1000 per million tokens: "
+                f"{name} of ${value} per token is over $1000 per million tokens: "
                 "a per-million price in a per-token field?"
             )
-    for field in ("input", "output"):
-        if 0 < per_token[field] < _MIN_PER_TOKEN:
-            raise PriceError(f"{field} of ${per_token[field]} per token is implausibly small")
+    for name in ("input", "output"):
+        if 0 < per_token[name] < _MIN_PER_TOKEN:
+            raise PriceError(f"{name} of ${per_token[name]} per token is implausibly small")
     if per_token["output"] < per_token["input"] * _MIN_OUTPUT_TO_INPUT:
         raise PriceError("output is under a hundredth of input: swapped or mis-scaled fields?")

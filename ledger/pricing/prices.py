@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any, NamedTuple
 
-from ledger.money import MoneyError, Nanos, cost_of_tokens, to_decimal, usd_to_nanos
+from ledger.money import (
+    MoneyError,
+    Nanos,
+    cost_of_tokens,
+    cost_of_tokens_scaled,
+    format_usd,
+    to_decimal,
+    usd_to_nanos,
+)
+from ledger.pricing.dimensions import STANDARD_TIERS, Dimensions, parse_factor, shipped_dimensions
 from ledger.usage import Usage
 
 # The longest names the database holds (ledger.db.tables.PriceRow).
@@ -25,6 +35,28 @@ _MAX_PROVIDER_NAME = 64
 
 class PriceError(ValueError):
     """A price that cannot be used: malformed, negative, ambiguous or finer than a nano."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """A time-of-day price: from ``start`` to ``end`` (minutes after midnight UTC; a window
+    may wrap past midnight) every token bucket is priced at ``factor`` times its rate."""
+
+    start: int
+    end: int
+    factor: Fraction
+
+    def contains(self, at: datetime) -> bool:
+        at = at.astimezone(UTC)
+        minute = at.hour * 60 + at.minute
+        if self.start <= self.end:
+            return self.start <= minute < self.end
+        return minute >= self.start or minute < self.end
+
+    def describe(self) -> str:
+        return (
+            f"{self.start // 60:02d}:{self.start % 60:02d}-{self.end // 60:02d}:{self.end % 60:02d}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +89,15 @@ class Price:
     long_context_output: Nanos | None = None
     aliases: tuple[str, ...] = ()
     free: bool = False
+    service_tier_rates: tuple[tuple[str, tuple[Nanos, Nanos, Nanos, Nanos, Nanos]], ...] = ()
+    time_windows: tuple[TimeWindow, ...] = ()
     id: int | None = None
+
+    def tier_rates(self, tier: str) -> tuple[Nanos, Nanos, Nanos, Nanos, Nanos] | None:
+        for name, rates in self.service_tier_rates:
+            if name == tier:
+                return rates
+        return None
 
     def __post_init__(self) -> None:
         for name, longest in (("model", _MAX_MODEL_NAME), ("provider", _MAX_PROVIDER_NAME)):
@@ -81,6 +121,13 @@ class Price:
             if alias == self.model:
                 raise PriceError(f"{self.model}: a model cannot be its own alias")
         object.__setattr__(self, "aliases", aliases)
+        object.__setattr__(self, "service_tier_rates", tuple(self.service_tier_rates))
+        object.__setattr__(self, "time_windows", tuple(self.time_windows))
+        for tier, rates in self.service_tier_rates:
+            if not isinstance(tier, str) or not tier or len(rates) != len(_BASE_FIELDS):
+                raise PriceError(f"{self.model}: service tier {tier!r} needs five rates")
+            for name, value in zip(_BASE_FIELDS, rates, strict=True):
+                _check_nanos(f"{tier} {name}", value)
 
     def _check_long_context(self) -> None:
         threshold = self.long_context_threshold
@@ -109,6 +156,9 @@ class CostBreakdown:
 
     ``cache_write`` is the 5-minute and 1-hour cache writes together (each rounded on
     its own). ``long_context`` says whether the long-context tier priced the request.
+    ``tool_fees`` is what per-call tool fees added (web searches); ``service_tier`` the
+    tier that priced it (``None``: the list price); ``applied`` says, one short phrase
+    each, which tier prices, multipliers and fees applied (``"service_tier=flex x1/2"``).
     """
 
     input: Nanos
@@ -117,14 +167,30 @@ class CostBreakdown:
     output: Nanos
     request_fee: Nanos
     long_context: bool = False
+    tool_fees: Nanos = 0
+    service_tier: str | None = None
+    applied: tuple[str, ...] = ()
 
     @property
     def total(self) -> Nanos:
         """The sum of every bucket: the amount the ledger records for the request."""
-        return self.input + self.cache_read + self.cache_write + self.output + self.request_fee
+        return (
+            self.input
+            + self.cache_read
+            + self.cache_write
+            + self.output
+            + self.request_fee
+            + self.tool_fees
+        )
 
 
-def price_cost(usage: Usage, price: Price) -> CostBreakdown:
+def price_cost(
+    usage: Usage,
+    price: Price,
+    *,
+    at: datetime | None = None,
+    dimensions: Dimensions | None = None,
+) -> CostBreakdown:
     """The exact cost of ``usage`` under ``price``, rounded half up once per bucket.
 
     When the price has a long-context tier and ``usage.total_input_tokens`` exceeds
@@ -133,21 +199,151 @@ def price_cost(usage: Usage, price: Price) -> CostBreakdown:
     part of ``output_tokens`` and are not billed again. Missing cache prices were
     resolved when the ``Price`` was built (see ``price_from_mapping``), so a stored
     price version records exactly what was charged.
+
+    Then what the provider reported about how it served the request, all exact:
+    the ``service_tier`` prices the tokens at the price's own rates for that tier
+    when it has them, else at the published multiplier of ``dimensions`` (the shipped
+    table by default); ``inference_geo``, ``speed`` and ``regional`` multiply every
+    token bucket; a time-of-day window of the price in effect ``at`` does too. The
+    factors multiply into one exact fraction applied per bucket (one rounding).
+    Per-call tool fees (``usage.tool_calls``) are added after, unmultiplied.
     """
     long_context = _is_long_context(usage.total_input_tokens, price)
     if price.free:
         return CostBreakdown(0, 0, 0, 0, 0, long_context=long_context)
+    table = shipped_dimensions() if dimensions is None else dimensions
     rates = _rates(price, long_context)
+    applied: list[str] = []
+    factor = Fraction(1)
+    tier = usage.service_tier
+    if tier is not None and tier not in STANDARD_TIERS:
+        explicit = None if long_context else price.tier_rates(tier)
+        published = table.multiplier(price.provider, "service_tier", tier, price.model)
+        if explicit is not None:
+            rates = _Rates(*explicit)
+            applied.append(f"service_tier={tier} prices")
+        elif published is not None:
+            factor *= published
+            applied.append(f"service_tier={tier} x{published}")
+        else:
+            applied.append(f"service_tier={tier} (no published rate: list price)")
+    for dimension, value in (
+        ("inference_geo", usage.inference_geo),
+        ("speed", usage.speed),
+        ("regional", "true" if usage.regional else None),
+    ):
+        if value is None:
+            continue
+        published = table.multiplier(price.provider, dimension, value, price.model)
+        if published is not None and published != 1:
+            factor *= published
+            applied.append(f"{dimension}={value} x{published}")
+    if at is not None:
+        for window in price.time_windows:
+            if window.contains(at):
+                factor *= window.factor
+                applied.append(f"time_of_day {window.describe()} UTC x{window.factor}")
+                break
+
+    def cost(tokens: int, rate: Nanos) -> Nanos:
+        if factor == 1:
+            return cost_of_tokens(tokens, rate)
+        return cost_of_tokens_scaled(tokens, rate, factor.numerator, factor.denominator)
+
+    tool_fees = 0
+    calls = dict(usage.tool_calls)
+    for fee in table.per_request_tools(price.provider, price.model):
+        calls[fee.tool] = max(calls.get(fee.tool, 0), 1)
+    for tool, count in sorted(calls.items()):
+        fee = table.tool_fee(price.provider, tool, price.model)
+        if fee is None or count <= 0:
+            continue
+        tool_fees += count * fee.nanos_per_call
+        applied.append(f"{tool} {count} x ${format_usd(fee.nanos_per_call)}")
     return CostBreakdown(
-        input=cost_of_tokens(usage.input_tokens, rates.input),
-        cache_read=cost_of_tokens(usage.cache_read_tokens, rates.cached_input),
+        input=cost(usage.input_tokens, rates.input),
+        cache_read=cost(usage.cache_read_tokens, rates.cached_input),
         cache_write=(
-            cost_of_tokens(usage.cache_write_5m_tokens, rates.cache_write_5m)
-            + cost_of_tokens(usage.cache_write_1h_tokens, rates.cache_write_1h)
+            cost(usage.cache_write_5m_tokens, rates.cache_write_5m)
+            + cost(usage.cache_write_1h_tokens, rates.cache_write_1h)
         ),
-        output=cost_of_tokens(usage.output_tokens, rates.output),
+        output=cost(usage.output_tokens, rates.output),
         request_fee=price.request_fee_nanos,
         long_context=long_context,
+        tool_fees=tool_fees,
+        service_tier=tier if tier is not None and tier not in STANDARD_TIERS else None,
+        applied=tuple(applied),
+    )
+
+
+def requested_factor(
+    price: Price,
+    *,
+    service_tier: object = None,
+    speed: object = None,
+    inference_geo: object = None,
+    dimensions: Dimensions | None = None,
+) -> Fraction:
+    """The dearest multiplier a request asked for (``service_tier: "priority"``, fast
+    mode, US-only inference), for its worst-case reservation; at least 1.
+
+    The response decides what is billed; this only keeps the overspend bound when the
+    provider does serve what was asked. A tier with explicit prices counts as the
+    ratio of its dearest rate to the list rate.
+    """
+    table = shipped_dimensions() if dimensions is None else dimensions
+    factor = Fraction(1)
+    if isinstance(service_tier, str) and service_tier not in STANDARD_TIERS:
+        explicit = price.tier_rates(service_tier)
+        published = table.multiplier(price.provider, "service_tier", service_tier, price.model)
+        if explicit is not None:
+            base = _base_rates(price)
+            ratios = [Fraction(e, b) for e, b in zip(explicit, base, strict=True) if b]
+            factor *= max([Fraction(1), *ratios])
+        elif published is not None:
+            factor *= max(Fraction(1), published)
+    for dimension, value in (("speed", speed), ("inference_geo", inference_geo)):
+        if isinstance(value, str):
+            published = table.multiplier(price.provider, dimension, value, price.model)
+            if published is not None:
+                factor *= max(Fraction(1), published)
+    return factor
+
+
+def batch_price(price: Price, *, dimensions: Dimensions | None = None) -> Price | None:
+    """The batch price of this model: its own batch rates, else its list rates times the
+    published batch multiplier; ``None`` when neither is known.
+
+    For the Batches API: ``price_cost(replace(usage, service_tier="batch"), price)``
+    prices a batch result exactly; this gives the rates themselves (to list or show),
+    each rounded half up to the nano per million where the multiplier does not divide it.
+    """
+    explicit = price.tier_rates("batch")
+    if explicit is None:
+        table = shipped_dimensions() if dimensions is None else dimensions
+        factor = table.multiplier(price.provider, "service_tier", "batch", price.model)
+        if factor is None:
+            return None
+        explicit = tuple(  # type: ignore[assignment]
+            cost_of_tokens_scaled(10**6, rate, factor.numerator, factor.denominator)
+            for rate in _base_rates(price)
+        )
+    assert explicit is not None
+    return replace(
+        price,
+        input=explicit[0],
+        cached_input=explicit[1],
+        cache_write_5m=explicit[2],
+        cache_write_1h=explicit[3],
+        output=explicit[4],
+        long_context_threshold=None,
+        long_context_input=None,
+        long_context_cached_input=None,
+        long_context_cache_write_5m=None,
+        long_context_cache_write_1h=None,
+        long_context_output=None,
+        source=f"{price.source} (batch)".strip(),
+        id=None,
     )
 
 
@@ -157,6 +353,7 @@ def worst_case_cost(
     price: Price,
     *,
     may_write_cache: bool = False,
+    factor: Fraction = Fraction(1),
 ) -> Nanos:
     """The most a request can cost, in nanos, for a budget reservation.
 
@@ -165,6 +362,8 @@ def worst_case_cost(
     Cache writes cost more than plain input on Anthropic (1.25x for 5 minutes, 2x for
     1 hour), so a caller that sees cache-control markers in the request should pass
     ``may_write_cache=True`` to price the input at the dearest input-side rate.
+    ``factor`` is the dearest multiplier the request asked for (``requested_factor``);
+    the token costs are multiplied by it and rounded up, so the reservation covers it.
     """
     if price.free:
         return 0
@@ -172,11 +371,13 @@ def worst_case_cost(
     input_rate = rates.input
     if may_write_cache:
         input_rate = max(input_rate, rates.cache_write_5m, rates.cache_write_1h)
-    return (
-        cost_of_tokens(estimated_input_tokens, input_rate)
-        + cost_of_tokens(max_output_tokens, rates.output)
-        + price.request_fee_nanos
+    tokens_cost = cost_of_tokens(estimated_input_tokens, input_rate) + cost_of_tokens(
+        max_output_tokens, rates.output
     )
+    if factor != 1:
+        # Ceiling, and one nano per bucket for the rounding of the actual cost.
+        tokens_cost = -((-tokens_cost * factor.numerator) // factor.denominator) + 2
+    return tokens_cost + price.request_fee_nanos
 
 
 def price_from_mapping(data: Mapping[str, Any]) -> Price:
@@ -189,7 +390,11 @@ def price_from_mapping(data: Mapping[str, Any]) -> Price:
     ``long_context_threshold`` (input tokens) with ``long_context_input``,
     ``long_context_cached_input``, ``long_context_cache_write_5m``,
     ``long_context_cache_write_1h``, ``long_context_output``; ``aliases`` (a list of
-    names) and ``free`` (a boolean; ``input`` and ``output`` may then be omitted).
+    names) and ``free`` (a boolean; ``input`` and ``output`` may then be omitted);
+    ``service_tiers``, a table of tier name to prices (``{flex = {input = "0.625",
+    output = "5"}}``; a missing cache price follows the tier's input, as below, and a
+    missing output keeps the list price); ``time_of_day``, a list of
+    ``{start = "16:30", end = "00:30", multiplier = "1/2"}`` in UTC.
     Unknown keys are refused, so a typo cannot silently leave a price at its default.
 
     Prices are decimal strings (``"0.40"``), integers or ``Decimal``. A float, which is
@@ -241,6 +446,10 @@ def price_from_mapping(data: Mapping[str, Any]) -> Price:
     if isinstance(aliases, str) or not isinstance(aliases, list | tuple):
         raise PriceError(f"{model}: aliases must be a list of names, not {aliases!r}")
     return Price(
+        service_tier_rates=_tier_rates(
+            data, model, (input_, cached_input, cache_write_5m, cache_write_1h, output)
+        ),
+        time_windows=_time_windows(data.get("time_of_day"), model),
         model=model,
         provider=data.get("provider", ""),
         effective_from=_parse_effective_from(model, data.get("effective_from")),
@@ -274,10 +483,60 @@ _BASE_FIELDS = ("input", "cached_input", "cache_write_5m", "cache_write_1h", "ou
 _LONG_CONTEXT_FIELDS = tuple(f"long_context_{name}" for name in _BASE_FIELDS)
 _MAPPING_KEYS = frozenset(
     {"model", "provider", "effective_from", "source", "request_fee", "long_context_threshold"}
-    | {"aliases", "free"}
+    | {"aliases", "free", "service_tiers", "time_of_day"}
     | set(_BASE_FIELDS)
     | set(_LONG_CONTEXT_FIELDS)
 )
+
+
+def _tier_rates(
+    data: Mapping[str, Any], model: object, base: tuple[Nanos, ...]
+) -> tuple[tuple[str, tuple[Nanos, Nanos, Nanos, Nanos, Nanos]], ...]:
+    tiers = data.get("service_tiers")
+    if tiers is None:
+        return ()
+    if not isinstance(tiers, Mapping):
+        raise PriceError(f"{model}: service_tiers must be a table of tier names")
+    out = []
+    for tier, prices in tiers.items():
+        if not isinstance(prices, Mapping) or set(prices) - set(_BASE_FIELDS):
+            raise PriceError(f"{model}: service_tiers.{tier} must hold only {_BASE_FIELDS}")
+        if prices.get("input") is None:
+            raise PriceError(f"{model}: service_tiers.{tier} needs an input price")
+        tier_input = _nanos(model, f"{tier} input", prices["input"], unit="USD per million tokens")
+        cached = _optional_rate(prices, model, "cached_input", tier_input)
+        write_5m = _optional_rate(prices, model, "cache_write_5m", tier_input)
+        write_1h = _optional_rate(prices, model, "cache_write_1h", write_5m)
+        tier_output = _optional_rate(prices, model, "output", base[4])
+        out.append((str(tier), (tier_input, cached, write_5m, write_1h, tier_output)))
+    return tuple(out)
+
+
+def _time_windows(value: object, model: object) -> tuple[TimeWindow, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise PriceError(f"{model}: time_of_day must be a list of windows")
+    windows = []
+    for window in value:
+        try:
+            start, end = (_minute(window[key]) for key in ("start", "end"))
+            factor = parse_factor(window["multiplier"])
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise PriceError(
+                f"{model}: a time_of_day window needs start, end (HH:MM UTC) and an exact "
+                f"multiplier such as '1/2': {window!r} ({exc})"
+            ) from None
+        windows.append(TimeWindow(start, end, factor))
+    return tuple(windows)
+
+
+def _minute(text: str) -> int:
+    hours, _, minutes = text.partition(":")
+    value = int(hours) * 60 + int(minutes)
+    if not 0 <= value < 24 * 60:
+        raise ValueError(f"{text!r} is not a time of day")
+    return value
 
 
 def _is_long_context(total_input_tokens: int, price: Price) -> bool:

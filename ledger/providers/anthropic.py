@@ -67,7 +67,27 @@ def _normalised(usage: Mapping[str, Any], previous: Usage | None) -> Usage:
         output_tokens=(
             _int(usage, "output_tokens") if "output_tokens" in usage else base.output_tokens
         ),
+        service_tier=_name(usage.get("service_tier")) or base.service_tier,
+        inference_geo=_name(usage.get("inference_geo")) or base.inference_geo,
+        speed=_name(usage.get("speed")) or base.speed,
+        tool_calls=_server_tool_calls(usage.get("server_tool_use")) or base.tool_calls,
     )
+
+
+# Anthropic's server_tool_use counters and the tool fee each one is priced under.
+_SERVER_TOOLS = {"web_search_requests": "web_search", "web_fetch_requests": "web_fetch"}
+
+
+def _server_tool_calls(value: Any) -> dict[str, int]:
+    """``usage.server_tool_use`` as calls by tool name (cumulative in a stream)."""
+    if not isinstance(value, Mapping):
+        return {}
+    calls = {name: _int(value.get(key)) for key, name in _SERVER_TOOLS.items()}
+    return {name: count for name, count in calls.items() if count}
+
+
+def _name(value: Any) -> str | None:
+    return value[:32] if isinstance(value, str) and value else None
 
 
 def usage_from_payload(payload: Any) -> Usage | None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
+from ledger.money import MoneyError, usd_to_nanos_rounded
 from ledger.providers.sse import DEFAULT_MAX_EVENT_BYTES, SSEParser
-from ledger.usage import ImplausibleUsage, Usage, reported_count
+from ledger.usage import MAX_ENTRY_COST_NANOS, ImplausibleUsage, Usage, reported_count
 
 CHAT_COMPLETIONS_PATH = "/chat/completions"
 # Headers a client may send that change what the provider does; forwarded as they are.
@@ -21,6 +23,14 @@ _NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null')
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def is_regional_endpoint(base_url: str) -> bool:
+    """Whether a base URL is one of OpenAI's regional-processing (data residency) hosts,
+    ``https://eu.api.openai.com/v1`` and the like, which bill a regional uplift."""
+    host = urlsplit(base_url).hostname or ""
+    region, _, rest = host.partition(".")
+    return bool(region) and rest == "api.openai.com"
 
 
 def usage_from_payload(payload: Any) -> Usage | None:
@@ -40,18 +50,51 @@ def usage_from_payload(payload: Any) -> Usage | None:
         cached = reported_count(
             _get(usage, "prompt_tokens_details", "cached_tokens"), "cached_tokens"
         )
+        # GPT-5.6 and later bill writes to the prompt cache; they are part of prompt_tokens.
+        written = reported_count(
+            _get(usage, "prompt_tokens_details", "cache_write_tokens"), "cache_write_tokens"
+        ) or reported_count(
+            _get(usage, "input_tokens_details", "cache_write_tokens"), "cache_write_tokens"
+        )
         reasoning = reported_count(
             _get(usage, "completion_tokens_details", "reasoning_tokens"), "reasoning_tokens"
         )
+        if not reasoning:  # some OpenAI-compatible hosts put it at the top of usage
+            reasoning = reported_count(usage.get("reasoning_tokens"), "reasoning_tokens")
     except ImplausibleUsage as doubt:
         raise ImplausibleUsage(doubt.reason, raw=usage) from None
     cached = min(cached, prompt)
+    written = min(written, prompt - cached)
+    total = usage.get("total_tokens")
+    if reasoning and isinstance(total, int) and total == prompt + completion + reasoning:
+        # Reasoning reported beside completion_tokens, not inside it (the total says so):
+        # it was generated all the same and is billed as output.
+        completion += reasoning
+    tier = payload.get("service_tier")
     return Usage(
-        input_tokens=prompt - cached,
+        input_tokens=prompt - cached - written,
         cache_read_tokens=cached,
+        cache_write_5m_tokens=written,
         output_tokens=completion,
         reasoning_tokens=min(reasoning, completion),
+        service_tier=tier[:32] if isinstance(tier, str) and tier else None,
+        provider_cost_nanos=_provider_cost(usage.get("cost")),
     )
+
+
+def _provider_cost(value: Any) -> int | None:
+    """OpenRouter's ``usage.cost`` (USD, a JSON number) in nanos, to the nano it carries.
+
+    The float's shortest text is the number the provider wrote; digits beyond the nano
+    are rounded half up, never carried on. Anything but a plausible amount is not given.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        nanos = usd_to_nanos_rounded(str(value))
+    except MoneyError:
+        return None
+    return nanos if 0 <= nanos <= MAX_ENTRY_COST_NANOS else None
 
 
 def response_text(payload: Any) -> str:

@@ -63,6 +63,19 @@ def entry_out(row: LedgerEntryRow, teams: dict[int, str], keys: dict[int, str]) 
             "output": format_usd(row.output_cost_nanos),
             "request_fee": format_usd(row.request_fee_nanos),
         },
+        "tool_fees_usd": format_usd(row.tool_fees_nanos or 0),  # per-call fees, in cost_usd
+        "service_tier": row.service_tier,
+        "pricing_notes": json.loads(row.pricing_notes) if row.pricing_notes else [],
+        # The provider's own reported cost (OpenRouter's usage.cost) and how far Ledger's
+        # differs from it (Ledger's minus the provider's); null when none was reported.
+        "provider_cost_usd": (
+            format_usd(row.provider_cost_nanos) if row.provider_cost_nanos is not None else None
+        ),
+        "cost_difference_usd": (
+            format_usd(row.cost_nanos - row.provider_cost_nanos)
+            if row.provider_cost_nanos is not None
+            else None
+        ),
         "price_id": row.price_id,
         "budget_id": row.budget_id,
         "error": row.error,

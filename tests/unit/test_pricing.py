@@ -554,6 +554,7 @@ def test_price_map_reads_chat_and_completion_models_exactly() -> None:
         "gemini-1.5-pro",
         "gpt-3.5-turbo-instruct",
         "azure/gpt-4o",
+        "too-fine/model",  # a float artefact, rounded to the nano per million and said so
     }
     mini = prices["gpt-4.1-mini"]
     assert (mini.provider, mini.input, mini.cached_input, mini.output) == (
@@ -589,10 +590,10 @@ def test_price_map_skips_non_chat_entries_and_refuses_implausible_units() -> Non
 
     assert set(skipped) == {"sample_spec", "text-embedding-3-small"}
     assert "embedding" in skipped["text-embedding-3-small"]
-    assert set(refused) == {"mixup/gpt-4o", "swapped/model", "too-fine/model", "no-output/model"}
+    assert set(refused) == {"mixup/gpt-4o", "swapped/model", "no-output/model"}
     assert "per-million price in a per-token field" in refused["mixup/gpt-4o"]
     assert "under a hundredth of input" in refused["swapped/model"]
-    assert "finer than one nano-USD" in refused["too-fine/model"]
+    assert result.rounded == [("too-fine/model", "input", "1.6666666666666667E-7", "0.166666667")]
     assert "no input or output price" in refused["no-output/model"]
 
 
@@ -602,13 +603,15 @@ def test_no_float_survives_into_a_parsed_price() -> None:
         field.name
         for field in dataclasses.fields(Price)
         if field.name not in {"model", "provider", "effective_from", "source", "aliases"}
-        and field.name not in {"free", "id"}
+        and field.name not in {"free", "id", "service_tier_rates", "time_windows"}
     }
 
     for price in [*imported, *load_catalog()]:
         for name in numeric:
             value = getattr(price, name)
             assert value is None or type(value) is int, (price.model, name, value)
+        for _tier, rates in price.service_tier_rates:
+            assert all(type(rate) is int for rate in rates), (price.model, rates)
 
 
 def test_a_price_map_of_python_floats_reads_the_same_as_its_text() -> None:
@@ -644,4 +647,5 @@ def test_diff_reports_what_an_import_adds_changes_and_leaves_alone() -> None:
         "gemini-1.5-pro",
         "gpt-3.5-turbo-instruct",
         "azure/gpt-4o",
+        "too-fine/model",
     }
