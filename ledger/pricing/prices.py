@@ -28,15 +28,44 @@ class PriceError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Tier:
+    """The five token prices that apply once a request's input exceeds ``threshold`` tokens.
+
+    ``threshold`` counts all input as the provider does: uncached, cache reads, cache
+    writes and audio together (``Usage.total_input_tokens``).
+    """
+
+    threshold: int
+    input: Nanos
+    cached_input: Nanos
+    cache_write_5m: Nanos
+    cache_write_1h: Nanos
+    output: Nanos
+
+    def __post_init__(self) -> None:
+        threshold = self.threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold <= 0:
+            raise PriceError(
+                f"a tier threshold must be a positive number of tokens, not {threshold!r}"
+            )
+        for name in _BASE_FIELDS:
+            _check_nanos(name, getattr(self, name))
+
+
+@dataclass(frozen=True, slots=True)
 class Price:
     """The price of one model from ``effective_from`` until a later version replaces it.
 
     Token prices are nano-USD per million tokens; ``request_fee_nanos`` is a flat
-    amount per request. When ``long_context_threshold`` is set, a request whose
-    total input exceeds it is priced entirely at the ``long_context_*`` prices, and
-    all five of them are then required. A ``free`` model costs nothing whatever its
-    prices say (for self-hosted models that still need to be known to the gateway).
-    ``id`` is the database id of this price version, ``None`` until it is stored.
+    amount per request. ``tiers`` (ascending thresholds) price a request whose total
+    input exceeds a tier's threshold entirely at that tier, every bucket included, as
+    the providers bill it; the highest tier crossed wins. ``long_context_*`` is the
+    older spelling of a single tier: given, it becomes the first tier; read, it is the
+    first tier's prices (``None`` without tiers). ``input_audio``,
+    ``cached_audio_input`` and ``output_audio`` price audio tokens; ``None`` prices them
+    as text (at the tier's text price when a tier applies). A ``free`` model costs nothing whatever its prices say (for
+    self-hosted models that still need to be known to the gateway). ``id`` is the
+    database id of this price version, ``None`` until it is stored.
     """
 
     model: str
@@ -58,6 +87,10 @@ class Price:
     aliases: tuple[str, ...] = ()
     free: bool = False
     id: int | None = None
+    tiers: tuple[Tier, ...] = ()
+    input_audio: Nanos | None = None
+    cached_audio_input: Nanos | None = None
+    output_audio: Nanos | None = None
 
     def __post_init__(self) -> None:
         for name, longest in (("model", _MAX_MODEL_NAME), ("provider", _MAX_PROVIDER_NAME)):
@@ -74,6 +107,10 @@ class Price:
         for name in (*_BASE_FIELDS, "request_fee_nanos"):
             _check_nanos(name, getattr(self, name))
         self._check_long_context()
+        self._check_tiers()
+        for name in _AUDIO_FIELDS:
+            if getattr(self, name) is not None:
+                _check_nanos(name, getattr(self, name))
         aliases = tuple(self.aliases)
         for alias in aliases:
             if not isinstance(alias, str) or not alias or alias != alias.strip():
@@ -102,13 +139,37 @@ class Price:
                 raise PriceError(f"{self.model}: {name} is required with long_context_threshold")
             _check_nanos(name, value)
 
+    def _check_tiers(self) -> None:
+        tiers = tuple(self.tiers)
+        if any(not isinstance(tier, Tier) for tier in tiers):
+            raise PriceError(f"{self.model}: tiers must be Tier values")
+        if self.long_context_threshold is not None:
+            legacy = Tier(
+                self.long_context_threshold,
+                *(getattr(self, name) for name in _LONG_CONTEXT_FIELDS),
+            )
+            if tiers and tiers[0] != legacy:
+                raise PriceError(f"{self.model}: long_context_* disagrees with the first tier")
+            tiers = tiers or (legacy,)
+        thresholds = [tier.threshold for tier in tiers]
+        if thresholds != sorted(set(thresholds)):
+            raise PriceError(f"{self.model}: tier thresholds must be distinct and ascending")
+        object.__setattr__(self, "tiers", tiers)
+        if tiers and self.long_context_threshold is None:
+            # The first tier stays readable under its older name (admin, listings).
+            first = tiers[0]
+            object.__setattr__(self, "long_context_threshold", first.threshold)
+            for name, value in zip(_LONG_CONTEXT_FIELDS, _base_rates(first), strict=True):
+                object.__setattr__(self, name, value)
+
 
 @dataclass(frozen=True, slots=True)
 class CostBreakdown:
     """What one request cost, per bucket, in nano-USD.
 
     ``cache_write`` is the 5-minute and 1-hour cache writes together (each rounded on
-    its own). ``long_context`` says whether the long-context tier priced the request.
+    its own). ``long_context`` says whether a tier priced the request, and ``tier``
+    which one (its threshold), ``None`` at the base prices.
     """
 
     input: Nanos
@@ -117,6 +178,7 @@ class CostBreakdown:
     output: Nanos
     request_fee: Nanos
     long_context: bool = False
+    tier: int | None = None
 
     @property
     def total(self) -> Nanos:
@@ -127,27 +189,35 @@ class CostBreakdown:
 def price_cost(usage: Usage, price: Price) -> CostBreakdown:
     """The exact cost of ``usage`` under ``price``, rounded half up once per bucket.
 
-    When the price has a long-context tier and ``usage.total_input_tokens`` exceeds
-    its threshold, every bucket of the request (cached and output tokens included)
-    is priced at the tier, as the providers bill it. ``reasoning_tokens`` are already
-    part of ``output_tokens`` and are not billed again. Missing cache prices were
-    resolved when the ``Price`` was built (see ``price_from_mapping``), so a stored
-    price version records exactly what was charged.
+    When ``usage.total_input_tokens`` exceeds a tier's threshold, every bucket of the
+    request (cached and output tokens included) is priced at the highest such tier,
+    as the providers bill it. Audio tokens are priced at the audio prices (audio input
+    and cache reads in the input and cache-read buckets, audio output in output).
+    ``reasoning_tokens`` are already part of ``output_tokens`` and are not billed
+    again. Missing cache prices were resolved when the ``Price`` was built (see
+    ``price_from_mapping``), so a stored price version records exactly what was charged.
     """
-    long_context = _is_long_context(usage.total_input_tokens, price)
+    tier = _tier_for(usage.total_input_tokens, price)
+    threshold = None if tier is None else tier.threshold
     if price.free:
-        return CostBreakdown(0, 0, 0, 0, 0, long_context=long_context)
-    rates = _rates(price, long_context)
+        return CostBreakdown(0, 0, 0, 0, 0, long_context=tier is not None, tier=threshold)
+    rates = _base_rates(price) if tier is None else _base_rates(tier)
+    input_rate, cached_rate, write_5m_rate, write_1h_rate, output_rate = rates
+    audio_in, audio_cached, audio_out = _audio_rates(price, input_rate, cached_rate, output_rate)
     return CostBreakdown(
-        input=cost_of_tokens(usage.input_tokens, rates.input),
-        cache_read=cost_of_tokens(usage.cache_read_tokens, rates.cached_input),
+        input=cost_of_tokens(usage.input_tokens, input_rate)
+        + cost_of_tokens(usage.input_audio_tokens, audio_in),
+        cache_read=cost_of_tokens(usage.cache_read_tokens, cached_rate)
+        + cost_of_tokens(usage.cache_read_audio_tokens, audio_cached),
         cache_write=(
-            cost_of_tokens(usage.cache_write_5m_tokens, rates.cache_write_5m)
-            + cost_of_tokens(usage.cache_write_1h_tokens, rates.cache_write_1h)
+            cost_of_tokens(usage.cache_write_5m_tokens, write_5m_rate)
+            + cost_of_tokens(usage.cache_write_1h_tokens, write_1h_rate)
         ),
-        output=cost_of_tokens(usage.output_tokens, rates.output),
+        output=cost_of_tokens(usage.output_tokens, output_rate)
+        + cost_of_tokens(usage.output_audio_tokens, audio_out),
         request_fee=price.request_fee_nanos,
-        long_context=long_context,
+        long_context=tier is not None,
+        tier=threshold,
     )
 
 
@@ -160,21 +230,23 @@ def worst_case_cost(
 ) -> Nanos:
     """The most a request can cost, in nanos, for a budget reservation.
 
-    All input is priced as uncached input (at the long-context tier when the estimate
-    exceeds its threshold), plus ``max_output_tokens`` of output and the request fee.
+    All input is priced as uncached input (at the tier the estimate crosses, if any), plus ``max_output_tokens`` of output and the request fee.
     Cache writes cost more than plain input on Anthropic (1.25x for 5 minutes, 2x for
     1 hour), so a caller that sees cache-control markers in the request should pass
     ``may_write_cache=True`` to price the input at the dearest input-side rate.
     """
     if price.free:
         return 0
-    rates = _rates(price, _is_long_context(estimated_input_tokens, price))
-    input_rate = rates.input
+    tier = _tier_for(estimated_input_tokens, price)
+    rates = _Rates(*(_base_rates(price) if tier is None else _base_rates(tier)))
+    # The prompt may be audio and so may the answer: reserve at the dearer of each.
+    audio_in, _cached, audio_out = _audio_rates(price, rates.input, rates.cached_input, rates.output)
+    input_rate = max(rates.input, audio_in)
     if may_write_cache:
         input_rate = max(input_rate, rates.cache_write_5m, rates.cache_write_1h)
     return (
         cost_of_tokens(estimated_input_tokens, input_rate)
-        + cost_of_tokens(max_output_tokens, rates.output)
+        + cost_of_tokens(max_output_tokens, max(rates.output, audio_out))
         + price.request_fee_nanos
     )
 
@@ -189,7 +261,10 @@ def price_from_mapping(data: Mapping[str, Any]) -> Price:
     ``long_context_threshold`` (input tokens) with ``long_context_input``,
     ``long_context_cached_input``, ``long_context_cache_write_5m``,
     ``long_context_cache_write_1h``, ``long_context_output``; ``aliases`` (a list of
-    names) and ``free`` (a boolean; ``input`` and ``output`` may then be omitted).
+    names) and ``free`` (a boolean; ``input`` and ``output`` may then be omitted);
+    ``tiers``, a list of tables with a ``threshold`` and any of the five token prices
+    (a missing one keeps the price of the tier below); ``input_audio``,
+    ``cached_audio_input`` and ``output_audio`` (defaulting to the text prices).
     Unknown keys are refused, so a typo cannot silently leave a price at its default.
 
     Prices are decimal strings (``"0.40"``), integers or ``Decimal``. A float, which is
@@ -236,6 +311,9 @@ def price_from_mapping(data: Mapping[str, Any]) -> Price:
         )
         tier_output = _optional_rate(data, model, "long_context_output", output)
 
+    tiers = _tiers_from_mapping(
+        model, data.get("tiers", ()), (input_, cached_input, cache_write_5m, cache_write_1h, output)
+    )
     request_fee = data.get("request_fee")
     aliases = data.get("aliases", ())
     if isinstance(aliases, str) or not isinstance(aliases, list | tuple):
@@ -259,7 +337,38 @@ def price_from_mapping(data: Mapping[str, Any]) -> Price:
         long_context_output=tier_output,
         aliases=tuple(aliases),
         free=free,
+        tiers=tiers,
+        input_audio=_audio_rate(data, model, "input_audio"),
+        cached_audio_input=_audio_rate(data, model, "cached_audio_input"),
+        output_audio=_audio_rate(data, model, "output_audio"),
     )
+
+
+def _tiers_from_mapping(
+    model: object, tables: object, base: tuple[Nanos, Nanos, Nanos, Nanos, Nanos]
+) -> tuple[Tier, ...]:
+    # Each tier is a table with ``threshold`` and any of the five token prices; a price
+    # a tier leaves out keeps the price of the tier below it (or the base price).
+    if isinstance(tables, str) or not isinstance(tables, list | tuple):
+        raise PriceError(f"{model}: tiers must be a list of tables, not {tables!r}")
+    tiers: list[Tier] = []
+    below = base
+    for table in sorted(tables, key=lambda t: t.get("threshold", 0) if isinstance(t, Mapping) else 0):
+        if not isinstance(table, Mapping):
+            raise PriceError(f"{model}: a tier must be a table, not {table!r}")
+        unknown = sorted(set(table) - {"threshold", *_BASE_FIELDS})
+        if unknown:
+            raise PriceError(f"{model}: unknown tier field(s): {', '.join(unknown)}")
+        rates = tuple(
+            _optional_rate(table, model, name, default)
+            for name, default in zip(_BASE_FIELDS, below, strict=True)
+        )
+        try:
+            tiers.append(Tier(table.get("threshold"), *rates))  # type: ignore[arg-type]
+        except PriceError as exc:
+            raise PriceError(f"{model}: {exc}") from None
+        below = rates  # type: ignore[assignment]
+    return tuple(tiers)
 
 
 class _Rates(NamedTuple):
@@ -274,26 +383,33 @@ _BASE_FIELDS = ("input", "cached_input", "cache_write_5m", "cache_write_1h", "ou
 _LONG_CONTEXT_FIELDS = tuple(f"long_context_{name}" for name in _BASE_FIELDS)
 _MAPPING_KEYS = frozenset(
     {"model", "provider", "effective_from", "source", "request_fee", "long_context_threshold"}
-    | {"aliases", "free"}
+    | {"aliases", "free", "tiers", "input_audio", "cached_audio_input", "output_audio"}
     | set(_BASE_FIELDS)
     | set(_LONG_CONTEXT_FIELDS)
 )
 
 
-def _is_long_context(total_input_tokens: int, price: Price) -> bool:
-    threshold = price.long_context_threshold
-    return threshold is not None and total_input_tokens > threshold
-
-
-def _rates(price: Price, long_context: bool) -> _Rates:
-    if not long_context:
-        return _Rates(*_base_rates(price))
-    # Price.__post_init__ guarantees all five tier prices exist with a threshold.
-    return _Rates(*_long_context_rates(price))
+def _tier_for(total_input_tokens: int, price: Price) -> Tier | None:
+    # Few tiers (at most two today): a reversed scan beats a bisect.
+    for tier in reversed(price.tiers):
+        if total_input_tokens > tier.threshold:
+            return tier
+    return None
 
 
 _base_rates = operator.attrgetter(*_BASE_FIELDS)
-_long_context_rates = operator.attrgetter(*_LONG_CONTEXT_FIELDS)
+_AUDIO_FIELDS = ("input_audio", "cached_audio_input", "output_audio")
+
+
+def _audio_rates(
+    price: Price, input_rate: Nanos, cached_rate: Nanos, output_rate: Nanos
+) -> tuple[Nanos, Nanos, Nanos]:
+    audio_in, audio_cached, audio_out = price.input_audio, price.cached_audio_input, price.output_audio
+    return (
+        input_rate if audio_in is None else audio_in,
+        cached_rate if audio_cached is None else audio_cached,
+        output_rate if audio_out is None else audio_out,
+    )
 
 
 def _check_nanos(name: str, value: object) -> None:
@@ -358,6 +474,11 @@ def _optional_rate(data: Mapping[str, Any], model: object, name: str, default: N
     if value is None:
         return default
     return _nanos(model, name, value, unit="USD per million tokens")
+
+
+def _audio_rate(data: Mapping[str, Any], model: object, name: str) -> Nanos | None:
+    value = data.get(name)
+    return None if value is None else _nanos(model, name, value, unit="USD per million tokens")
 
 
 def _nanos(model: object, name: str, value: object, *, unit: str = "USD") -> Nanos:
