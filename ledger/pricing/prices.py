@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -178,7 +178,7 @@ class CostBreakdown:
     output: Nanos
     request_fee: Nanos
     long_context: bool = False
-    tier: int | None = None
+    tier: int | None = field(default=None, compare=False)  # detail beside long_context
 
     @property
     def total(self) -> Nanos:

@@ -602,13 +602,15 @@ def test_no_float_survives_into_a_parsed_price() -> None:
         field.name
         for field in dataclasses.fields(Price)
         if field.name not in {"model", "provider", "effective_from", "source", "aliases"}
-        and field.name not in {"free", "id"}
+        and field.name not in {"free", "id", "tiers"}
     }
 
     for price in [*imported, *load_catalog()]:
         for name in numeric:
             value = getattr(price, name)
             assert value is None or type(value) is int, (price.model, name, value)
+        for tier in price.tiers:  # each tier's threshold and five prices
+            assert all(type(value) is int for value in dataclasses.astuple(tier)), price.model
 
 
 def test_a_price_map_of_python_floats_reads_the_same_as_its_text() -> None:
