@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from ledger.config import Settings
 from ledger.db.prices import LivePrices
 from ledger.errors import UnknownModel
+from ledger.pricing.genai import catalog_provider_for, load_providers
 from ledger.providers import Provider
 
 
@@ -17,6 +18,8 @@ class Route:
     provider: Provider
     upstream_model: str
     free: bool = False
+    catalog: str | None = None  # the genai-prices provider whose prices apply
+    unpriced: str | None = None  # the provider's unknown_models rule, for a model none prices
 
 
 class ModelRouter:
@@ -31,8 +34,15 @@ class ModelRouter:
     ) -> None:
         self._providers = providers
         self._prices = prices
+        self._catalogs = _catalog_providers(providers)
         self._configured = {
-            m.name: Route(m.name, providers[m.provider], m.upstream_model, m.free)
+            m.name: Route(
+                m.name,
+                providers[m.provider],
+                m.upstream_model,
+                m.free,
+                catalog=self._catalogs[m.provider],
+            )
             for m in settings.models
         }
 
@@ -41,25 +51,50 @@ class ModelRouter:
         if route is not None:
             return route
         if not self._configured:
-            price = self._prices.price_at(model, datetime.now(UTC))
-            provider = self._provider_for_kind(price.provider if price else None)
-            if price is not None and provider is not None:
-                return Route(model, provider, model)
+            now = datetime.now(UTC)
+            # The first provider whose catalog prices the name serves it, as sent.
+            for provider in self._providers.values():
+                catalog = self._catalogs[provider.name]
+                if self._prices.price_at(model, now, catalog) is not None:
+                    return Route(model, provider, model, catalog=catalog)
+            for provider in self._providers.values():
+                if provider.unknown_models != "refuse":
+                    return Route(
+                        model,
+                        provider,
+                        model,
+                        catalog=self._catalogs[provider.name],
+                        unpriced=provider.unknown_models,
+                    )
         raise UnknownModel(f"The model '{model}' does not exist or is not served by this gateway.")
 
     def models(self) -> list[Route]:
+        """What is served and priced (never a model only ``unknown_models`` would take)."""
         if self._configured:
             return list(self._configured.values())
         routes = []
-        for name in self._prices.models():
-            try:
-                routes.append(self.resolve(name))
-            except UnknownModel:
-                continue
+        seen: set[str] = set()
+        for provider in self._providers.values():
+            catalog = self._catalogs[provider.name]
+            for name in self._prices.models(catalog):
+                if name in seen:
+                    continue
+                try:
+                    route = self.resolve(name)
+                except UnknownModel:
+                    continue
+                if route.unpriced is None:
+                    seen.add(name)
+                    routes.append(route)
         return routes
 
-    def _provider_for_kind(self, kind: str | None) -> Provider | None:
-        for provider in self._providers.values():
-            if provider.kind == "mock" or provider.kind == kind:
-                return provider
-        return None
+
+def _catalog_providers(providers: dict[str, Provider]) -> dict[str, str | None]:
+    # The mock provider serves any catalog model: genai-prices chooses from the name.
+    catalogs = load_providers()
+    return {
+        name: None
+        if provider.kind == "mock"
+        else provider.catalog or catalog_provider_for(provider.kind, provider.base_url, catalogs)
+        for name, provider in providers.items()
+    }

@@ -240,7 +240,9 @@ def worst_case_cost(
     tier = _tier_for(estimated_input_tokens, price)
     rates = _Rates(*(_base_rates(price) if tier is None else _base_rates(tier)))
     # The prompt may be audio and so may the answer: reserve at the dearer of each.
-    audio_in, _cached, audio_out = _audio_rates(price, rates.input, rates.cached_input, rates.output)
+    audio_in, _cached, audio_out = _audio_rates(
+        price, rates.input, rates.cached_input, rates.output
+    )
     input_rate = max(rates.input, audio_in)
     if may_write_cache:
         input_rate = max(input_rate, rates.cache_write_5m, rates.cache_write_1h)
@@ -353,7 +355,9 @@ def _tiers_from_mapping(
         raise PriceError(f"{model}: tiers must be a list of tables, not {tables!r}")
     tiers: list[Tier] = []
     below = base
-    for table in sorted(tables, key=lambda t: t.get("threshold", 0) if isinstance(t, Mapping) else 0):
+    for table in sorted(
+        tables, key=lambda t: t.get("threshold", 0) if isinstance(t, Mapping) else 0
+    ):
         if not isinstance(table, Mapping):
             raise PriceError(f"{model}: a tier must be a table, not {table!r}")
         unknown = sorted(set(table) - {"threshold", *_BASE_FIELDS})
@@ -404,7 +408,11 @@ _AUDIO_FIELDS = ("input_audio", "cached_audio_input", "output_audio")
 def _audio_rates(
     price: Price, input_rate: Nanos, cached_rate: Nanos, output_rate: Nanos
 ) -> tuple[Nanos, Nanos, Nanos]:
-    audio_in, audio_cached, audio_out = price.input_audio, price.cached_audio_input, price.output_audio
+    audio_in, audio_cached, audio_out = (
+        price.input_audio,
+        price.cached_audio_input,
+        price.output_audio,
+    )
     return (
         input_rate if audio_in is None else audio_in,
         cached_rate if audio_cached is None else audio_cached,

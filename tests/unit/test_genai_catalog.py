@@ -58,8 +58,10 @@ def test_the_whole_catalog_is_materialised_with_every_provider():
     # A true fraction of a nano (1/12 of a cent) is refused with why, never rounded.
     reasons = {why.split(" = ")[0] if " = " in why else why for _, why in CATALOG.refused}
     assert reasons <= {"not priced per token", "cache_write_mtok"}
-    assert ("openrouter/google/gemini-2.5-flash", "cache_write_mtok = 0.0833333333333333 is "
-            "finer than one nano-USD per million tokens") in CATALOG.refused
+    assert (
+        "openrouter/google/gemini-2.5-flash",
+        "cache_write_mtok = 0.0833333333333333 is finer than one nano-USD per million tokens",
+    ) in CATALOG.refused
 
 
 _ROUNDED = {note.split(":")[0] for note in CATALOG.rounded}
