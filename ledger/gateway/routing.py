@@ -55,7 +55,11 @@ class ModelRouter:
             # The first provider whose catalog prices the name serves it, as sent.
             for provider in self._providers.values():
                 catalog = self._catalogs[provider.name]
-                if self._prices.price_at(model, now, catalog) is not None:
+                price = self._prices.price_at(model, now, catalog)
+                # A price tagged for another provider does not make this one serve it.
+                if price is not None and (
+                    catalog is None or price.provider in ("", catalog, provider.kind)
+                ):
                     return Route(model, provider, model, catalog=catalog)
             for provider in self._providers.values():
                 if provider.unknown_models != "refuse":
