@@ -429,11 +429,17 @@ def prices_list(ctx: click.Context) -> None:
         finally:
             await engine.dispose()
 
-    click.echo("model\teffective_from\torigin\tinput/1M\tcached/1M\toutput/1M")
+    click.echo(
+        "model\teffective_from\torigin\tinput/1M\tcached/1M\toutput/1M\tprovider\tsource\ttiers"
+    )
     for row in _run(go):
+        # Each tier: "above N tokens: input/output"; the JSON holds all five prices.
+        tiers = json.loads(row.tiers) if row.tiers else []
+        tier_text = "; ".join(f">{t[0]}: {format_usd(t[1])}/{format_usd(t[5])}" for t in tiers)
         click.echo(
             f"{row.model}\t{row.effective_from.date()}\t{row.origin}\t{format_usd(row.input)}\t"
-            f"{format_usd(row.cached_input)}\t{format_usd(row.output)}"
+            f"{format_usd(row.cached_input)}\t{format_usd(row.output)}\t{row.provider}\t"
+            f"{row.source}\t{tier_text}"
         )
 
 
@@ -464,9 +470,9 @@ def prices_import(ctx: click.Context, path: str, dry_run: bool) -> None:
             await upgrade(engine)
             await sync_prices(engine, settings.price_overrides)
             registry = await load_registry(engine)
-            current = PriceBook(
-                [p for p in (registry.price_at(m, now) for m in registry.models()) if p]
-            )
+            # One price per model: two names (a model and its alias) can share one.
+            in_effect = (registry.price_at(m, now) for m in registry.models())
+            current = PriceBook({p.model: p for p in in_effect if p}.values())
             diff = diff_prices(current, result.prices, now)
             changed, kept_tiers = refuse_untiered_replacements(diff.changed)
             result.refused.extend(kept_tiers)

@@ -40,6 +40,11 @@ class ProviderConfig:
     timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
     use_count_tokens: bool = True
+    # The genai-prices provider whose prices apply ("" = from base_url, else the kind).
+    catalog: str = ""
+    # A model no price knows: "refuse" (400 model_not_priced), "record" (serve and
+    # record it as unpriced) or "estimate:MODEL" (price it as MODEL).
+    unknown_models: str = "refuse"
 
     @property
     def normalised_base_url(self) -> str:
@@ -249,7 +254,7 @@ def _table_list(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
 
 _PROVIDER_KEYS = frozenset(
     {"name", "kind", "base_url", "api_key_env", "timeout_s", "connect_timeout_s"}
-    | {"use_count_tokens"}
+    | {"use_count_tokens", "catalog", "unknown_models"}
 )
 _MODEL_KEYS = frozenset({"name", "provider", "upstream_model", "free"})
 
@@ -278,6 +283,19 @@ def _provider(table: Mapping[str, Any], env: Mapping[str, str]) -> ProviderConfi
         use_count_tokens=_coerce(
             f"provider {name}.use_count_tokens", table.get("use_count_tokens", True), bool
         ),
+        catalog=str(table.get("catalog", "")),
+        unknown_models=_unknown_models(name, table.get("unknown_models", "refuse")),
+    )
+
+
+def _unknown_models(provider: str, value: object) -> str:
+    if value in ("refuse", "record") or (
+        isinstance(value, str) and value.startswith("estimate:") and value[len("estimate:") :]
+    ):
+        return str(value)
+    raise ConfigError(
+        f'provider {provider!r}: unknown_models must be "refuse", "record" or '
+        f'"estimate:MODEL", not {value!r}'
     )
 
 

@@ -72,6 +72,11 @@ class Usage:
     regional processing), ``tool_calls`` (server-side tool uses by name, e.g.
     ``{"web_search": 2}``; calls, not tokens) and ``provider_cost_nanos`` (the cost the
     provider itself reported, e.g. OpenRouter's ``usage.cost``; kept beside Ledger's own).
+
+    the part of ``output_tokens`` spent on reasoning (it is not billed twice). Audio
+    tokens have buckets of their own beside the text ones (``input_audio_tokens``
+    uncached, ``cache_read_audio_tokens``, ``output_audio_tokens``): audio models bill
+    them at their own, higher prices.
     """
 
     input_tokens: int = 0
@@ -86,6 +91,9 @@ class Usage:
     regional: bool = False
     tool_calls: dict[str, int] = field(default_factory=dict, hash=False)
     provider_cost_nanos: int | None = None
+    input_audio_tokens: int = 0
+    cache_read_audio_tokens: int = 0
+    output_audio_tokens: int = 0
 
     @property
     def total_input_tokens(self) -> int:
@@ -95,11 +103,13 @@ class Usage:
             + self.cache_read_tokens
             + self.cache_write_5m_tokens
             + self.cache_write_1h_tokens
+            + self.input_audio_tokens
+            + self.cache_read_audio_tokens
         )
 
     @property
     def total_tokens(self) -> int:
-        return self.total_input_tokens + self.output_tokens
+        return self.total_input_tokens + self.output_tokens + self.output_audio_tokens
 
 
 def implausibility(usage: Usage, *, max_output_tokens: int | None, choices: int = 1) -> str | None:

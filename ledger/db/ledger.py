@@ -78,6 +78,7 @@ class LedgerEntry:
     reasoning_tokens: int = 0
     estimated_input_tokens: int | None = None
     usage_source: str = "none"
+    unpriced: bool = False  # no price known, served under unknown_models = "record"
     cost_nanos: int = 0
     input_cost_nanos: int = 0
     cache_read_cost_nanos: int = 0
@@ -147,7 +148,9 @@ class LedgerEntry:
         return values
 
 
-_TRANSIENT = {"settlements", "budgets_seen", "priced_model", "team_name", "provider_seconds"}
+_TRANSIENT = {
+    "settlements", "budgets_seen", "priced_model", "team_name", "provider_seconds", "unpriced"
+}  # fmt: skip
 _COLUMNS = tuple(f.name for f in fields(LedgerEntry) if f.name not in _TRANSIENT)
 _INSERT_COLUMNS = (*_COLUMNS, "latency_ms")
 _column_values = operator.attrgetter(*_COLUMNS)

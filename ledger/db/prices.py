@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from fractions import Fraction
+from functools import cache
 from typing import Any
 
 from sqlalchemy import select
@@ -16,7 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.db.tables import PriceRow
 from ledger.pricing import Price, PriceBook, load_catalog, price_from_mapping
-from ledger.pricing.prices import TimeWindow
+from ledger.pricing.genai import (
+    GENAI_ORIGIN,
+    Materialised,
+    ModelResolver,
+    installed_version,
+    load_providers,
+    materialise,
+)
+from ledger.pricing.prices import Tier, TimeWindow
 
 # Overrides win over the shipped catalog; among overrides with the same start, the
 # most deliberate one wins.
@@ -26,16 +35,43 @@ CONFIG_DEFAULT_EFFECTIVE_FROM = "1970-01-01"
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PriceRegistry:
-    """The price in effect for a model at a time: overrides first, then the catalog."""
+    """The price in effect for a model at a time.
+
+    Order: overrides (config, import, admin), then our own catalog (``catalog.toml``),
+    then genai-prices' catalog of the provider serving the request. A name is tried as
+    sent, then as the catalog model genai-prices' match rules make of it (a dated
+    snapshot, ``-latest``, ``provider/…``), so every spelling finds one price version.
+    """
 
     overrides: PriceBook
     catalog: PriceBook
+    genai: Mapping[str, PriceBook] = dataclasses.field(default_factory=dict)
+    resolver: ModelResolver | None = None
 
-    def price_at(self, model: str, at: datetime) -> Price | None:
-        return self.overrides.price_at(model, at) or self.catalog.price_at(model, at)
+    def price_at(self, model: str, at: datetime, provider: str | None = None) -> Price | None:
+        """``provider`` is a genai-prices provider id (``openai``, ``groq``, …); ``None``
+        lets genai-prices choose from the name, as for the built-in mock provider."""
+        price = self.overrides.price_at(model, at) or self.catalog.price_at(model, at)
+        if price is not None or self.resolver is None:
+            return price
+        resolved = self.resolver.resolve(provider, model)
+        if resolved is None:
+            return None
+        owner, canonical = resolved
+        if canonical != model:
+            price = self.overrides.price_at(canonical, at) or self.catalog.price_at(canonical, at)
+            if price is not None:
+                return price
+        book = self.genai.get(owner)
+        return None if book is None else book.price_at(canonical, at)
 
-    def models(self) -> list[str]:
+    def models(self, provider: str | None = None) -> list[str]:
+        """Every priced name: ours and overrides, and genai-prices' for ``provider``
+        (every provider's with ``None``)."""
         names = {price.model for price in self.catalog} | {price.model for price in self.overrides}
+        for owner, book in self.genai.items():
+            if provider is None or owner == provider:
+                names |= {price.model for price in book}
         return sorted(names)
 
 
@@ -49,15 +85,20 @@ class LivePrices:
     async def reload(self) -> None:
         self.registry = await load_registry(self.engine)
 
-    def price_at(self, model: str, at: datetime) -> Price | None:
-        return self.registry.price_at(model, at)
+    def price_at(self, model: str, at: datetime, provider: str | None = None) -> Price | None:
+        return self.registry.price_at(model, at, provider)
 
-    def models(self) -> list[str]:
-        return self.registry.models()
+    def models(self, provider: str | None = None) -> list[str]:
+        return self.registry.models(provider)
 
 
 async def sync_prices(engine: AsyncEngine, config_overrides: Iterable[Mapping[str, Any]]) -> None:
-    """Make sure every catalog price and every config override has its row (idempotent)."""
+    """Make sure every catalog price and every config override has its row (idempotent).
+
+    genai-prices' versions are added for models the database has none of yet: a model
+    already priced changes only through ``ledger prices sync``, which shows the diff and
+    never lowers a price silently.
+    """
     prices = [(price, "catalog") for price in load_catalog()]
     for table in config_overrides:
         data = dict(table)
@@ -67,6 +108,30 @@ async def sync_prices(engine: AsyncEngine, config_overrides: Iterable[Mapping[st
         prices.append((price_from_mapping(data), "config"))
     async with engine.begin() as connection:
         await insert_prices(connection, prices, replace=False)
+        known = {
+            (row.provider, row.model)
+            for row in await connection.execute(
+                select(PriceRow.provider, PriceRow.model).where(PriceRow.origin == GENAI_ORIGIN)
+            )
+        }
+        missing = [
+            _row(price, GENAI_ORIGIN)
+            for price in installed_catalog().prices
+            if (price.provider, price.model) not in known
+        ]
+        if missing:  # one statement for thousands of rows: start-up stays quick
+            await connection.execute(PriceRow.__table__.insert(), missing)
+
+
+@cache
+def installed_catalog() -> Materialised:
+    """The installed genai-prices catalog as price versions (read once per process)."""
+    return materialise(load_providers(), f"genai-prices {installed_version()}")
+
+
+@cache
+def installed_resolver() -> ModelResolver:
+    return ModelResolver(load_providers())
 
 
 async def insert_prices(
@@ -80,7 +145,7 @@ async def insert_prices(
     ids: list[int] = []
     for row in rows:
         statement = insert(PriceRow).values(**row)
-        keys = ["model", "effective_from", "origin"]
+        keys = ["model", "provider", "effective_from", "origin"]
         if replace:
             changes = {k: v for k, v in row.items() if k not in (*keys, "created_at")}
             statement = statement.on_conflict_do_update(index_elements=keys, set_=changes)
@@ -97,18 +162,25 @@ async def load_registry(engine: AsyncEngine) -> PriceRegistry:
     async with engine.connect() as connection:
         rows = (await connection.execute(select(PriceRow).order_by(PriceRow.id))).all()
     catalog: list[Price] = []
+    genai: dict[str, list[Price]] = {}
     overrides: dict[tuple[str, datetime], tuple[int, Price]] = {}
     for row in rows:
         price = _price(row)
         if row.origin == "catalog":
             catalog.append(price)
             continue
+        if row.origin == GENAI_ORIGIN:
+            genai.setdefault(price.provider, []).append(price)
+            continue
         rank = _OVERRIDE_RANK.get(row.origin, 0)
         key = (price.model, price.effective_from)
         if key not in overrides or overrides[key][0] <= rank:
             overrides[key] = (rank, price)
     return PriceRegistry(
-        overrides=PriceBook(price for _, price in overrides.values()), catalog=PriceBook(catalog)
+        overrides=PriceBook(price for _, price in overrides.values()),
+        catalog=PriceBook(catalog),
+        genai={provider: PriceBook(prices) for provider, prices in genai.items()},
+        resolver=installed_resolver(),
     )
 
 
@@ -139,6 +211,13 @@ def _row(price: Price, origin: str) -> dict[str, Any]:
         "free": price.free,
         "aliases": ",".join(price.aliases),
         "dimensions": _dimensions_json(price),
+        # [[threshold, input, cached_input, cache_write_5m, cache_write_1h, output], …]
+        "tiers": json.dumps([list(dataclasses.astuple(tier)) for tier in price.tiers])
+        if price.tiers
+        else "",
+        "input_audio": price.input_audio,
+        "cached_audio_input": price.cached_audio_input,
+        "output_audio": price.output_audio,
         "created_at": datetime.now(UTC),
     }
 
@@ -165,6 +244,11 @@ def _price(row: Any) -> Price:
         free=row.free,
         id=row.id,
         **_dimensions_from_json(getattr(row, "dimensions", None)),
+        # Rows from before tiers were stored carry their one tier in long_context_*.
+        tiers=tuple(Tier(*values) for values in json.loads(row.tiers)) if row.tiers else (),
+        input_audio=row.input_audio,
+        cached_audio_input=row.cached_audio_input,
+        output_audio=row.output_audio,
     )
 
 

@@ -116,13 +116,14 @@ class PriceRow(Base):
     """One version of a model's price; a change is a new row with a later effective date."""
 
     __tablename__ = "prices"
-    __table_args__ = (UniqueConstraint("model", "effective_from", "origin"),)
+    __table_args__ = (UniqueConstraint("model", "provider", "effective_from", "origin"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model: Mapped[str] = mapped_column(String(200), index=True)
     provider: Mapped[str] = mapped_column(String(64))
     effective_from: Mapped[datetime] = mapped_column(Timestamp())
-    origin: Mapped[str] = mapped_column(String(16))  # catalog | config | admin | import
+    # catalog (ours, catalog.toml) | genai-prices | config | admin | import
+    origin: Mapped[str] = mapped_column(String(16))
     source: Mapped[str] = mapped_column(String(500))
     input: Mapped[int] = mapped_column(BigInteger)
     cached_input: Mapped[int] = mapped_column(BigInteger)
@@ -140,6 +141,10 @@ class PriceRow(Base):
     aliases: Mapped[str] = mapped_column(Text, default="")  # comma-separated
     # Service-tier prices and time-of-day windows, JSON (ledger.db.prices); NULL: none.
     dimensions: Mapped[str | None] = mapped_column(Text)
+    tiers: Mapped[str] = mapped_column(Text, default="", server_default="")  # JSON, see _row
+    input_audio: Mapped[int | None] = mapped_column(BigInteger)
+    cached_audio_input: Mapped[int | None] = mapped_column(BigInteger)
+    output_audio: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(Timestamp())
 
 

@@ -205,6 +205,7 @@ class Gateway:
             entry.provider = route.provider.name
             entry.price_id = price.id
             entry.priced_model = price.model  # model budgets match an alias's model too
+            entry.unpriced = price.source == UNPRICED_SOURCE
 
             if request.endpoint == "count_tokens":
                 return await self._count_tokens(entry, call, request, route)
@@ -373,6 +374,8 @@ class Gateway:
 
     def _price(self, route: Route, at: datetime) -> Price:
         price = self._router.price_of(route, at)
+        if price is None and route.unpriced is not None:
+            price = self._unpriced_price(route, at)
         if route.free:
             return Price(
                 model=route.model, provider=route.provider.name, effective_from=at,
@@ -391,6 +394,21 @@ class Gateway:
                 code="model_not_priced",
             )
         return price
+
+    def _unpriced_price(self, route: Route, at: datetime) -> Price | None:
+        """The provider's ``unknown_models`` rule for a model no price knows."""
+        rule = route.unpriced or ""
+        if rule.startswith("estimate:"):
+            # Priced as the named model: that version's id goes on the entry.
+            return self._prices.price_at(rule.removeprefix("estimate:"), at, route.catalog)
+        if rule == "record":
+            # Served at no cost now, recorded as unpriced with its usage for re-rating.
+            return Price(
+                model=route.model, provider=route.provider.name, effective_from=at,
+                source=UNPRICED_SOURCE, input=0, cached_input=0, cache_write_5m=0,
+                cache_write_1h=0, output=0,
+            )  # fmt: skip
+        return None
 
     async def _estimate(
         self, call: GatewayCall, request: ParsedRequest, route: Route, hard_budget: bool
@@ -768,6 +786,8 @@ class Gateway:
         if self._redactor:  # what a provider said may quote its key
             entry.error = self._redactor.maybe(entry.error)
             entry.raw_usage = self._redactor.maybe(entry.raw_usage)
+        if entry.status == "ok" and entry.price_id is None and entry.unpriced:
+            entry.status = "unpriced"  # served under unknown_models = "record"
         if reservation is not None:
             entry.settlements = self._budgets.settle(reservation, entry.cost_nanos)
             entry.budgets_seen = reservation.rules_fingerprint
@@ -811,6 +831,9 @@ class Gateway:
         body = openai_error_body(error) if protocol == OPENAI else anthropic_error_body(error)
         headers = {"content-type": "application/json", **error.headers, **_ledger_headers(entry)}
         return GatewayReply(error.status, headers, self._redactor.bytes(msgspec.json.encode(body)))
+
+
+UNPRICED_SOURCE = "unpriced: unknown_models = record"
 
 
 # -- small pure helpers -----------------------------------------------------------------

@@ -11,6 +11,7 @@ from ledger.config import Settings
 from ledger.db.prices import LivePrices
 from ledger.errors import PermissionDenied, UnknownModel
 from ledger.pricing import Price
+from ledger.pricing.genai import catalog_provider_for, load_providers
 from ledger.providers import Provider
 
 
@@ -20,6 +21,8 @@ class Route:
     provider: Provider
     upstream_model: str
     free: bool = False
+    catalog: str | None = None  # the genai-prices provider whose prices apply
+    unpriced: str | None = None  # the provider's unknown_models rule, for a model none prices
 
 
 class ModelRouter:
@@ -37,8 +40,15 @@ class ModelRouter:
         self._providers = providers
         self._prices = prices
         self._allowed = settings.allowed_models
+        self._catalogs = _catalog_providers(providers)
         self._configured = {
-            m.name: Route(m.name, providers[m.provider], m.upstream_model, m.free)
+            m.name: Route(
+                m.name,
+                providers[m.provider],
+                m.upstream_model,
+                m.free,
+                catalog=self._catalogs[m.provider],
+            )
             for m in settings.models
         }
 
@@ -46,16 +56,31 @@ class ModelRouter:
         route = self._configured.get(model)
         if route is not None:
             return route
-        price = self._prices.price_at(model, datetime.now(UTC))
-        provider = self._provider_for(price.provider) if price is not None else None
-        if provider is not None:
-            return Route(model, provider, model)
+        now = datetime.now(UTC)
+        # The first provider whose catalog prices the name serves it, as sent.
+        for provider in self._providers.values():
+            catalog = self._catalogs[provider.name]
+            price = self._prices.price_at(model, now, catalog)
+            # A price tagged for another provider does not make this one serve it.
+            if price is not None and (
+                catalog is None or price.provider in ("", catalog, provider.kind)
+            ):
+                return Route(model, provider, model, catalog=catalog)
+        for provider in self._providers.values():
+            if provider.unknown_models != "refuse":
+                return Route(
+                    model,
+                    provider,
+                    model,
+                    catalog=self._catalogs[provider.name],
+                    unpriced=provider.unknown_models,
+                )
         raise UnknownModel(f"The model '{model}' does not exist or is not served by this gateway.")
 
     def price_of(self, route: Route, at: datetime) -> Price | None:
         """The price in effect for ``route`` at ``at``: its own name's, else its upstream's."""
-        return self._prices.price_at(route.model, at) or self._prices.price_at(
-            route.upstream_model, at
+        return self._prices.price_at(route.model, at, route.catalog) or self._prices.price_at(
+            route.upstream_model, at, route.catalog
         )
 
     def check_allowed(self, principal: Principal, route: Route, price: Price | None) -> None:
@@ -73,13 +98,18 @@ class ModelRouter:
     def models(self, principal: Principal | None = None) -> list[Route]:
         """Every model a caller may use now: routed, priced (or free) and allowed."""
         now = datetime.now(UTC)
-        names = dict.fromkeys([*self._configured, *self._prices.models()])
+        catalogs = dict.fromkeys(self._catalogs.values())
+        names = dict.fromkeys(
+            [*self._configured, *(n for c in catalogs for n in self._prices.models(c))]
+        )
         routes = []
         for name in names:
             try:
                 route = self.resolve(name)
             except UnknownModel:
                 continue
+            if route.unpriced is not None:
+                continue  # only unknown_models would take it: not listed
             price = self.price_of(route, now)
             if price is None and not route.free:
                 continue  # it would be refused as model_not_priced
@@ -95,17 +125,6 @@ class ModelRouter:
             ("key", principal.key_allowed_models),
         ]
 
-    def _provider_for(self, named: str) -> Provider | None:
-        # A price names a provider: a configured one by that name, else the first of that
-        # kind (the catalog says "openai" or "anthropic"), else the mock if there is one.
-        provider = self._providers.get(named)
-        if provider is not None:
-            return provider
-        for provider in self._providers.values():
-            if provider.kind == "mock" or provider.kind == named:
-                return provider
-        return None
-
 
 def _names(route: Route, price: Price | None) -> tuple[str, ...]:
     # The canonical name lets "gpt-4.1-mini" allow "gpt-4.1-mini-2025-04-14".
@@ -113,3 +132,14 @@ def _names(route: Route, price: Price | None) -> tuple[str, ...]:
     if price is not None:
         names.append(price.model)
     return tuple(dict.fromkeys(names))
+
+
+def _catalog_providers(providers: dict[str, Provider]) -> dict[str, str | None]:
+    # The mock provider serves any catalog model: genai-prices chooses from the name.
+    catalogs = load_providers()
+    return {
+        name: None
+        if provider.kind == "mock"
+        else provider.catalog or catalog_provider_for(provider.kind, provider.base_url, catalogs)
+        for name, provider in providers.items()
+    }

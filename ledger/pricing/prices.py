@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from fractions import Fraction
@@ -60,15 +60,44 @@ class TimeWindow:
 
 
 @dataclass(frozen=True, slots=True)
+class Tier:
+    """The five token prices that apply once a request's input exceeds ``threshold`` tokens.
+
+    ``threshold`` counts all input as the provider does: uncached, cache reads, cache
+    writes and audio together (``Usage.total_input_tokens``).
+    """
+
+    threshold: int
+    input: Nanos
+    cached_input: Nanos
+    cache_write_5m: Nanos
+    cache_write_1h: Nanos
+    output: Nanos
+
+    def __post_init__(self) -> None:
+        threshold = self.threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold <= 0:
+            raise PriceError(
+                f"a tier threshold must be a positive number of tokens, not {threshold!r}"
+            )
+        for name in _BASE_FIELDS:
+            _check_nanos(name, getattr(self, name))
+
+
+@dataclass(frozen=True, slots=True)
 class Price:
     """The price of one model from ``effective_from`` until a later version replaces it.
 
     Token prices are nano-USD per million tokens; ``request_fee_nanos`` is a flat
-    amount per request. When ``long_context_threshold`` is set, a request whose
-    total input exceeds it is priced entirely at the ``long_context_*`` prices, and
-    all five of them are then required. A ``free`` model costs nothing whatever its
-    prices say (for self-hosted models that still need to be known to the gateway).
-    ``id`` is the database id of this price version, ``None`` until it is stored.
+    amount per request. ``tiers`` (ascending thresholds) price a request whose total
+    input exceeds a tier's threshold entirely at that tier, every bucket included, as
+    the providers bill it; the highest tier crossed wins. ``long_context_*`` is the
+    older spelling of a single tier: given, it becomes the first tier; read, it is the
+    first tier's prices (``None`` without tiers). ``input_audio``,
+    ``cached_audio_input`` and ``output_audio`` price audio tokens; ``None`` prices them
+    as text (at the tier's text price when a tier applies). A ``free`` model costs nothing whatever its prices say (for
+    self-hosted models that still need to be known to the gateway). ``id`` is the
+    database id of this price version, ``None`` until it is stored.
     """
 
     model: str
@@ -92,6 +121,10 @@ class Price:
     service_tier_rates: tuple[tuple[str, tuple[Nanos, Nanos, Nanos, Nanos, Nanos]], ...] = ()
     time_windows: tuple[TimeWindow, ...] = ()
     id: int | None = None
+    tiers: tuple[Tier, ...] = ()
+    input_audio: Nanos | None = None
+    cached_audio_input: Nanos | None = None
+    output_audio: Nanos | None = None
 
     def tier_rates(self, tier: str) -> tuple[Nanos, Nanos, Nanos, Nanos, Nanos] | None:
         for name, rates in self.service_tier_rates:
@@ -114,6 +147,10 @@ class Price:
         for name in (*_BASE_FIELDS, "request_fee_nanos"):
             _check_nanos(name, getattr(self, name))
         self._check_long_context()
+        self._check_tiers()
+        for name in _AUDIO_FIELDS:
+            if getattr(self, name) is not None:
+                _check_nanos(name, getattr(self, name))
         aliases = tuple(self.aliases)
         for alias in aliases:
             if not isinstance(alias, str) or not alias or alias != alias.strip():
@@ -149,13 +186,37 @@ class Price:
                 raise PriceError(f"{self.model}: {name} is required with long_context_threshold")
             _check_nanos(name, value)
 
+    def _check_tiers(self) -> None:
+        tiers = tuple(self.tiers)
+        if any(not isinstance(tier, Tier) for tier in tiers):
+            raise PriceError(f"{self.model}: tiers must be Tier values")
+        if self.long_context_threshold is not None:
+            legacy = Tier(
+                self.long_context_threshold,
+                *(getattr(self, name) for name in _LONG_CONTEXT_FIELDS),
+            )
+            if tiers and tiers[0] != legacy:
+                raise PriceError(f"{self.model}: long_context_* disagrees with the first tier")
+            tiers = tiers or (legacy,)
+        thresholds = [tier.threshold for tier in tiers]
+        if thresholds != sorted(set(thresholds)):
+            raise PriceError(f"{self.model}: tier thresholds must be distinct and ascending")
+        object.__setattr__(self, "tiers", tiers)
+        if tiers and self.long_context_threshold is None:
+            # The first tier stays readable under its older name (admin, listings).
+            first = tiers[0]
+            object.__setattr__(self, "long_context_threshold", first.threshold)
+            for name, value in zip(_LONG_CONTEXT_FIELDS, _base_rates(first), strict=True):
+                object.__setattr__(self, name, value)
+
 
 @dataclass(frozen=True, slots=True)
 class CostBreakdown:
     """What one request cost, per bucket, in nano-USD.
 
     ``cache_write`` is the 5-minute and 1-hour cache writes together (each rounded on
-    its own). ``long_context`` says whether the long-context tier priced the request.
+    its own). ``long_context`` says whether a tier priced the request, and ``tier``
+    which one (its threshold), ``None`` at the base prices.
     ``tool_fees`` is what per-call tool fees added (web searches); ``service_tier`` the
     tier that priced it (``None``: the list price); ``applied`` says, one short phrase
     each, which tier prices, multipliers and fees applied (``"service_tier=flex x1/2"``).
@@ -170,6 +231,7 @@ class CostBreakdown:
     tool_fees: Nanos = 0
     service_tier: str | None = None
     applied: tuple[str, ...] = ()
+    tier: int | None = field(default=None, compare=False)  # detail beside long_context
 
     @property
     def total(self) -> Nanos:
@@ -193,12 +255,13 @@ def price_cost(
 ) -> CostBreakdown:
     """The exact cost of ``usage`` under ``price``, rounded half up once per bucket.
 
-    When the price has a long-context tier and ``usage.total_input_tokens`` exceeds
-    its threshold, every bucket of the request (cached and output tokens included)
-    is priced at the tier, as the providers bill it. ``reasoning_tokens`` are already
-    part of ``output_tokens`` and are not billed again. Missing cache prices were
-    resolved when the ``Price`` was built (see ``price_from_mapping``), so a stored
-    price version records exactly what was charged.
+    When ``usage.total_input_tokens`` exceeds a tier's threshold, every bucket of the
+    request (cached and output tokens included) is priced at the highest such tier,
+    as the providers bill it. Audio tokens are priced at the audio prices (audio input
+    and cache reads in the input and cache-read buckets, audio output in output).
+    ``reasoning_tokens`` are already part of ``output_tokens`` and are not billed
+    again. Missing cache prices were resolved when the ``Price`` was built (see
+    ``price_from_mapping``), so a stored price version records exactly what was charged.
 
     Then what the provider reported about how it served the request, all exact:
     the ``service_tier`` prices the tokens at the price's own rates for that tier
@@ -208,25 +271,28 @@ def price_cost(
     factors multiply into one exact fraction applied per bucket (one rounding).
     Per-call tool fees (``usage.tool_calls``) are added after, unmultiplied.
     """
-    long_context = _is_long_context(usage.total_input_tokens, price)
+    tier = _tier_for(usage.total_input_tokens, price)
+    threshold = None if tier is None else tier.threshold
     if price.free:
-        return CostBreakdown(0, 0, 0, 0, 0, long_context=long_context)
+        return CostBreakdown(0, 0, 0, 0, 0, long_context=tier is not None, tier=threshold)
     table = shipped_dimensions() if dimensions is None else dimensions
-    rates = _rates(price, long_context)
+    rates = _Rates(*(_base_rates(price) if tier is None else _base_rates(tier)))
     applied: list[str] = []
     factor = Fraction(1)
-    tier = usage.service_tier
-    if tier is not None and tier not in STANDARD_TIERS:
-        explicit = None if long_context else price.tier_rates(tier)
-        published = table.multiplier(price.provider, "service_tier", tier, price.model)
+    service_tier = usage.service_tier
+    if service_tier is not None and service_tier not in STANDARD_TIERS:
+        # A service tier's own prices are list prices; past a long-context tier the
+        # published multiplier applies to the tier's prices instead.
+        explicit = None if tier is not None else price.tier_rates(service_tier)
+        published = table.multiplier(price.provider, "service_tier", service_tier, price.model)
         if explicit is not None:
             rates = _Rates(*explicit)
-            applied.append(f"service_tier={tier} prices")
+            applied.append(f"service_tier={service_tier} prices")
         elif published is not None:
             factor *= published
-            applied.append(f"service_tier={tier} x{published}")
+            applied.append(f"service_tier={service_tier} x{published}")
         else:
-            applied.append(f"service_tier={tier} (no published rate: list price)")
+            applied.append(f"service_tier={service_tier} (no published rate: list price)")
     for dimension, value in (
         ("inference_geo", usage.inference_geo),
         ("speed", usage.speed),
@@ -260,18 +326,25 @@ def price_cost(
             continue
         tool_fees += count * fee.nanos_per_call
         applied.append(f"{tool} {count} x ${format_usd(fee.nanos_per_call)}")
+    audio_in, audio_cached, audio_out = _audio_rates(
+        price, rates.input, rates.cached_input, rates.output
+    )
     return CostBreakdown(
-        input=cost(usage.input_tokens, rates.input),
-        cache_read=cost(usage.cache_read_tokens, rates.cached_input),
+        input=cost(usage.input_tokens, rates.input) + cost(usage.input_audio_tokens, audio_in),
+        cache_read=cost(usage.cache_read_tokens, rates.cached_input)
+        + cost(usage.cache_read_audio_tokens, audio_cached),
         cache_write=(
             cost(usage.cache_write_5m_tokens, rates.cache_write_5m)
             + cost(usage.cache_write_1h_tokens, rates.cache_write_1h)
         ),
-        output=cost(usage.output_tokens, rates.output),
+        output=cost(usage.output_tokens, rates.output) + cost(usage.output_audio_tokens, audio_out),
         request_fee=price.request_fee_nanos,
-        long_context=long_context,
+        long_context=tier is not None,
+        tier=threshold,
         tool_fees=tool_fees,
-        service_tier=tier if tier is not None and tier not in STANDARD_TIERS else None,
+        service_tier=service_tier
+        if service_tier is not None and service_tier not in STANDARD_TIERS
+        else None,
         applied=tuple(applied),
     )
 
@@ -344,6 +417,7 @@ def batch_price(price: Price, *, dimensions: Dimensions | None = None) -> Price 
         long_context_output=None,
         source=f"{price.source} (batch)".strip(),
         id=None,
+        tiers=(),
     )
 
 
@@ -357,8 +431,7 @@ def worst_case_cost(
 ) -> Nanos:
     """The most a request can cost, in nanos, for a budget reservation.
 
-    All input is priced as uncached input (at the long-context tier when the estimate
-    exceeds its threshold), plus ``max_output_tokens`` of output and the request fee.
+    All input is priced as uncached input (at the tier the estimate crosses, if any), plus ``max_output_tokens`` of output and the request fee.
     Cache writes cost more than plain input on Anthropic (1.25x for 5 minutes, 2x for
     1 hour), so a caller that sees cache-control markers in the request should pass
     ``may_write_cache=True`` to price the input at the dearest input-side rate.
@@ -367,12 +440,17 @@ def worst_case_cost(
     """
     if price.free:
         return 0
-    rates = _rates(price, _is_long_context(estimated_input_tokens, price))
-    input_rate = rates.input
+    tier = _tier_for(estimated_input_tokens, price)
+    rates = _Rates(*(_base_rates(price) if tier is None else _base_rates(tier)))
+    # The prompt may be audio and so may the answer: reserve at the dearer of each.
+    audio_in, _cached, audio_out = _audio_rates(
+        price, rates.input, rates.cached_input, rates.output
+    )
+    input_rate = max(rates.input, audio_in)
     if may_write_cache:
         input_rate = max(input_rate, rates.cache_write_5m, rates.cache_write_1h)
     tokens_cost = cost_of_tokens(estimated_input_tokens, input_rate) + cost_of_tokens(
-        max_output_tokens, rates.output
+        max_output_tokens, max(rates.output, audio_out)
     )
     if factor != 1:
         # Ceiling, and one nano per bucket for the rounding of the actual cost.
@@ -395,6 +473,9 @@ def price_from_mapping(data: Mapping[str, Any]) -> Price:
     output = "5"}}``; a missing cache price follows the tier's input, as below, and a
     missing output keeps the list price); ``time_of_day``, a list of
     ``{start = "16:30", end = "00:30", multiplier = "1/2"}`` in UTC.
+    ``tiers``, a list of tables with a ``threshold`` and any of the five token prices
+    (a missing one keeps the price of the tier below); ``input_audio``,
+    ``cached_audio_input`` and ``output_audio`` (defaulting to the text prices).
     Unknown keys are refused, so a typo cannot silently leave a price at its default.
 
     Prices are decimal strings (``"0.40"``), integers or ``Decimal``. A float, which is
@@ -441,6 +522,9 @@ def price_from_mapping(data: Mapping[str, Any]) -> Price:
         )
         tier_output = _optional_rate(data, model, "long_context_output", output)
 
+    tiers = _tiers_from_mapping(
+        model, data.get("tiers", ()), (input_, cached_input, cache_write_5m, cache_write_1h, output)
+    )
     request_fee = data.get("request_fee")
     aliases = data.get("aliases", ())
     if isinstance(aliases, str) or not isinstance(aliases, list | tuple):
@@ -468,7 +552,40 @@ def price_from_mapping(data: Mapping[str, Any]) -> Price:
         long_context_output=tier_output,
         aliases=tuple(aliases),
         free=free,
+        tiers=tiers,
+        input_audio=_audio_rate(data, model, "input_audio"),
+        cached_audio_input=_audio_rate(data, model, "cached_audio_input"),
+        output_audio=_audio_rate(data, model, "output_audio"),
     )
+
+
+def _tiers_from_mapping(
+    model: object, tables: object, base: tuple[Nanos, Nanos, Nanos, Nanos, Nanos]
+) -> tuple[Tier, ...]:
+    # Each tier is a table with ``threshold`` and any of the five token prices; a price
+    # a tier leaves out keeps the price of the tier below it (or the base price).
+    if isinstance(tables, str) or not isinstance(tables, list | tuple):
+        raise PriceError(f"{model}: tiers must be a list of tables, not {tables!r}")
+    tiers: list[Tier] = []
+    below = base
+    for table in sorted(
+        tables, key=lambda t: t.get("threshold", 0) if isinstance(t, Mapping) else 0
+    ):
+        if not isinstance(table, Mapping):
+            raise PriceError(f"{model}: a tier must be a table, not {table!r}")
+        unknown = sorted(set(table) - {"threshold", *_BASE_FIELDS})
+        if unknown:
+            raise PriceError(f"{model}: unknown tier field(s): {', '.join(unknown)}")
+        rates = tuple(
+            _optional_rate(table, model, name, default)
+            for name, default in zip(_BASE_FIELDS, below, strict=True)
+        )
+        try:
+            tiers.append(Tier(table.get("threshold"), *rates))  # type: ignore[arg-type]
+        except PriceError as exc:
+            raise PriceError(f"{model}: {exc}") from None
+        below = rates  # type: ignore[assignment]
+    return tuple(tiers)
 
 
 class _Rates(NamedTuple):
@@ -484,6 +601,7 @@ _LONG_CONTEXT_FIELDS = tuple(f"long_context_{name}" for name in _BASE_FIELDS)
 _MAPPING_KEYS = frozenset(
     {"model", "provider", "effective_from", "source", "request_fee", "long_context_threshold"}
     | {"aliases", "free", "service_tiers", "time_of_day"}
+    | {"tiers", "input_audio", "cached_audio_input", "output_audio"}
     | set(_BASE_FIELDS)
     | set(_LONG_CONTEXT_FIELDS)
 )
@@ -539,20 +657,31 @@ def _minute(text: str) -> int:
     return value
 
 
-def _is_long_context(total_input_tokens: int, price: Price) -> bool:
-    threshold = price.long_context_threshold
-    return threshold is not None and total_input_tokens > threshold
-
-
-def _rates(price: Price, long_context: bool) -> _Rates:
-    if not long_context:
-        return _Rates(*_base_rates(price))
-    # Price.__post_init__ guarantees all five tier prices exist with a threshold.
-    return _Rates(*_long_context_rates(price))
+def _tier_for(total_input_tokens: int, price: Price) -> Tier | None:
+    # Few tiers (at most two today): a reversed scan beats a bisect.
+    for tier in reversed(price.tiers):
+        if total_input_tokens > tier.threshold:
+            return tier
+    return None
 
 
 _base_rates = operator.attrgetter(*_BASE_FIELDS)
-_long_context_rates = operator.attrgetter(*_LONG_CONTEXT_FIELDS)
+_AUDIO_FIELDS = ("input_audio", "cached_audio_input", "output_audio")
+
+
+def _audio_rates(
+    price: Price, input_rate: Nanos, cached_rate: Nanos, output_rate: Nanos
+) -> tuple[Nanos, Nanos, Nanos]:
+    audio_in, audio_cached, audio_out = (
+        price.input_audio,
+        price.cached_audio_input,
+        price.output_audio,
+    )
+    return (
+        input_rate if audio_in is None else audio_in,
+        cached_rate if audio_cached is None else audio_cached,
+        output_rate if audio_out is None else audio_out,
+    )
 
 
 def _check_nanos(name: str, value: object) -> None:
@@ -617,6 +746,11 @@ def _optional_rate(data: Mapping[str, Any], model: object, name: str, default: N
     if value is None:
         return default
     return _nanos(model, name, value, unit="USD per million tokens")
+
+
+def _audio_rate(data: Mapping[str, Any], model: object, name: str) -> Nanos | None:
+    value = data.get(name)
+    return None if value is None else _nanos(model, name, value, unit="USD per million tokens")
 
 
 def _nanos(model: object, name: str, value: object, *, unit: str = "USD") -> Nanos:

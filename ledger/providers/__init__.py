@@ -24,6 +24,8 @@ class Provider:
     transport: Transport
     base_url: str = ""
     use_count_tokens: bool = True
+    catalog: str = ""  # see ProviderConfig.catalog
+    unknown_models: str = "refuse"  # see ProviderConfig.unknown_models
 
     def speaks(self, protocol: str) -> bool:
         return self.kind in ("mock", protocol)
@@ -58,4 +60,6 @@ def _provider(config: ProviderConfig, limits: ResponseLimits) -> Provider:
         transport=HttpTransport(config, auth, limits),
         base_url=config.normalised_base_url,
         use_count_tokens=config.use_count_tokens,
+        catalog=config.catalog,
+        unknown_models=config.unknown_models,
     )

@@ -603,7 +603,7 @@ def test_no_float_survives_into_a_parsed_price() -> None:
         field.name
         for field in dataclasses.fields(Price)
         if field.name not in {"model", "provider", "effective_from", "source", "aliases"}
-        and field.name not in {"free", "id", "service_tier_rates", "time_windows"}
+        and field.name not in {"free", "id", "service_tier_rates", "time_windows", "tiers"}
     }
 
     for price in [*imported, *load_catalog()]:
@@ -612,6 +612,8 @@ def test_no_float_survives_into_a_parsed_price() -> None:
             assert value is None or type(value) is int, (price.model, name, value)
         for _tier, rates in price.service_tier_rates:
             assert all(type(rate) is int for rate in rates), (price.model, rates)
+        for tier in price.tiers:  # each tier's threshold and five prices
+            assert all(type(value) is int for value in dataclasses.astuple(tier)), price.model
 
 
 def test_a_price_map_of_python_floats_reads_the_same_as_its_text() -> None:
