@@ -82,7 +82,7 @@ def _server_tool_calls(value: Any) -> dict[str, int]:
     """``usage.server_tool_use`` as calls by tool name (cumulative in a stream)."""
     if not isinstance(value, Mapping):
         return {}
-    calls = {name: _int(value.get(key)) for key, name in _SERVER_TOOLS.items()}
+    calls = {name: _int(value, key) for key, name in _SERVER_TOOLS.items()}
     return {name: count for name, count in calls.items() if count}
 
 
