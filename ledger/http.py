@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -238,3 +239,13 @@ def error_response(error: LedgerError, protocol: str = "openai") -> Response[byt
         headers=dict(error.headers),
         media_type="application/json",
     )
+
+
+def parse_instant(text: str | None, param: str) -> datetime | None:
+    """An RFC 3339 date-time query parameter (already matched by its pattern), or 400."""
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text.upper())
+    except ValueError as exc:  # e.g. month 13: the pattern checks only the shape
+        raise InvalidRequest(f"{param} must be an RFC 3339 date-time", param=param) from exc
