@@ -69,9 +69,9 @@ def instant(query: str, description: str) -> Any:
     return Param(
         query=query,
         default=None,
-        pattern=DATE_TIME_PATTERN,
         description=description,
-        schema_extra={"format": "date-time"},
+        # Checked by parse_instant, whose message says what is missing (the UTC offset).
+        schema_extra={"format": "date-time", "pattern": DATE_TIME_PATTERN},
     )
 
 

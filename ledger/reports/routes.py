@@ -128,8 +128,7 @@ class ReportsController(Controller):
         ),
         granularity: Literal["hour", "day", "week", "month", "none"] = "day",
         group_by: Annotated[
-            list[Literal["team", "key", "user", "session", "model", "provider", "status", "tag"]]
-            | None,
+            list[str] | None,  # comma-separated lists too: "team,model"
             Parameter(description="team, key, user, session, model, provider, status, tag"),
         ] = None,
         team: list[str] | None = None,
