@@ -54,7 +54,7 @@ from ledger.gateway.routing import ModelRouter
 from ledger.http import AccessLog, credential_from_headers, error_response, protocol_for_path
 from ledger.memory import keep_freed_memory_for_reuse
 from ledger.observability import Metrics, redact_logs
-from ledger.openapi import Readiness, errors
+from ledger.openapi import ClosedStructSchemaPlugin, Readiness, errors
 from ledger.providers import Provider, build_providers
 from ledger.redaction import Redactor
 from ledger.reports.routes import REPORT_ROUTES
@@ -340,6 +340,7 @@ def create_app(
             "services": Provide(lambda: holder["services"], sync_to_thread=False),
         },
         exception_handlers={Exception: _render_exception},
+        plugins=[ClosedStructSchemaPlugin()],
         state=State({"settings": settings}),
         openapi_config=OpenAPIConfig(
             title="Ledger",
@@ -480,7 +481,10 @@ def _render_exception(request: Request[Any, Any, Any], exc: Exception) -> Respon
     if isinstance(exc, HTTPException):
         if exc.status_code == 404:
             return error_response(NotFound(f"No route for {request.url.path}"), protocol)
-        error = LedgerError(exc.detail, status=exc.status_code, code="http_error")
+        # Litestar's headers are kept: a 405 says which methods the path has (``Allow``).
+        error = LedgerError(
+            exc.detail, status=exc.status_code, code="http_error", headers=dict(exc.headers or {})
+        )
         if exc.status_code < 500:
             error.openai_type = error.anthropic_type = "invalid_request_error"
         return error_response(error, protocol)

@@ -51,6 +51,21 @@ def main(ctx: click.Context, config_file: str | None, database_url: str | None) 
 
 
 @main.command()
+@click.pass_context
+def doctor(ctx: click.Context) -> None:
+    """Check the config: settings, database, journal, providers, models, alert channels.
+
+    Prints a table (check, status, detail, what to fix); exits 1 when any check FAILs.
+    """
+    from ledger.doctor import render, run_checks
+
+    checks = asyncio.run(run_checks(ctx.obj["settings"]))
+    click.echo(render(checks))
+    if any(check.status == "FAIL" for check in checks):
+        raise SystemExit(1)
+
+
+@main.command()
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default 8080).")
 @click.option("--workers", type=int, default=None, help="Worker processes (default 1).")

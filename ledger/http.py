@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -238,3 +240,18 @@ def error_response(error: LedgerError, protocol: str = "openai") -> Response[byt
         headers=dict(error.headers),
         media_type="application/json",
     )
+
+
+def parse_instant(text: str | None, param: str) -> datetime | None:
+    """An RFC 3339 date-time query parameter (already matched by its pattern), or 400."""
+    if text is None:
+        return None
+    from ledger.openapi import DATE_TIME_PATTERN
+
+    message = f"{param} must be an RFC 3339 date-time with a UTC offset, e.g. 2026-10-01T00:00:00Z"
+    if re.match(DATE_TIME_PATTERN, text) is None:
+        raise InvalidRequest(message, param=param)
+    try:
+        return datetime.fromisoformat(text.upper())
+    except ValueError as exc:  # e.g. month 13: the pattern checks only the shape
+        raise InvalidRequest(message, param=param) from exc

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
     OpenAPIMediaType,
@@ -36,8 +37,53 @@ from litestar.openapi.spec import (
     RequestBody,
     Schema,
 )
+from litestar.params import Parameter as Param
 
 Protocol = Literal["openai", "anthropic", "either"]
+
+# -- parameters, as declared and as checked ---------------------------------------------------
+# Litestar enforces these constraints before the handler runs (a 400 otherwise), and the same
+# constraints are what the schema says: a value the schema allows is one Ledger accepts.
+
+INT64_MAX = 2**63 - 1
+# ``schema_extra``: Litestar writes an annotated bound as a float, and 2^63-1 is not one.
+ROW_ID = Annotated[
+    int,
+    Param(
+        ge=1,
+        le=INT64_MAX,
+        description="A row id (1 to 2^63-1).",
+        schema_extra={"minimum": 1, "maximum": INT64_MAX},
+    ),
+]
+ROW_IDS = {"items": {"type": "integer", "minimum": 1, "maximum": INT64_MAX}}
+"""The schema of a list of row ids (its items' bounds, which Litestar leaves out)."""
+MONTH_PATTERN = r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])$"  # year 0 is no date
+MONTH = Annotated[str, Param(pattern=MONTH_PATTERN, description="A month, YYYY-MM.")]
+# RFC 3339 with its offset: what ``format: date-time`` means (a bare number is not a time).
+DATE_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+
+
+def instant(query: str, description: str) -> Any:
+    """A query parameter holding an RFC 3339 date-time (read with :func:`parse_instant`)."""
+    return Param(
+        query=query,
+        default=None,
+        description=description,
+        # Checked by parse_instant, whose message says what is missing (the UTC offset).
+        schema_extra={"format": "date-time", "pattern": DATE_TIME_PATTERN},
+    )
+
+
+class ClosedStructSchemaPlugin(StructSchemaPlugin):
+    """A struct that refuses unknown fields says so: ``additionalProperties: false``."""
+
+    def to_openapi_schema(self, field_definition: Any, schema_creator: Any) -> Schema:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        if msgspec.inspect.type_info(field_definition.type_).forbid_unknown_fields:  # type: ignore[union-attr]
+            schema.additional_properties = False
+        return schema
+
 
 # -- error bodies --------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, delete, get, patch, post
@@ -11,7 +11,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ledger.access import Patterns
+from ledger.access import MAX_PATTERNS, Patterns
 from ledger.admin import identity
 from ledger.admin.identity import Authenticator, Principal
 from ledger.auth import provide_admin
@@ -19,25 +19,39 @@ from ledger.config import ConfigError, Settings, provider_for_price
 from ledger.db.prices import LivePrices, insert_prices, list_price_rows
 from ledger.errors import InvalidRequest
 from ledger.money import format_usd
-from ledger.openapi import admin_errors
+from ledger.openapi import ROW_ID, admin_errors
 from ledger.pricing import PriceError, price_from_mapping
+
+# The constraints below are both what the decoder enforces and what the schema says.
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
+AllowedModels = Annotated[
+    list[Annotated[str, msgspec.Meta(pattern=r"^[^,\s]{1,200}$")]],
+    msgspec.Meta(min_length=1, max_length=MAX_PATTERNS),
+]
+MarkupPercent = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^(1000(\.0{1,2})?|[0-9]{1,3}(\.[0-9]{1,2})?)$",
+        description="0 to 1000, at most two decimals.",
+    ),
+]
 
 
 class TeamIn(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    cost_centre: str | None = None
-    markup_percent: str = "0"
-    allowed_models: list[str] | None = None  # model name patterns; None: no restriction
+    name: Name
+    cost_centre: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    markup_percent: MarkupPercent = "0"
+    allowed_models: AllowedModels | None = None  # model name patterns; None: no restriction
 
 
 class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
-    team: str
-    name: str = "default"
-    allowed_models: list[str] | None = None  # narrows the team's, never widens it
+    team: Annotated[str, msgspec.Meta(min_length=1)]
+    name: Annotated[str, msgspec.Meta(max_length=100)] = "default"
+    allowed_models: AllowedModels | None = None  # narrows the team's, never widens it
 
 
 class AllowedModelsIn(msgspec.Struct, forbid_unknown_fields=True):
-    allowed_models: list[str] | None  # required: null lifts the restriction
+    allowed_models: AllowedModels | None  # required: null lifts the restriction
 
 
 def team_out(team: Any) -> dict[str, Any]:
@@ -83,7 +97,7 @@ class AdminController(Controller):
     @patch("/teams/{team_id:int}", operation_id="updateTeam", responses=admin_errors(400, 404))
     async def update_team(
         self,
-        team_id: int,
+        team_id: ROW_ID,
         data: AllowedModelsIn,
         admin: Principal,
         sessions: async_sessionmaker[AsyncSession],
@@ -130,7 +144,7 @@ class AdminController(Controller):
     @patch("/keys/{key_id:int}", operation_id="updateKey", responses=admin_errors(400, 404))
     async def update_key(
         self,
-        key_id: int,
+        key_id: ROW_ID,
         data: AllowedModelsIn,
         admin: Principal,
         sessions: async_sessionmaker[AsyncSession],
@@ -151,7 +165,7 @@ class AdminController(Controller):
     )
     async def revoke_key(
         self,
-        key_id: int,
+        key_id: ROW_ID,
         admin: Principal,
         sessions: async_sessionmaker[AsyncSession],
         authenticator: Authenticator,

@@ -17,7 +17,7 @@ from ledger.budgets.guard import BudgetGuard
 from ledger.db.engine import write_transaction
 from ledger.db.tables import Alert, AlertDelivery
 from ledger.money import format_usd
-from ledger.openapi import admin_errors
+from ledger.openapi import ROW_ID, admin_errors
 
 
 class BudgetController(Controller):
@@ -55,7 +55,7 @@ class BudgetController(Controller):
         responses=admin_errors(400, 404),
     )
     async def get_budget(
-        self, budget_id: int, admin_principal: Principal, engine: AsyncEngine
+        self, budget_id: ROW_ID, admin_principal: Principal, engine: AsyncEngine
     ) -> dict[str, Any]:
         async with engine.connect() as connection:
             return admin.rule_out(await admin.get_rule(connection, budget_id))
@@ -66,7 +66,7 @@ class BudgetController(Controller):
         responses=admin_errors(400, 404, 413),
     )
     async def update_budget(
-        self, budget_id: int, data: dict[str, Any], admin_principal: Principal,
+        self, budget_id: ROW_ID, data: dict[str, Any], admin_principal: Principal,
         engine: AsyncEngine, budgets: BudgetGuard,
     ) -> dict[str, Any]:  # fmt: skip
         async with write_transaction(engine) as connection:
@@ -81,7 +81,7 @@ class BudgetController(Controller):
         responses=admin_errors(400, 404),
     )
     async def delete_budget(
-        self, budget_id: int, admin_principal: Principal, engine: AsyncEngine,
+        self, budget_id: ROW_ID, admin_principal: Principal, engine: AsyncEngine,
         budgets: BudgetGuard,
     ) -> dict[str, Any]:  # fmt: skip
         async with write_transaction(engine) as connection:
@@ -95,7 +95,7 @@ class BudgetController(Controller):
         responses=admin_errors(400, 404),
     )
     async def budget_status(
-        self, budget_id: int, admin_principal: Principal, engine: AsyncEngine
+        self, budget_id: ROW_ID, admin_principal: Principal, engine: AsyncEngine
     ) -> dict[str, Any]:
         """Spent, reserved, remaining, period bounds and projected end-of-period spend."""
         async with engine.connect() as connection:

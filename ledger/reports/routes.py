@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from zoneinfo import available_timezones
 
+import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.di import Provide
 from litestar.params import Parameter
@@ -24,7 +26,20 @@ from ledger.config import Settings, load_settings
 from ledger.db.tables import ApiKey, Team
 from ledger.endusers import END_USER_CHARS, fit_text
 from ledger.errors import InvalidRequest, NotFound, PermissionDenied
-from ledger.openapi import CSV, KEY_ERRORS, XLSX, admin_errors, answers, documented, key_errors
+from ledger.http import parse_instant
+from ledger.openapi import (
+    CSV,
+    INT64_MAX,
+    KEY_ERRORS,
+    MONTH,
+    ROW_IDS,
+    XLSX,
+    admin_errors,
+    answers,
+    documented,
+    instant,
+    key_errors,
+)
 from ledger.reports import closing, present
 from ledger.reports.budgets import budget_statuses, recent_alerts
 from ledger.reports.months import InvalidMonth
@@ -32,6 +47,8 @@ from ledger.reports.render import FORMATS
 from ledger.reports.spend import SpendFilters, SpendQuery, spend_report
 from ledger.reports.timebuckets import local_midnight, zone
 
+# The zones a report may use: the schema lists them, so any zone it allows is one Ledger knows.
+TIME_ZONES = frozenset(available_timezones()) | {"UTC"}
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _DASHBOARD_HTML = (STATIC_DIR / "dashboard.html").read_bytes()
 DASHBOARD_HEADERS = {
@@ -104,16 +121,21 @@ class ReportsController(Controller):
         self,
         principal: Principal,
         sessions: async_sessionmaker[AsyncSession],
-        since: datetime | None = None,
-        until: datetime | None = None,
-        tz: str = Parameter(query="timezone", default="UTC"),
-        granularity: str = Parameter(default="day", description="hour, day, week, month or none"),
+        since_text: str | None = instant("since", "From this time (default: 30 days back)."),
+        until_text: str | None = instant("until", "Up to this time (default: now)."),
+        tz: str = Parameter(
+            query="timezone", default="UTC", schema_extra={"enum": sorted(TIME_ZONES)}
+        ),
+        granularity: Literal["hour", "day", "week", "month", "none"] = "day",
         group_by: Annotated[
-            list[str] | None,
+            list[str] | None,  # comma-separated lists too: "team,model"
             Parameter(description="team, key, user, session, model, provider, status, tag"),
         ] = None,
         team: list[str] | None = None,
-        key_id: list[int] | None = None,
+        key_id: Annotated[
+            list[Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]] | None,
+            Parameter(schema_extra=ROW_IDS),
+        ] = None,
         user: list[str] | None = None,
         model: list[str] | None = None,
         provider: list[str] | None = None,
@@ -131,6 +153,8 @@ class ReportsController(Controller):
             zone(tz)
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="timezone") from exc
+        since = parse_instant(since_text, "since")
+        until = parse_instant(until_text, "until")
         now = datetime.now(UTC)
         until = until or now
         if since is None:
@@ -200,7 +224,7 @@ class ReportsController(Controller):
     )
     async def monthly(
         self,
-        month: str,
+        month: MONTH,
         principal: Principal,
         sessions: async_sessionmaker[AsyncSession],
         report_settings: Settings,
@@ -267,7 +291,7 @@ class MonthsAdminController(Controller):
     )
     async def close(
         self,
-        month: str,
+        month: MONTH,
         admin: Principal,
         sessions: async_sessionmaker[AsyncSession],
         report_settings: Settings,

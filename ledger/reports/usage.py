@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 from litestar import Controller, get
@@ -16,9 +15,10 @@ from ledger.admin.identity import Principal
 from ledger.auth import provide_principal, provide_read_sessions, read_your_writes
 from ledger.db.ledger import EntryFilter, get_entry, list_entries
 from ledger.db.tables import ApiKey, LedgerEntryRow, Team
-from ledger.errors import InvalidRequest, NotFound, PermissionDenied
+from ledger.errors import NotFound, PermissionDenied
+from ledger.http import parse_instant
 from ledger.money import format_usd
-from ledger.openapi import key_errors
+from ledger.openapi import INT64_MAX, instant, key_errors
 
 
 def entry_out(row: LedgerEntryRow, teams: dict[int, str], keys: dict[int, str]) -> dict[str, Any]:
@@ -129,19 +129,18 @@ class UsageController(Controller):
         principal: Principal,
         sessions: async_sessionmaker[AsyncSession],
         team: str | None = None,
-        key_id: int | None = None,
+        key_id: int | None = Parameter(default=None, ge=1, le=INT64_MAX),
         model: str | None = None,
         status: str | None = None,
         request_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since_text: str | None = instant("since", "Entries that started at or after this time."),
+        until_text: str | None = instant("until", "Entries that started before this time."),
         limit: int = Parameter(default=100, ge=1, le=1000),
-        cursor: int | None = None,
+        cursor: int | None = Parameter(default=None, ge=1, le=INT64_MAX),
     ) -> dict[str, Any]:
         """Ledger entries, newest first. Page with ``cursor`` = the previous ``next_cursor``."""
-        for name, value in (("since", since), ("until", until)):
-            if value is not None and value.tzinfo is None:
-                raise InvalidRequest(f"{name} needs a UTC offset, e.g. 2026-10-01T00:00:00Z")
+        since = parse_instant(since_text, "since")
+        until = parse_instant(until_text, "until")
         async with sessions() as session:
             if key_id is not None and not principal.is_admin:
                 await _own_key(session, principal, key_id)
