@@ -227,3 +227,63 @@ def test_previous_response_id_reserves_the_stated_context_bound(
     with pytest.raises(openai.APIStatusError) as refused:
         client.responses.create(model=MODEL, input="And then?", previous_response_id=first.id)
     assert refused.value.status_code == 429
+
+
+def test_the_async_sdk_streams_and_parses_responses_through_ledger(gateway: LiveServer) -> None:
+    import asyncio
+
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        city: str
+
+    async def run() -> tuple[str, str, City | None]:
+        client = openai.AsyncOpenAI(
+            base_url=gateway.openai_base_url, api_key=gateway.team_key(), max_retries=0
+        )
+        created = await client.responses.create(model=MODEL, input="async hello")
+        async with client.responses.stream(model=MODEL, input="async stream") as stream:
+            final = await stream.get_final_response()
+        tools = [{"type": "function", "name": "City", "parameters": City.model_json_schema()}]
+        parsed = await client.responses.parse(
+            model=MODEL, input="call_tool where?", tools=tools, text_format=City
+        )
+        calls = [item for item in parsed.output if item.type == "function_call"]
+        await client.close()
+        return created.output_text, final.output_text, City.model_validate_json(calls[0].arguments)
+
+    created, streamed, city = asyncio.run(run())
+    assert created == "Echo: async hello"
+    assert streamed == "Echo: async stream"
+    assert city == City(city="Paris")
+    entries = gateway.entries()
+    assert len(entries) == 3 and all(e["status"] == "ok" for e in entries)
+    assert all(Decimal(e["cost_usd"]) > 0 for e in entries)
+
+
+def test_a_streamed_function_call_as_codex_makes_it_relays_every_event(
+    gateway: LiveServer,
+) -> None:
+    tools = [{"type": "function", "name": "shell", "parameters": {"type": "object"}}]
+    with _client(gateway).responses.stream(
+        model=MODEL, input=[{"role": "user", "content": "call_tool"}], tools=tools
+    ) as stream:
+        types = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert "response.function_call_arguments.delta" in types
+    assert "response.function_call_arguments.done" in types
+    assert types[-1] == "response.completed"
+    (call,) = [item for item in final.output if item.type == "function_call"]
+    assert call.name == "shell"
+    (entry,) = gateway.entries()
+    assert entry["usage_source"] == "provider" and entry["usage"]["output_tokens"] > 0
+
+
+def test_built_in_web_search_calls_are_relayed_and_counted(gateway: LiveServer) -> None:
+    raw = _client(gateway).responses.with_raw_response.create(
+        model=MODEL, input="web_search_calls=2 weather?", tools=[{"type": "web_search"}]
+    )
+    response = raw.parse()
+    assert [item.type for item in response.output][:2] == ["web_search_call"] * 2
+    entry = gateway.entry(raw.headers["x-ledger-request-id"])
+    assert entry["status"] == "ok" and entry["usage_source"] == "provider"
