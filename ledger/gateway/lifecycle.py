@@ -42,6 +42,7 @@ from ledger.errors import (
     anthropic_error_body,
     openai_error_body,
 )
+from ledger.gateway.endpoints import ENDPOINTS, StreamRelay, endpoint_for
 from ledger.gateway.requests import (
     ANTHROPIC,
     MODEL_CHARS,
@@ -50,8 +51,6 @@ from ledger.gateway.requests import (
     decode_json_object,
     key_from_body,
     normalise_seed_body,
-    parse_anthropic_messages,
-    parse_openai_chat,
     stated_end_user,
     stated_model,
     without_key,
@@ -79,6 +78,8 @@ _COUNT_TOKENS_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "
 _ERROR_BODY_LIMIT = 64 * 1024
 _RAW_USAGE_LIMIT = 4096  # characters of a disbelieved usage object kept in its entry
 _COUNT_TOKENS_TIMEOUT_S = 5.0
+# The provider paths a call about a stored response may reach: its id, and what follows.
+_STORED_PATH = re.compile(r"/responses/(input_tokens|[A-Za-z0-9_-]{1,200}(/cancel|/input_items)?)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,8 @@ class GatewayCall:
     client: str | None = None  # the caller's address, for throttling bad keys
     principal: Principal | None = None  # already authenticated on the headers
     client_gone: Callable[[], bool] | None = None  # true once the client has disconnected
+    method: str = "POST"
+    upstream_path: str = ""  # (stored responses) the provider's path, query included
 
 
 @dataclass(slots=True)
@@ -126,6 +129,7 @@ class Gateway:
         writer: LedgerWriter,
         budgets: BudgetGuard,
         default_max_output_tokens: int,
+        responses_context_bound_tokens: int = 200_000,
         metrics: Metrics | None = None,
         max_body_bytes: int = 32 * 1024 * 1024,
         max_event_bytes: int = 8 * 1024 * 1024,
@@ -147,6 +151,7 @@ class Gateway:
         self._prices = prices
         self._writer = writer
         self._default_max_output = default_max_output_tokens
+        self._context_bound = responses_context_bound_tokens
 
     async def authenticate(self, credential: str | None, client: str | None) -> Principal:
         """The principal a key acts as (step 1 of :meth:`handle`, for a key in the headers)."""
@@ -296,7 +301,7 @@ class Gateway:
             if payload is None:
                 raise UpstreamFailed("The provider returned a response that is not valid JSON.")
             try:
-                usage = _usage(request.protocol, payload)
+                usage = endpoint_for(request.endpoint).usage(payload)
                 doubt = (
                     None
                     if usage is None
@@ -310,7 +315,9 @@ class Gateway:
                 _disbelieve(entry, rejected)
                 usage = None
             if usage is None:
-                usage = self._estimated_usage(entry, route, _response_text(request, payload))
+                usage = self._estimated_usage(
+                    entry, route, endpoint_for(request.endpoint).response_text(payload)
+                )
                 entry.usage_source = "estimated"
             else:
                 entry.usage_source = "provider"
@@ -346,6 +353,76 @@ class Gateway:
                 await self._record(entry, reservation)
             raise
 
+    async def handle_stored(self, call: GatewayCall) -> GatewayReply:
+        """Relay a call about a stored response (retrieve, cancel, delete, input items,
+        input token count): authenticated and recorded like any request, at $0, because
+        nothing in it is billed. It names no model, so it goes to the first provider that
+        speaks the caller's protocol. Raises :class:`LedgerError` only before the key is known.
+        """
+        started = datetime.now(UTC)
+        principal = call.principal or await self._auth.authenticate(call.credential, call.client)
+        if principal.is_admin:
+            raise PermissionDenied("The admin key cannot make model requests.")
+        entry = self._new_entry(call, principal, started)
+        self._in_flight += 1
+        self._idle.clear()
+        current_request_id.set(entry.request_id)
+        self._writer.begin(entry)
+        try:
+            if call.body_error is not None:
+                raise call.body_error
+            entry.tags = _parse_tags(call.tags)
+            path, _, query = call.upstream_path.partition("?")
+            if not _STORED_PATH.fullmatch(path) or "\n" in query or " " in query:
+                raise LedgerError("No such response.", status=404, code="not_found")
+            provider = self._router.provider_speaking(call.protocol)
+            if provider is None:
+                raise LedgerError(
+                    "No configured provider speaks this protocol.", status=404, code="not_found"
+                )
+            if call.method == "POST" and call.raw_body.strip():
+                model = stated_model(_json_or_none(call.raw_body) or {})
+                entry.requested_model = fit_text(model, MODEL_CHARS) if model else None
+            entry.provider = provider.name
+            sent_at = time.perf_counter()
+            upstream = await provider.transport.send(
+                call.upstream_path,
+                call.raw_body if call.method == "POST" else b"",
+                _upstream_headers(call),
+                stream=False,
+                method=call.method,
+            )
+            if upstream.status >= 400:
+                entry.provider_seconds = time.perf_counter() - sent_at
+                return await self._relay_error(entry, call, upstream)
+            try:
+                body = await upstream.read()
+            finally:
+                await upstream.aclose()
+            entry.provider_seconds = time.perf_counter() - sent_at
+            payload = _json_or_none(body)
+            if isinstance(payload, dict) and isinstance(payload.get("model"), str):
+                entry.requested_model = fit_text(payload["model"], MODEL_CHARS)
+            entry.status, entry.http_status = "ok", upstream.status
+            await self._record(entry)
+            return GatewayReply(
+                upstream.status, {**upstream.headers, **_ledger_headers(entry)}, body
+            )
+        except LedgerError as error:
+            entry.status, entry.http_status, entry.error = (
+                _status_for(error),
+                error.status,
+                error.message,
+            )
+            await self._record(entry)
+            return self._error_reply(call.protocol, error, entry)
+        except BaseException:
+            entry.status = "interrupted"
+            entry.error = "Ledger stopped before the request finished."
+            with anyio.CancelScope(shield=True):
+                await self._record(entry)
+            raise
+
     # -- steps --------------------------------------------------------------------------
 
     def _new_entry(self, call: GatewayCall, principal: Principal, started: datetime) -> LedgerEntry:
@@ -366,10 +443,7 @@ class Gateway:
             body = normalise_seed_body(body)
         elif (keyless := without_key(body)) is not None:
             body, rewritten = keyless, True
-        if call.protocol == OPENAI:
-            parsed = parse_openai_chat(body)
-        else:
-            parsed = parse_anthropic_messages(body, count_only=call.endpoint == "count_tokens")
+        parsed = endpoint_for(call.endpoint).parse(body)
         return replace(parsed, rewritten=True) if rewritten else parsed
 
     def _price(self, route: Route, at: datetime) -> Price:
@@ -429,8 +503,15 @@ class Gateway:
             if counted is not None:
                 return counted  # the provider's own count, files included
         estimate = await estimate_prompt(
-            request.protocol, route.upstream_model, request.body, body_bytes=len(call.raw_body)
+            endpoint_for(request.endpoint).counter,
+            route.upstream_model,
+            request.body,
+            body_bytes=len(call.raw_body),
         )
+        if request.stored_context:
+            # previous_response_id / conversation: the provider adds context Ledger cannot
+            # see. It is reserved (and, should usage be lost, priced) at a stated bound.
+            return estimate.tokens + self._context_bound
         if hard_budget and estimate.unbounded is not None:
             raise InvalidRequest(
                 f"A hard budget applies, and this request has {estimate.unbounded}: Ledger "
@@ -485,7 +566,10 @@ class Gateway:
         """The client's body as sent, changed only where Ledger must change it."""
         body = request.body
         changes: dict[str, Any] = {}
-        if output_cap is not None:
+        adapter = endpoint_for(request.endpoint)
+        if output_cap is not None and adapter.output_cap_field is not None:
+            changes[adapter.output_cap_field] = output_cap
+        elif output_cap is not None:
             if request.protocol == ANTHROPIC or (
                 "max_tokens" in body and "max_completion_tokens" not in body
             ):
@@ -494,7 +578,7 @@ class Gateway:
                 changes["max_completion_tokens"] = output_cap
         if route.upstream_model != request.model:
             changes["model"] = route.upstream_model
-        if request.protocol == OPENAI and request.stream and not request.include_usage:
+        if adapter.asks_for_stream_usage and request.stream and not request.include_usage:
             # Ask for the usage chunk; the relay drops it again before the client sees it.
             changes["stream_options"] = {
                 **(body.get("stream_options") or {}),
@@ -596,18 +680,8 @@ class Gateway:
         reservation: Reservation,
         output_limit: int | None,
     ) -> GatewayReply:
-        relay: openai.OpenAIStreamRelay | anthropic.AnthropicStreamRelay
         redact = self._redactor.bytes if self._redactor else None
-        if request.protocol == OPENAI:
-            relay = openai.OpenAIStreamRelay(
-                strip_usage=not request.include_usage,
-                max_event_bytes=self._max_event_bytes,
-                redact=redact,
-            )
-        else:
-            relay = anthropic.AnthropicStreamRelay(
-                max_event_bytes=self._max_event_bytes, redact=redact
-            )
+        relay = endpoint_for(request.endpoint).relay(request, self._max_event_bytes, redact)
         entry.http_status = upstream.status
 
         recorded = False
@@ -640,6 +714,9 @@ class Gateway:
                             # whole stream can read its entry at once, and a process
                             # killed after that point has it all the same.
                             entry.status = "ok"
+                            if getattr(relay, "failed", False):  # a response.failed event
+                                entry.status = "upstream_error"
+                                entry.error = relay.provider_error
                             out += relay.finish()
                             entry.ended_at = datetime.now(UTC)
                             await settle_and_record()
@@ -697,7 +774,7 @@ class Gateway:
         request: ParsedRequest,
         route: Route,
         price: Price,
-        relay: openai.OpenAIStreamRelay | anthropic.AnthropicStreamRelay,
+        relay: StreamRelay,
         output_limit: int | None,
     ) -> None:
         usage = relay.usage
@@ -710,7 +787,8 @@ class Gateway:
             _disbelieve(entry, rejected)
             usage = None  # nothing the provider said about usage is believed
         complete = usage is not None and (
-            request.protocol == OPENAI or getattr(relay, "output_reported", False)
+            not endpoint_for(request.endpoint).usage_needs_output
+            or getattr(relay, "output_reported", False)
         )
         if complete and usage is not None:
             entry.usage_source = "provider"
@@ -902,8 +980,8 @@ def _note_names(entry: LedgerEntry, call: GatewayCall, body: dict[str, Any]) -> 
 
 
 def _endpoint_name(call: GatewayCall) -> str:
-    names = {"chat": "chat.completions", "messages": "messages", "count_tokens": "count_tokens"}
-    return names.get(call.endpoint, call.endpoint)
+    adapter = ENDPOINTS.get(call.endpoint)
+    return adapter.entry_name if adapter is not None else call.endpoint
 
 
 def _ledger_headers(entry: LedgerEntry) -> dict[str, str]:
@@ -940,18 +1018,6 @@ def _price_serves(price: Price, route: Route) -> bool:
     return provider.kind == "mock" or price.provider in (
         _ANY_PROVIDER | {provider.name, provider.kind}
     )
-
-
-def _usage(protocol: str, payload: Any) -> Usage | None:
-    if protocol == OPENAI:
-        return openai.usage_from_payload(payload)
-    return anthropic.usage_from_payload(payload)
-
-
-def _response_text(request: ParsedRequest, payload: Any) -> str:
-    if request.protocol == OPENAI:
-        return openai.response_text(payload)
-    return anthropic.response_text(payload)
 
 
 def _json_or_none(raw: bytes) -> Any:

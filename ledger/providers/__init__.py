@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ledger.config import ProviderConfig, Settings
-from ledger.providers import anthropic, openai
+from ledger.providers import anthropic, openai, openai_responses
 from ledger.providers.base import Transport, UpstreamResponse
 from ledger.providers.http import HttpTransport, ResponseLimits
 from ledger.providers.mock import MockTransport
@@ -34,6 +34,8 @@ class Provider:
         """The upstream path for an endpoint: ``chat``, ``messages`` or ``count_tokens``."""
         if endpoint == "chat":
             return openai.CHAT_COMPLETIONS_PATH
+        if endpoint == "responses":
+            return openai_responses.RESPONSES_PATH
         suffix = anthropic.MESSAGES_PATH if endpoint == "messages" else anthropic.COUNT_TOKENS_PATH
         return anthropic.api_path(self.base_url, suffix)
 

@@ -32,6 +32,7 @@ from ledger.tokens.encodings import (
     is_loaded,
 )
 from ledger.tokens.openai_chat import measure_openai_chat_prompt
+from ledger.tokens.openai_responses import measure_openai_responses_prompt
 
 # Bodies with at most this much text, in at most this many JSON values, are counted inline.
 _INLINE_MAX_CHARS = 32 * 1024
@@ -101,11 +102,16 @@ async def estimate_prompt(
     if protocol == "openai":
         measure = functools.partial(measure_openai_chat_prompt, model)
         encoding_name = encoding_name_for_model(model)
+    elif protocol == "responses":  # an OpenAI Responses API body
+        measure = functools.partial(measure_openai_responses_prompt, model)
+        encoding_name = encoding_name_for_model(model)
     elif protocol == "anthropic":
         measure = measure_anthropic_prompt
         encoding_name = O200K_BASE
     else:
-        raise ValueError(f"unknown protocol {protocol!r}: expected 'openai' or 'anthropic'")
+        raise ValueError(
+            f"unknown protocol {protocol!r}: expected 'openai', 'responses' or 'anthropic'"
+        )
 
     def count(body: dict[str, Any]) -> PromptEstimate:
         return PromptEstimate(*measure(body))
