@@ -33,6 +33,7 @@ from ledger.db.ledger import LedgerEntry, new_request_id
 from ledger.db.migrate import upgrade
 from ledger.db.tables import BudgetPeriod, LedgerDeadLetter, LedgerEntryRow
 from ledger.db.writer import LedgerWriter
+from ledger.endusers import fit_text
 from tests.fake_upstream import FakeUpstream
 from tests.integration.fault_support import backend_of, ledger_rows
 from tests.live import LiveServer, gateway_settings
@@ -102,10 +103,11 @@ def _entries(draw: st.DrawFn) -> LedgerEntry:
     )
 
 
-def _as_stored(text: str) -> str:
-    # As the ledger stores a NUL; a lone surrogate is in no row (one is refused), and
-    # cannot even be sent as a query parameter.
-    return text.replace("\x00", "\ufffd").replace("\ud800", "\ufffd")
+def _as_stored(text: str, column: str) -> str:
+    # As the ledger stores a text value: NULs and lone surrogates as U+FFFD, and one
+    # longer than its column in its stable shortened form (ledger.endusers.fit_text).
+    length = LedgerEntryRow.__table__.c[column].type.length
+    return fit_text(text, length) if length is not None else fit_text(text, len(text))
 
 
 async def _record_and_find(url: str, journal_dir: Path, entry: LedgerEntry) -> dict[str, Any]:
@@ -124,7 +126,10 @@ async def _record_and_find(url: str, journal_dir: Path, entry: LedgerEntry) -> d
                 await connection.execute(
                     select(LedgerEntryRow).where(
                         LedgerEntryRow.request_id.in_(
-                            [_as_stored(entry.request_id), _as_stored(copy.request_id)]
+                            [
+                                _as_stored(entry.request_id, "request_id"),
+                                _as_stored(copy.request_id, "request_id"),
+                            ]
                         )
                     )
                 )
@@ -169,9 +174,11 @@ def test_every_entry_beyond_its_columns_is_stored_or_kept_in_dead_letters_never_
     if letter is None:  # stored as it was (NULs as U+FFFD, as always)
         assert len(rows) == 1, f"entry {entry.request_id!r} is gone"
         row = rows[0]
-        assert row.request_id == _as_stored(entry.request_id)
+        assert row.request_id == _as_stored(entry.request_id, "request_id")
         assert row.input_tokens == entry.input_tokens and row.cost_nanos == entry.cost_nanos
-        assert row.end_user == (None if entry.end_user is None else _as_stored(entry.end_user))
+        assert row.end_user == (
+            None if entry.end_user is None else _as_stored(entry.end_user, "end_user")
+        )
         return
     # Kept: the original exactly as it was refused, retrievable.
     assert entry_from_text(letter.entry) == entry
