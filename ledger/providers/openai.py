@@ -23,11 +23,29 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+# The names each OpenAI endpoint gives the same counts: Chat Completions first, then the
+# Responses API's, which some OpenAI-compatible servers also use for chat completions.
+_PROMPT_NAMES = (("prompt_tokens",), ("input_tokens",))
+_COMPLETION_NAMES = (("completion_tokens",), ("output_tokens",))
+_CACHED_NAMES = (
+    ("prompt_tokens_details", "cached_tokens"),
+    ("input_tokens_details", "cached_tokens"),
+)
+_REASONING_NAMES = (
+    ("completion_tokens_details", "reasoning_tokens"),
+    ("output_tokens_details", "reasoning_tokens"),
+)
+
+
 def usage_from_payload(payload: Any) -> Usage | None:
     """Normalise an OpenAI ``usage`` object; ``prompt_tokens`` includes the cached tokens.
 
-    None when there is no usage object; :class:`ImplausibleUsage` when one of its
-    counts is not a plausible count (see :func:`ledger.usage.reported_count`).
+    Chat Completions names (``prompt_tokens``, ``completion_tokens`` and their details)
+    and Responses names (``input_tokens``, ``output_tokens``, ``input_tokens_details``,
+    ``output_tokens_details``) are both read. None when there is no usage object, or
+    when it gives neither an input nor an output count (nothing is known, so the
+    request is estimated); :class:`ImplausibleUsage` when one of its counts is not a
+    plausible count (see :func:`ledger.usage.reported_count`).
     """
     if not isinstance(payload, Mapping):
         return None
@@ -35,16 +53,15 @@ def usage_from_payload(payload: Any) -> Usage | None:
     if not isinstance(usage, Mapping):
         return None
     try:
-        prompt = reported_count(usage.get("prompt_tokens"), "prompt_tokens")
-        completion = reported_count(usage.get("completion_tokens"), "completion_tokens")
-        cached = reported_count(
-            _get(usage, "prompt_tokens_details", "cached_tokens"), "cached_tokens"
-        )
-        reasoning = reported_count(
-            _get(usage, "completion_tokens_details", "reasoning_tokens"), "reasoning_tokens"
-        )
+        prompt = _count(usage, _PROMPT_NAMES)
+        completion = _count(usage, _COMPLETION_NAMES)
+        if prompt is None and completion is None:
+            return None
+        cached = _count(usage, _CACHED_NAMES) or 0
+        reasoning = _count(usage, _REASONING_NAMES) or 0
     except ImplausibleUsage as doubt:
         raise ImplausibleUsage(doubt.reason, raw=usage) from None
+    prompt, completion = prompt or 0, completion or 0
     cached = min(cached, prompt)
     return Usage(
         input_tokens=prompt - cached,
@@ -52,6 +69,15 @@ def usage_from_payload(payload: Any) -> Usage | None:
         output_tokens=completion,
         reasoning_tokens=min(reasoning, completion),
     )
+
+
+def _count(usage: Mapping[str, Any], spellings: tuple[tuple[str, ...], ...]) -> int | None:
+    """The first spelling of a count that ``usage`` gives (not ``null``), or None."""
+    for path in spellings:
+        value = _get(usage, *path)
+        if value is not None:
+            return reported_count(value, ".".join(path))
+    return None
 
 
 def response_text(payload: Any) -> str:
