@@ -60,6 +60,13 @@ with a bad value is answered with a 400.
 ``fault=echo_key``          401 whose message quotes the key the request carried, as a
                             provider that echoes it does ("Incorrect API key provided: …")
 ``fault=stream_error_key``  (streams) half way through, an error event quoting that key
+``delta_usage=KIND``        (Anthropic streams) what ``message_delta``'s usage carries beside
+                            ``output_tokens``: ``repeat`` (the input, cache read and cache
+                            write totals again, without the 5m/1h split, as the API does),
+                            ``null`` (those counts as ``null``, "not given")
+``usage_names=responses``   (OpenAI) usage under the Responses API's names: ``input_tokens``,
+                            ``output_tokens``, ``input_tokens_details``, ``output_tokens_details``
+``cache_split=empty``       (Anthropic) usage's ``cache_creation`` is ``{}`` beside the total
 ``usage=KIND``              garbage in the usage counts: ``negative`` (output ``-5``),
                             ``string`` (output ``"12"``), ``float`` (output ``12.5``),
                             ``huge`` (output ``10**13``), ``absurd`` (``10**12`` in every
@@ -146,6 +153,8 @@ _STREAM_FAULTS = frozenset({"cut_stream", "stall_stream", "malformed_sse", "stre
 FAULTS = _STATUS_FAULTS | _STREAM_FAULTS | {"stall", "reset", "malformed_json", "no_usage"}
 FAULTS |= {"echo_key"}
 GARBAGE_USAGE = frozenset({"negative", "string", "float", "huge", "absurd"})
+DELTA_USAGE = frozenset({"repeat", "null"})
+"""Every accepted value of ``delta_usage=``."""
 """Every accepted value of ``usage=``."""
 ABSURD_TOKENS = 10**12
 """Every accepted value of ``fault=``."""
@@ -191,6 +200,9 @@ class Directives:
     web_searches: int = 0
     reasoning_outside: bool = False
     cost: float | None = None
+    delta_usage: str | None = None  # what message_delta's usage repeats (DELTA_USAGE)
+    cache_split: str | None = None  # "empty": cache_creation is {}
+    usage_names: str | None = None  # "responses": OpenAI usage under the Responses names
 
 
 def parse_directives(text: str) -> Directives:
@@ -213,6 +225,20 @@ def parse_directives(text: str) -> Directives:
                     f"unknown usage {raw!r}; expected one of {sorted(GARBAGE_USAGE)}"
                 )
             values["usage"] = raw
+        elif key == "delta_usage":
+            if raw not in DELTA_USAGE:
+                raise DirectiveError(
+                    f"unknown delta_usage {raw!r}; expected one of {sorted(DELTA_USAGE)}"
+                )
+            values["delta_usage"] = raw
+        elif key == "cache_split":
+            if raw != "empty":
+                raise DirectiveError(f"unknown cache_split {raw!r}; expected 'empty'")
+            values["cache_split"] = raw
+        elif key == "usage_names":
+            if raw != "responses":
+                raise DirectiveError(f"unknown usage_names {raw!r}; expected 'responses'")
+            values["usage_names"] = raw
         elif key in _INT_DIRECTIVES:
             values[key] = _non_negative(key, raw, int)
         elif key in ("stall_s", "cost"):
@@ -609,6 +635,14 @@ def _openai_usage(body: dict[str, Any], reply: _Reply, directives: Directives) -
     total_tokens = prompt_tokens + completion_tokens
     if directives.reasoning_outside:
         completion_tokens -= directives.reasoning
+    if directives.usage_names == "responses":
+        return {
+            "input_tokens": prompt_tokens,
+            "input_tokens_details": {"cached_tokens": min(directives.cached, prompt_tokens)},
+            "output_tokens": completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": directives.reasoning},
+            "total_tokens": total_tokens,
+        }
     usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -806,16 +840,30 @@ def _anthropic_input_usage(body: dict[str, Any], directives: Directives) -> dict
         served["speed"] = directives.speed
     if directives.web_searches:
         served["server_tool_use"] = {"web_search_requests": directives.web_searches}
+    split = {
+        "ephemeral_5m_input_tokens": directives.cache_write,
+        "ephemeral_1h_input_tokens": directives.cache_write_1h,
+    }
     return {
         **served,
         "input_tokens": _anthropic_prompt_tokens(body, directives),
         "cache_creation_input_tokens": cache_write,
         "cache_read_input_tokens": directives.cached,
-        "cache_creation": {
-            "ephemeral_5m_input_tokens": directives.cache_write,
-            "ephemeral_1h_input_tokens": directives.cache_write_1h,
-        },
+        "cache_creation": {} if directives.cache_split == "empty" else split,
     }
+
+
+_REPEATED_COUNTS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def _anthropic_delta_usage(
+    input_usage: dict[str, Any], output_tokens: int, delta_usage: str | None
+) -> dict[str, Any]:
+    """``message_delta``'s usage: the output count, and what ``delta_usage=`` adds."""
+    usage: dict[str, Any] = {"output_tokens": output_tokens}
+    for key in _REPEATED_COUNTS if delta_usage else ():
+        usage[key] = input_usage[key] if delta_usage == "repeat" else None
+    return usage
 
 
 def _anthropic_content(reply: _Reply, tool_use_id: str) -> list[dict[str, Any]]:
@@ -850,6 +898,7 @@ def _anthropic_stream(
     output_tokens: int,
     *,
     garbage: str | None = None,
+    delta_usage: str | None = None,
 ) -> _Stream:
     """The events of a streamed message; `input_usage` None leaves usage out of them all.
 
@@ -880,7 +929,9 @@ def _anthropic_stream(
     }
     if input_usage is not None:
         message_delta["usage"] = _garbled(
-            {"output_tokens": output_tokens}, garbage, "output_tokens"
+            _anthropic_delta_usage(input_usage, output_tokens, delta_usage),
+            garbage,
+            "output_tokens",
         )
 
     def event(payload: dict[str, Any]) -> bytes:
@@ -1114,7 +1165,9 @@ class FakeUpstream:
         usage = None
         if directives.fault != "no_usage":
             usage = _garbled(
-                _openai_usage(body, reply, directives), directives.usage, "completion_tokens"
+                _openai_usage(body, reply, directives),
+                directives.usage,
+                "output_tokens" if directives.usage_names else "completion_tokens",
             )
         if body.get("stream") is not True:
             completion = _openai_completion(
@@ -1162,7 +1215,12 @@ class FakeUpstream:
                 input_usage["service_tier"] = directives.service_tier
         if body.get("stream") is True:
             stream = _anthropic_stream(
-                body, reply, input_usage, output_tokens, garbage=directives.usage
+                body,
+                reply,
+                input_usage,
+                output_tokens,
+                garbage=directives.usage,
+                delta_usage=directives.delta_usage,
             )
             key_error = _key_error_event(_Protocol.ANTHROPIC, _sent_key(recorded))
             return await _send_stream(request, replace(stream, key_error=key_error), directives)

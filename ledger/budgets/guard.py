@@ -59,6 +59,9 @@ LEASE_SHARE_OF_LIMIT = 50  # a lease is at most limit / 50 ...
 LEASE_SHARE_OF_HEADROOM = 4  # ... and at most a quarter of what is left
 LEASE_MIN_REQUESTS = 4  # smaller than four worst cases: reserve exactly instead
 LEASE_IDLE_S = 1.0
+# A prompt is counted exactly (Anthropic's count_tokens) only when its local worst case
+# is more than 1/10 of what some applicable hard budget has left.
+EXACT_ESTIMATE_SHARE_OF_HEADROOM = 10
 
 _DATABASE_ERRORS = (OperationalError, DBAPIError, OSError, TimeoutError, ConnectionError)
 
@@ -188,6 +191,31 @@ class BudgetGuard:
 
     def has_hard_budget(self, scope: RequestScope) -> bool:
         return any(rule.hard for rule in self.applicable(scope))
+
+    def needs_exact_estimate(self, scope: RequestScope, worst_case: int, at: datetime) -> bool:
+        """Whether a request whose worst case is ``worst_case`` is near a hard budget's limit.
+
+        True when some applicable hard budget has less than
+        ``EXACT_ESTIMATE_SHARE_OF_HEADROOM`` times ``worst_case`` left, as last seen (its
+        period's spend and reservations as last read, plus this process's lease), or when
+        its state has not been read yet. Then the prompt is worth an exact count before
+        reserving. No database round trip: only what this guard already knows.
+        """
+        threshold = worst_case * EXACT_ESTIMATE_SHARE_OF_HEADROOM
+        for rule in self.applicable(scope):
+            if not rule.hard:
+                continue
+            key = (rule.id, rule.bounds(at)[0])
+            state = self._known.get(key)
+            if state is None or state.blocked:
+                return True
+            headroom = rule.limit_nanos - state.spent - state.reserved
+            lease = self._leases.get(key)
+            if lease is not None and not lease.lost:
+                headroom += lease.available
+            if headroom < threshold:
+                return True
+        return False
 
     # -- the hot path -------------------------------------------------------------------
 

@@ -218,13 +218,10 @@ class Gateway:
             # 4. Estimate the prompt before any money is spent: under a hard budget, an
             # upper bound on it, or a refusal when part of it has none.
             scope = entry.budget_scope()  # team, key, user, model and tags are known now
-            hard = self._budgets.has_hard_budget(scope)
-            entry.estimated_input_tokens = await self._estimate(call, request, route, hard)
-
-            # 5. Reserve the worst case on every hard budget that applies, or refuse.
             output_cap = self._output_cap(request, scope)
-            estimate = entry.estimated_input_tokens
             caches = _asks_for_cache(request)
+            asked_output = request.max_output_tokens or output_cap or self._default_max_output
+
             # A request that asks for a dearer service (priority, fast mode, US-only
             # inference) reserves at that multiplier, so the overspend bound holds.
             factor = requested_factor(
@@ -234,14 +231,24 @@ class Gateway:
                 inference_geo=body.get("inference_geo"),
             )
 
-            def worst_case(output_tokens: int) -> int:
+            def worst_case_of(prompt_tokens: int, output_tokens: int) -> int:
                 return worst_case_cost(
-                    estimate,
+                    prompt_tokens,
                     output_tokens * request.choices,
                     price,
                     may_write_cache=caches,
                     factor=factor,
                 )
+
+            entry.estimated_input_tokens = await self._estimate(
+                call, request, route, scope, lambda tokens: worst_case_of(tokens, asked_output)
+            )
+
+            # 5. Reserve the worst case on every hard budget that applies, or refuse.
+            estimate = entry.estimated_input_tokens
+
+            def worst_case(output_tokens: int) -> int:
+                return worst_case_of(estimate, output_tokens)
 
             def clamp(remaining: int) -> tuple[int, int] | None:
                 return _largest_output_within(remaining, worst_case, price)
@@ -249,7 +256,7 @@ class Gateway:
             reservation = await self._budgets.reserve(
                 entry.request_id,
                 scope,
-                worst_case(request.max_output_tokens or output_cap or self._default_max_output),
+                worst_case(asked_output),
                 started,
                 clamp=clamp,
             )
@@ -485,33 +492,49 @@ class Gateway:
         return None
 
     async def _estimate(
-        self, call: GatewayCall, request: ParsedRequest, route: Route, hard_budget: bool
+        self,
+        call: GatewayCall,
+        request: ParsedRequest,
+        route: Route,
+        scope: RequestScope,
+        worst_case: Callable[[int], int],
     ) -> int:
-        """The prompt's tokens: the provider's count, else a local estimate.
+        """The prompt's tokens: a local estimate, or the provider's count near a hard budget.
+
+        The local estimate errs high and costs no round trip. Anthropic's ``count_tokens``
+        (when the provider has it) is asked only when a hard budget applies and either
+        the local estimate cannot bound part of the prompt (a file it cannot read) or its
+        ``worst_case`` is near what a hard budget has left
+        (``BudgetGuard.needs_exact_estimate``): then an exact count keeps the reservation
+        from refusing a request that fits.
 
         Raises:
-            InvalidRequest: under a hard budget, a local estimate found a part it cannot
-                bound (a file Ledger cannot read), so no worst case can be reserved.
+            InvalidRequest: under a hard budget, part of the prompt has no bound (and the
+                provider did not count it), so no worst case can be reserved.
         """
-        provider = route.provider
-        if (
-            request.protocol == ANTHROPIC
-            and provider.kind == "anthropic"
-            and provider.use_count_tokens
-        ):
-            counted = await self._upstream_count_tokens(call, request, route)
-            if counted is not None:
-                return counted  # the provider's own count, files included
         estimate = await estimate_prompt(
             endpoint_for(request.endpoint).counter,
             route.upstream_model,
             request.body,
             body_bytes=len(call.raw_body),
         )
-        if request.stored_context:
-            # previous_response_id / conversation: the provider adds context Ledger cannot
-            # see. It is reserved (and, should usage be lost, priced) at a stated bound.
-            return estimate.tokens + self._context_bound
+        hard_budget = self._budgets.has_hard_budget(scope)
+        provider = route.provider
+        if (
+            hard_budget
+            and request.protocol == ANTHROPIC
+            and provider.kind == "anthropic"
+            and provider.use_count_tokens
+            and (
+                estimate.unbounded is not None
+                or self._budgets.needs_exact_estimate(
+                    scope, worst_case(estimate.tokens), datetime.now(UTC)
+                )
+            )
+        ):
+            counted = await self._upstream_count_tokens(call, request, route)
+            if counted is not None:
+                return counted  # the provider's own count, files included
         if hard_budget and estimate.unbounded is not None:
             raise InvalidRequest(
                 f"A hard budget applies, and this request has {estimate.unbounded}: Ledger "
@@ -519,6 +542,10 @@ class Gateway:
                 param="messages",
                 code="unbounded_prompt",
             )
+        if request.stored_context:
+            # previous_response_id / conversation: the provider adds context Ledger cannot
+            # see. It is reserved (and, should usage be lost, priced) at a stated bound.
+            return estimate.tokens + self._context_bound
         return estimate.tokens
 
     async def _upstream_count_tokens(

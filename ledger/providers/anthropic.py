@@ -28,50 +28,63 @@ def api_path(base_url: str, path: str) -> str:
 def usage_from_mapping(usage: Any, previous: Usage | None = None) -> Usage | None:
     """Normalise an Anthropic ``usage`` object; ``input_tokens`` already excludes cache tokens.
 
-    Stream events carry partial usage (``message_delta`` may hold only
-    ``output_tokens``), so fields missing here keep their ``previous`` value. A count
-    that is not plausible raises :class:`ImplausibleUsage` (see ``reported_count``).
+    Stream events carry partial usage, merged as the official SDK merges them: a count
+    that is missing or ``null`` is "not given" and keeps its ``previous`` value; a given
+    one is a cumulative total and replaces it. Cache writes follow ``_cache_writes``. A
+    count that is not plausible raises :class:`ImplausibleUsage` (see ``reported_count``).
     """
     if not isinstance(usage, Mapping):
         return None
     try:
-        return _normalised(usage, previous)
+        return _normalised(usage, previous or Usage())
     except ImplausibleUsage as doubt:
         raise ImplausibleUsage(doubt.reason, raw=usage) from None
 
 
-def _normalised(usage: Mapping[str, Any], previous: Usage | None) -> Usage:
-    base = previous or Usage()
-    cache_write_5m = base.cache_write_5m_tokens
-    cache_write_1h = base.cache_write_1h_tokens
-    breakdown = usage.get("cache_creation")
-    if isinstance(breakdown, Mapping):
-        cache_write_5m = _int(breakdown, "ephemeral_5m_input_tokens")
-        cache_write_1h = _int(breakdown, "ephemeral_1h_input_tokens")
-    elif "cache_creation_input_tokens" in usage:
-        total = _int(usage, "cache_creation_input_tokens")
-        # A stream's message_delta repeats message_start's total without the 5m/1h split:
-        # the same total keeps the split already known. Otherwise (older API versions
-        # report one total) it is priced as the 5-minute write.
-        if previous is None or total != cache_write_5m + cache_write_1h:
-            cache_write_5m, cache_write_1h = total, 0
+def _normalised(usage: Mapping[str, Any], base: Usage) -> Usage:
+    cache_write_5m, cache_write_1h = _cache_writes(usage, base)
     return Usage(
-        input_tokens=_int(usage, "input_tokens") if "input_tokens" in usage else base.input_tokens,
-        cache_read_tokens=(
-            _int(usage, "cache_read_input_tokens")
-            if "cache_read_input_tokens" in usage
-            else base.cache_read_tokens
-        ),
+        input_tokens=_given(usage, "input_tokens", base.input_tokens),
+        cache_read_tokens=_given(usage, "cache_read_input_tokens", base.cache_read_tokens),
         cache_write_5m_tokens=cache_write_5m,
         cache_write_1h_tokens=cache_write_1h,
-        output_tokens=(
-            _int(usage, "output_tokens") if "output_tokens" in usage else base.output_tokens
-        ),
+        output_tokens=_given(usage, "output_tokens", base.output_tokens),
         service_tier=_name(usage.get("service_tier")) or base.service_tier,
         inference_geo=_name(usage.get("inference_geo")) or base.inference_geo,
         speed=_name(usage.get("speed")) or base.speed,
         tool_calls=_server_tool_calls(usage.get("server_tool_use")) or base.tool_calls,
     )
+
+
+def _cache_writes(usage: Mapping[str, Any], base: Usage) -> tuple[int, int]:
+    """The 5-minute and 1-hour cache writes of ``usage``, merged into ``base``'s.
+
+    The rule: a *complete* split (both ``cache_creation`` counts given) is what is billed,
+    and wins over a total that disagrees. Otherwise a given ``cache_creation_input_tokens``
+    total is trusted: the parts the split gives (or, with no split, the 1-hour part
+    already known) are kept up to the total and the rest is filed as 5-minute writes, the
+    default TTL. So a ``message_delta`` repeating the total keeps ``message_start``'s
+    split, an older API's lone total is priced as 5-minute writes, and an empty ``{}``
+    split does not turn a reported total into 0. With no total either, the given parts
+    replace theirs and the others stay.
+    """
+    split = usage.get("cache_creation")
+    split = split if isinstance(split, Mapping) else {}
+    five = _optional(split, "ephemeral_5m_input_tokens")
+    hour = _optional(split, "ephemeral_1h_input_tokens")
+    total = _optional(usage, "cache_creation_input_tokens")
+    if five is not None and hour is not None:
+        return five, hour
+    if total is None:
+        return (
+            base.cache_write_5m_tokens if five is None else five,
+            base.cache_write_1h_tokens if hour is None else hour,
+        )
+    if five is not None:
+        five = min(five, total)
+        return five, total - five
+    hour = min(base.cache_write_1h_tokens if hour is None else hour, total)
+    return total - hour, hour
 
 
 # Anthropic's server_tool_use counters and the tool fee each one is priced under.
@@ -82,7 +95,7 @@ def _server_tool_calls(value: Any) -> dict[str, int]:
     """``usage.server_tool_use`` as calls by tool name (cumulative in a stream)."""
     if not isinstance(value, Mapping):
         return {}
-    calls = {name: _int(value, key) for key, name in _SERVER_TOOLS.items()}
+    calls = {name: _optional(value, key) or 0 for key, name in _SERVER_TOOLS.items()}
     return {name: count for name, count in calls.items() if count}
 
 
@@ -147,7 +160,7 @@ class AnthropicStreamRelay:
                 usage = payload.get("usage")
                 if isinstance(usage, Mapping):
                     self._take_usage(usage, kind)
-                    self.output_reported = "output_tokens" in usage
+                    self.output_reported |= usage.get("output_tokens") is not None
             elif kind == "content_block_start":
                 _collect_block_text(payload.get("content_block"), self.text)
             elif kind == "content_block_delta":
@@ -195,5 +208,13 @@ def _collect_block_text(block: Any, parts: list[str]) -> None:
             parts.append(msgspec.json.encode(tool_input).decode())
 
 
-def _int(usage: Mapping[str, Any], name: str) -> int:
-    return reported_count(usage.get(name), name)
+def _given(usage: Mapping[str, Any], name: str, default: int) -> int:
+    """``usage[name]`` as a count, or ``default`` when it is missing or ``null``."""
+    count = _optional(usage, name)
+    return default if count is None else count
+
+
+def _optional(usage: Mapping[str, Any], name: str) -> int | None:
+    """``usage[name]`` as a count, or None when it is missing or ``null`` (not given)."""
+    value = usage.get(name)
+    return None if value is None else reported_count(value, name)

@@ -33,11 +33,33 @@ def is_regional_endpoint(base_url: str) -> bool:
     return bool(region) and rest == "api.openai.com"
 
 
+# The names each OpenAI endpoint gives the same counts: Chat Completions first, then the
+# Responses API's, which some OpenAI-compatible servers also use for chat completions.
+_PROMPT_NAMES = (("prompt_tokens",), ("input_tokens",))
+_COMPLETION_NAMES = (("completion_tokens",), ("output_tokens",))
+_CACHED_NAMES = (
+    ("prompt_tokens_details", "cached_tokens"),
+    ("input_tokens_details", "cached_tokens"),
+)
+_CACHE_WRITE_NAMES = (
+    ("prompt_tokens_details", "cache_write_tokens"),
+    ("input_tokens_details", "cache_write_tokens"),
+)
+_REASONING_NAMES = (
+    ("completion_tokens_details", "reasoning_tokens"),
+    ("output_tokens_details", "reasoning_tokens"),
+)
+
+
 def usage_from_payload(payload: Any) -> Usage | None:
     """Normalise an OpenAI ``usage`` object; ``prompt_tokens`` includes the cached tokens.
 
-    None when there is no usage object; :class:`ImplausibleUsage` when one of its
-    counts is not a plausible count (see :func:`ledger.usage.reported_count`).
+    Chat Completions names (``prompt_tokens``, ``completion_tokens`` and their details)
+    and Responses names (``input_tokens``, ``output_tokens``, ``input_tokens_details``,
+    ``output_tokens_details``) are both read. None when there is no usage object, or
+    when it gives neither an input nor an output count (nothing is known, so the
+    request is estimated); :class:`ImplausibleUsage` when one of its counts is not a
+    plausible count (see :func:`ledger.usage.reported_count`).
     """
     if not isinstance(payload, Mapping):
         return None
@@ -45,24 +67,19 @@ def usage_from_payload(payload: Any) -> Usage | None:
     if not isinstance(usage, Mapping):
         return None
     try:
-        prompt = reported_count(usage.get("prompt_tokens"), "prompt_tokens")
-        completion = reported_count(usage.get("completion_tokens"), "completion_tokens")
-        cached = reported_count(
-            _get(usage, "prompt_tokens_details", "cached_tokens"), "cached_tokens"
-        )
+        prompt = _count(usage, _PROMPT_NAMES)
+        completion = _count(usage, _COMPLETION_NAMES)
+        if prompt is None and completion is None:
+            return None
+        cached = _count(usage, _CACHED_NAMES) or 0
         # GPT-5.6 and later bill writes to the prompt cache; they are part of prompt_tokens.
-        written = reported_count(
-            _get(usage, "prompt_tokens_details", "cache_write_tokens"), "cache_write_tokens"
-        ) or reported_count(
-            _get(usage, "input_tokens_details", "cache_write_tokens"), "cache_write_tokens"
-        )
-        reasoning = reported_count(
-            _get(usage, "completion_tokens_details", "reasoning_tokens"), "reasoning_tokens"
-        )
+        written = _count(usage, _CACHE_WRITE_NAMES) or 0
+        reasoning = _count(usage, _REASONING_NAMES) or 0
         if not reasoning:  # some OpenAI-compatible hosts put it at the top of usage
             reasoning = reported_count(usage.get("reasoning_tokens"), "reasoning_tokens")
     except ImplausibleUsage as doubt:
         raise ImplausibleUsage(doubt.reason, raw=usage) from None
+    prompt, completion = prompt or 0, completion or 0
     cached = min(cached, prompt)
     written = min(written, prompt - cached)
     total = usage.get("total_tokens")
@@ -95,6 +112,15 @@ def _provider_cost(value: Any) -> int | None:
     except MoneyError:
         return None
     return nanos if 0 <= nanos <= MAX_ENTRY_COST_NANOS else None
+
+
+def _count(usage: Mapping[str, Any], spellings: tuple[tuple[str, ...], ...]) -> int | None:
+    """The first spelling of a count that ``usage`` gives (not ``null``), or None."""
+    for path in spellings:
+        value = _get(usage, *path)
+        if value is not None:
+            return reported_count(value, ".".join(path))
+    return None
 
 
 def response_text(payload: Any) -> str:

@@ -139,3 +139,68 @@ def _wav_bytes_per_second(audio: bytes) -> int | None:
     if block_align != channels * math.ceil(bits / 8) or byte_rate != rate * block_align:
         return None
     return max(byte_rate, AUDIO_MIN_BYTES_PER_SECOND)
+
+
+# Enough of a base64 image to reach a JPEG's frame header behind its EXIF and ICC segments
+# (which may hold 64 KiB each); an image whose size is not found there counts as unknown.
+_IMAGE_HEADER_CHARS = 4 * 64 * 1024
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers, not DHT/JPG/DAC
+
+
+def image_size(data: Any) -> tuple[int, int] | None:
+    """(width, height) of a base64 PNG, JPEG, GIF or WebP image (or ``data:`` URL).
+
+    Only the header is read, never the pixels; None when the format or size is not found.
+    """
+    head = decode_base64(data, prefix_chars=_IMAGE_HEADER_CHARS)
+    if not head:
+        return None
+    size = _image_header_size(head)
+    if size is None or size[0] <= 0 or size[1] <= 0:
+        return None
+    return size
+
+
+def _image_header_size(head: bytes) -> tuple[int, int] | None:
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        return struct.unpack("<HH", head[6:10])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        return _webp_size(head)
+    if head[:2] == b"\xff\xd8":
+        return _jpeg_size(head)
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", head[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and head[20] == 0x2F:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    return None
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    at = 2
+    while at + 9 <= len(head):
+        if head[at] != 0xFF:
+            return None
+        marker = head[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            at += 2
+            continue
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", head[at + 5 : at + 9])
+            return width, height
+        (length,) = struct.unpack(">H", head[at + 2 : at + 4])
+        at += 2 + length
+    return None

@@ -18,7 +18,7 @@ import tiktoken
 
 from ledger.tokens._values import as_dict, as_list, as_text, count_tokens, json_text
 from ledger.tokens.encodings import CL100K_BASE, encoding_name_for_model, get_encoding
-from ledger.tokens.media import PDF_PAGE_TOKENS, audio_tokens, is_pdf, pdf_tokens
+from ledger.tokens.media import PDF_PAGE_TOKENS, audio_tokens, image_size, is_pdf, pdf_tokens
 
 # Cookbook: every message is framed as <|start|>{role/name}\n{content}<|end|>\n.
 _TOKENS_PER_MESSAGE = 3
@@ -29,17 +29,96 @@ _REPLY_PRIMING_TOKENS = 3
 # like a message, so we allow the per-message framing for each one on top of name + arguments.
 _TOKENS_PER_TOOL_CALL = 3
 
-# OpenAI's published image formula (vision guide, "Calculating costs").
-_IMAGE_LOW_DETAIL_TOKENS = 85
-_IMAGE_BASE_TOKENS = 85
-_IMAGE_TILE_TOKENS = 170
-_IMAGE_TILE_SIZE = 512
-_IMAGE_MAX_SIDE = 2048
-_IMAGE_SHORT_SIDE = 768
-# We do not decode images, so their size is unknown. We assume a 1024x1024 image at high detail
-# (765 tokens): square and 4:3 photos of any size cost the same. Wide or tall images cost more,
-# at most 1445 tokens (8 tiles), so this can under-count those by up to 680 tokens each.
-_ASSUMED_IMAGE_SIZE = (1024, 1024)
+# OpenAI's published image rules (images guide, "Calculating costs"), by model family.
+# Tile models: with detail "low", the base tokens only; otherwise the image is fitted in
+# 2048x2048, its shortest side brought down to 768, and each 512px tile costs `tile`
+# tokens on top of `base`. Patch models: one token per 32px patch, at most 1536 patches
+# (a larger image is scaled down to fit), times the model's multiplier, whatever the detail.
+_TILE_SIZE = 512
+_TILE_MAX_SIDE = 2048
+_TILE_SHORT_SIDE = 768
+_PATCH_SIZE = 32
+_PATCH_LIMIT = 1536
+
+
+@dataclass(frozen=True)
+class ImageRule:
+    """How one model family counts an image: tiles (`base` + `tile` each) or patches."""
+
+    base: int = 0
+    tile: int = 0
+    patch_multiplier: Fraction | None = None  # set for patch models
+
+    def tokens(self, detail: Any, size: tuple[int, int] | None) -> int:
+        """An image's prompt tokens; an unknown `size` gives the most any size can cost.
+
+        `auto` and unknown details are counted as `high`, the dearer one.
+        """
+        if self.patch_multiplier is not None:
+            if size is None:
+                patches = _PATCH_LIMIT
+            else:
+                width, height = size
+                # Below the limit this is exact; above it OpenAI scales the image down to at
+                # most the limit, so the limit is an upper bound.
+                patches = min(
+                    _PATCH_LIMIT, _ceil_div(width, _PATCH_SIZE) * _ceil_div(height, _PATCH_SIZE)
+                )
+            return math.ceil(patches * self.patch_multiplier)
+        if detail == "low":
+            return self.base
+        return self.base + self.tile * _tiles(size)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _tiles(size: tuple[int, int] | None) -> int:
+    if size is None:
+        # The most: a 768px short side and a 2048px long one make 2 x 4 tiles.
+        return _ceil_div(_TILE_SHORT_SIDE, _TILE_SIZE) * _ceil_div(_TILE_MAX_SIDE, _TILE_SIZE)
+    # Exact fractions: float rounding could add a tile at an exact 512px boundary.
+    w, h = Fraction(size[0]), Fraction(size[1])
+    fit = min(Fraction(1), Fraction(_TILE_MAX_SIDE) / max(w, h))  # fit in 2048x2048
+    w, h = w * fit, h * fit
+    shrink = min(Fraction(1), Fraction(_TILE_SHORT_SIDE) / min(w, h))  # shortest side 768
+    w, h = w * shrink, h * shrink
+    return math.ceil(w / _TILE_SIZE) * math.ceil(h / _TILE_SIZE)
+
+
+# Model families, most specific first; a model is in a family when its name (after any
+# `provider/` prefix) is the family's or starts with it and a dash (a dated snapshot).
+_IMAGE_RULES: tuple[tuple[str, ImageRule], ...] = (
+    ("gpt-4o-mini", ImageRule(base=2833, tile=5667)),
+    ("gpt-4.1-mini", ImageRule(patch_multiplier=Fraction("1.62"))),
+    ("gpt-4.1-nano", ImageRule(patch_multiplier=Fraction("2.46"))),
+    ("gpt-5-mini", ImageRule(patch_multiplier=Fraction("1.62"))),
+    ("gpt-5-nano", ImageRule(patch_multiplier=Fraction("2.46"))),
+    ("o4-mini", ImageRule(patch_multiplier=Fraction("1.72"))),
+    ("gpt-5", ImageRule(base=70, tile=140)),
+    ("o1", ImageRule(base=75, tile=150)),
+    ("o3", ImageRule(base=75, tile=150)),
+    ("computer-use-preview", ImageRule(base=65, tile=129)),
+    ("gpt-4o", ImageRule(base=85, tile=170)),
+    ("chatgpt-4o-latest", ImageRule(base=85, tile=170)),
+    ("gpt-4.1", ImageRule(base=85, tile=170)),
+    ("gpt-4.5", ImageRule(base=85, tile=170)),
+    ("gpt-4-turbo", ImageRule(base=85, tile=170)),
+)
+# A model of no known family (a newer one, another host's) is counted with the patch rule
+# at the largest published multiplier: at most 3,779 tokens an image, above every rule
+# above but gpt-4o-mini's (whose low price is why its counts are so high).
+UNKNOWN_IMAGE_RULE = ImageRule(patch_multiplier=Fraction("2.46"))
+
+
+def image_rule_for(model: str) -> ImageRule:
+    """The image token rule of `model`'s family, or `UNKNOWN_IMAGE_RULE`."""
+    name = as_text(model).rsplit("/", 1)[-1].lower()
+    for family, rule in _IMAGE_RULES:
+        if name == family or name.startswith(family + "-"):
+            return rule
+    return UNKNOWN_IMAGE_RULE
 
 
 @dataclass(frozen=True)
@@ -77,8 +156,8 @@ def count_openai_chat_prompt(model: str, body: dict[str, Any]) -> int:
     Counts `messages` (string content and content parts: text, refusals, images), assistant
     `tool_calls` and legacy `function_call`, `tool` role messages, `tools` / legacy `functions`
     definitions and a `json_schema` `response_format`. Messages and tools follow the OpenAI
-    cookbook exactly; images use OpenAI's tile formula, assuming a 1024x1024 image (765 tokens)
-    at high or auto detail since we do not decode images. Inline PDF files and audio count at
+    cookbook exactly; images use the model family's published rule (`image_rule_for`), with
+    the size read from a `data:` URL's header, or the most any size costs for a remote one. Inline PDF files and audio count at
     the upper bounds of `ledger.tokens.media`; a file Ledger cannot read (a `file_id`, a file
     that is not a PDF) counts as one PDF page.
 
@@ -99,8 +178,10 @@ def measure_openai_chat_prompt(model: str, body: dict[str, Any]) -> tuple[int, s
     encoding_name = encoding_name_for_model(model)
     encoding = get_encoding(encoding_name)
     unbounded: list[str] = []
+    images = image_rule_for(model)
     tokens = sum(
-        _count_message(encoding, message, unbounded) for message in as_list(body.get("messages"))
+        _count_message(encoding, message, unbounded, images)
+        for message in as_list(body.get("messages"))
     )
     tokens += _REPLY_PRIMING_TOKENS
     constants = _CL100K_TOOL_CONSTANTS if encoding_name == CL100K_BASE else _O200K_TOOL_CONSTANTS
@@ -109,14 +190,16 @@ def measure_openai_chat_prompt(model: str, body: dict[str, Any]) -> tuple[int, s
     return tokens, (unbounded[0] if unbounded else None)
 
 
-def _count_message(encoding: tiktoken.Encoding, message: Any, unbounded: list[str]) -> int:
+def _count_message(
+    encoding: tiktoken.Encoding, message: Any, unbounded: list[str], images: ImageRule
+) -> int:
     tokens = _TOKENS_PER_MESSAGE
     if not isinstance(message, dict):
         return tokens
     # Like the cookbook, every string field is counted (role, name, tool_call_id, refusal, ...).
     for key, value in message.items():
         if key == "content":
-            tokens += _count_content(encoding, value, unbounded)
+            tokens += _count_content(encoding, value, unbounded, images)
         elif key == "tool_calls":
             tokens += sum(_count_tool_call(encoding, call) for call in as_list(value))
         elif key == "audio" and isinstance(value, dict):
@@ -132,21 +215,28 @@ def _count_message(encoding: tiktoken.Encoding, message: Any, unbounded: list[st
     return tokens
 
 
-def _count_content(encoding: tiktoken.Encoding, content: Any, unbounded: list[str]) -> int:
+def _count_content(
+    encoding: tiktoken.Encoding, content: Any, unbounded: list[str], images: ImageRule
+) -> int:
     if isinstance(content, str):
         return count_tokens(encoding, content)
-    return sum(_count_content_part(encoding, part, unbounded) for part in as_list(content))
+    return sum(_count_content_part(encoding, part, unbounded, images) for part in as_list(content))
 
 
-def _count_content_part(encoding: tiktoken.Encoding, part: Any, unbounded: list[str]) -> int:
+def _count_content_part(
+    encoding: tiktoken.Encoding, part: Any, unbounded: list[str], images: ImageRule
+) -> int:
     if isinstance(part, str):  # not valid, but clearly meant as text
         return count_tokens(encoding, part)
     if not isinstance(part, dict):
         return 0
     part_type = part.get("type")
     if part_type == "image_url":
-        detail = as_dict(part.get("image_url")).get("detail")
-        return _image_tokens(detail)
+        image = as_dict(part.get("image_url"))
+        url = image.get("url")
+        # Only a data: URL's size can be read; a remote image counts at its largest.
+        size = image_size(url) if isinstance(url, str) and url.startswith("data:") else None
+        return images.tokens(image.get("detail"), size)
     if part_type == "refusal":
         return count_tokens(encoding, as_text(part.get("refusal")))
     if part_type == "input_audio":
@@ -177,22 +267,6 @@ def _count_tool_call(encoding: tiktoken.Encoding, call: Any) -> int:
         + count_tokens(encoding, as_text(function.get("name")))
         + count_tokens(encoding, json_text(arguments))
     )
-
-
-def _image_tokens(detail: Any, width: int | None = None, height: int | None = None) -> int:
-    """OpenAI's image formula; `auto` and unknown details are treated as `high`."""
-    if detail == "low":
-        return _IMAGE_LOW_DETAIL_TOKENS
-    if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
-        width, height = _ASSUMED_IMAGE_SIZE
-    # Exact fractions: float rounding could add a tile at an exact 512px boundary.
-    w, h = Fraction(width), Fraction(height)
-    fit = min(Fraction(1), Fraction(_IMAGE_MAX_SIDE) / max(w, h))  # fit in 2048x2048
-    w, h = w * fit, h * fit
-    shrink = min(Fraction(1), Fraction(_IMAGE_SHORT_SIDE) / min(w, h))  # shortest side 768
-    w, h = w * shrink, h * shrink
-    tiles = math.ceil(w / _IMAGE_TILE_SIZE) * math.ceil(h / _IMAGE_TILE_SIZE)
-    return _IMAGE_BASE_TOKENS + _IMAGE_TILE_TOKENS * tiles
 
 
 def _count_tool_definitions(

@@ -386,9 +386,9 @@ def test_text_content_parts_count_like_string_content() -> None:
 
 @pytest.mark.parametrize(
     ("detail", "image_tokens"),
-    [("low", 85), ("high", 765), ("auto", 765), (None, 765)],
+    [("low", 85), ("high", 1445), ("auto", 1445), (None, 1445)],
 )
-def test_image_parts_use_openais_formula_for_an_assumed_1024px_square(
+def test_image_parts_whose_size_cannot_be_read_count_at_their_largest(
     detail: str | None, image_tokens: int
 ) -> None:
     image_url: dict[str, Any] = {"url": "data:image/png;base64,iVBORw0KGgo="}
@@ -421,7 +421,7 @@ def test_image_parts_use_openais_formula_for_an_assumed_1024px_square(
     ],
 )
 def test_openai_image_formula(width: int, height: int, detail: str, tokens: int) -> None:
-    assert openai_chat._image_tokens(detail, width, height) == tokens
+    assert openai_chat.image_rule_for("gpt-4o").tokens(detail, (width, height)) == tokens
 
 
 def test_assistant_tool_calls_and_tool_results_are_counted() -> None:
