@@ -20,6 +20,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.routes import HTTPRoute
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -359,7 +360,31 @@ def create_app(
     # Around Litestar's whole handler (exception handling and routing included), not as a
     # route middleware: an unrouted 404 gets its access line too.
     app.asgi_handler = AccessLog(app.asgi_handler)
+    _allow_every_method_of_each_path(app)
     return app
+
+
+def _allow_every_method_of_each_path(app: Litestar) -> None:
+    """OPTIONS lists every method of its path, not only those of the path's first handler.
+
+    Litestar registers a controller's handlers one at a time and builds a new route for each
+    method added to a path; the OPTIONS handler made with the first route keeps reading that
+    route's methods (``Allow: OPTIONS, POST`` on /admin/budgets, which has GET too). Its one
+    closure variable is pointed at the final route.
+    """
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            if handler.handler_name == "options_handler" and not handler.include_in_schema:
+                cells = [
+                    cell
+                    for cell in handler.fn.__closure__ or ()
+                    if isinstance(cell.cell_contents, HTTPRoute)
+                ]
+                assert cells, "Litestar's OPTIONS handler changed: revisit this function"
+                for cell in cells:
+                    cell.cell_contents = route
 
 
 @get("/healthz", operation_id="healthz", tags=["ops"], media_type=MediaType.JSON)

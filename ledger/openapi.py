@@ -58,8 +58,11 @@ ROW_ID = Annotated[
 ]
 ROW_IDS = {"items": {"type": "integer", "minimum": 1, "maximum": INT64_MAX}}
 """The schema of a list of row ids (its items' bounds, which Litestar leaves out)."""
-MONTH_PATTERN = r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])$"  # year 0 is no date
-MONTH = Annotated[str, Param(pattern=MONTH_PATTERN, description="A month, YYYY-MM.")]
+# Year 0 is no date, and 9999-12 has no end (its next month is past Python's last date).
+MONTH_PATTERN = r"^([1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-(0[1-9]|1[0-2])$"
+MONTH = Annotated[
+    str, Param(pattern=MONTH_PATTERN, description="A month, YYYY-MM (1000-01 to 9998-12).")
+]
 # RFC 3339 with its offset: what ``format: date-time`` means (a bare number is not a time).
 DATE_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 
@@ -80,9 +83,29 @@ class ClosedStructSchemaPlugin(StructSchemaPlugin):
 
     def to_openapi_schema(self, field_definition: Any, schema_creator: Any) -> Schema:
         schema = super().to_openapi_schema(field_definition, schema_creator)
-        if msgspec.inspect.type_info(field_definition.type_).forbid_unknown_fields:  # type: ignore[union-attr]
+        info = msgspec.inspect.type_info(field_definition.type_)
+        if info.forbid_unknown_fields:  # type: ignore[union-attr]
             schema.additional_properties = False
+        for field in info.fields:  # type: ignore[union-attr]
+            prop = (schema.properties or {}).get(field.encode_name)
+            if isinstance(prop, Schema):
+                _constrain_items(prop, field.type)
         return schema
+
+
+def _constrain_items(prop: Schema, field_type: msgspec.inspect.Type) -> None:
+    """A list of constrained strings says its items' constraints (Litestar leaves them out)."""
+    types = field_type.types if isinstance(field_type, msgspec.inspect.UnionType) else (field_type,)
+    for kind in types:
+        if isinstance(kind, msgspec.inspect.ListType) and isinstance(
+            kind.item_type, msgspec.inspect.StrType
+        ):
+            item = kind.item_type
+            for branch in [prop, *(prop.one_of or [])]:
+                if isinstance(branch, Schema) and isinstance(branch.items, Schema):
+                    branch.items.pattern = item.pattern
+                    branch.items.min_length = item.min_length
+                    branch.items.max_length = item.max_length
 
 
 # -- error bodies --------------------------------------------------------------------------

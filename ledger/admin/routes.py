@@ -22,10 +22,15 @@ from ledger.money import format_usd
 from ledger.openapi import ROW_ID, admin_errors
 from ledger.pricing import PriceError, price_from_mapping
 
+# One model name or glob: no comma, no space or control character. Spelled out, because
+# ``\s`` means different characters to Python (which checks) and to JSON Schema tools.
+_MODEL_PATTERN = (
+    r"^[^,\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]{1,200}$"
+)
 # The constraints below are both what the decoder enforces and what the schema says.
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
 AllowedModels = Annotated[
-    list[Annotated[str, msgspec.Meta(pattern=r"^[^,\s]{1,200}$")]],
+    list[Annotated[str, msgspec.Meta(pattern=_MODEL_PATTERN)]],
     msgspec.Meta(min_length=1, max_length=MAX_PATTERNS),
 ]
 MarkupPercent = Annotated[

@@ -7,6 +7,7 @@ with 403. The admin key sees everything.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -44,8 +45,12 @@ from ledger.reports import closing, present
 from ledger.reports.budgets import budget_statuses, recent_alerts
 from ledger.reports.months import InvalidMonth
 from ledger.reports.render import FORMATS
-from ledger.reports.spend import SpendFilters, SpendQuery, spend_report
+from ledger.reports.spend import DIMENSIONS, SpendFilters, SpendQuery, spend_report
 from ledger.reports.timebuckets import local_midnight, zone
+
+_DIMENSION = "(" + "|".join(DIMENSIONS) + ")"
+GROUP_BY_PATTERN = f"^{_DIMENSION}(,{_DIMENSION})*$"
+"""One ``group_by`` value: dimensions, comma-separated."""
 
 # The zones a report may use: the schema lists them, so any zone it allows is one Ledger knows.
 TIME_ZONES = frozenset(available_timezones()) | {"UTC"}
@@ -129,7 +134,11 @@ class ReportsController(Controller):
         granularity: Literal["hour", "day", "week", "month", "none"] = "day",
         group_by: Annotated[
             list[str] | None,  # comma-separated lists too: "team,model"
-            Parameter(description="team, key, user, session, model, provider, status, tag"),
+            Parameter(
+                description="team, key, user, session, model, provider, status, tag; "
+                "several as a comma-separated list or a repeated parameter",
+                schema_extra={"items": {"type": "string", "pattern": GROUP_BY_PATTERN}},
+            ),
         ] = None,
         team: list[str] | None = None,
         key_id: Annotated[
@@ -160,6 +169,8 @@ class ReportsController(Controller):
         if since is None:
             today = until.astimezone(zone(tz)).date()
             since = local_midnight(today - timedelta(days=29), zone(tz))
+        # A range that ends before it starts holds nothing: an empty report, not an error.
+        until = max(until, since)
         async with _engine(sessions).connect() as connection:
             team_ids = await _visible_teams(connection, principal, team or [])
             key_ids = await _visible_keys(connection, principal, key_id or [])
@@ -335,8 +346,16 @@ def _check_format(fmt: str, allowed: tuple[str, ...]) -> None:
 
 
 def _split(values: list[str] | None) -> tuple[str, ...]:
-    """``group_by=team,model`` and ``group_by=team&group_by=model`` mean the same."""
-    return tuple(part.strip() for value in values or () for part in value.split(",") if part)
+    """``group_by=team,model`` and ``group_by=team&group_by=model`` mean the same; a
+    dimension named twice is grouped by once."""
+    for value in values or ():
+        if re.match(GROUP_BY_PATTERN, value) is None:
+            raise InvalidRequest(
+                f"cannot group by {value!r}; choose from {', '.join(DIMENSIONS)} "
+                "(several comma-separated, no spaces)",
+                param="group_by",
+            )
+    return tuple(dict.fromkeys(part for value in values or () for part in value.split(",")))
 
 
 async def _visible_teams(

@@ -99,8 +99,8 @@ class SpendQuery:
         for name in ("since", "until"):
             if getattr(self, name).tzinfo is None:
                 raise InvalidRequest(f"{name} needs a UTC offset, e.g. 2026-10-01T00:00:00Z")
-        if self.until <= self.since:
-            raise InvalidRequest("until must be after since")
+        if self.until < self.since:
+            raise InvalidRequest("until must not be before since")
         if self.granularity is not None and self.granularity not in GRANULARITIES:
             raise InvalidRequest(f"granularity must be one of {', '.join(GRANULARITIES)}")
         unknown = [name for name in self.group_by if name not in DIMENSIONS]

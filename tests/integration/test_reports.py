@@ -460,7 +460,6 @@ def test_bad_parameters_are_refused_with_a_clear_message(server: LiveServer) -> 
         ({"group_by": "colour"}, "group by"),
         ({"timezone": "Mars/Olympus"}, "time zone"),
         ({"since": "2026-10-05T00:00:00", "until": "2026-10-06T00:00:00Z"}, "UTC offset"),
-        ({"since": "2026-10-06T00:00:00Z", "until": "2026-10-05T00:00:00Z"}, "after"),
         ({"format": "pdf"}, "format"),
         ({"team": "nobody"}, "nobody"),
     ]:
