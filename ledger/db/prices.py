@@ -19,8 +19,10 @@ from ledger.db.tables import PriceRow
 from ledger.pricing import Price, PriceBook, load_catalog, price_from_mapping
 from ledger.pricing.genai import (
     GENAI_ORIGIN,
+    CatalogDiff,
     Materialised,
     ModelResolver,
+    diff_catalog,
     installed_version,
     load_providers,
     materialise,
@@ -121,6 +123,26 @@ async def sync_prices(engine: AsyncEngine, config_overrides: Iterable[Mapping[st
         ]
         if missing:  # one statement for thousands of rows: start-up stays quick
             await connection.execute(PriceRow.__table__.insert(), missing)
+
+
+async def plan_catalog_refresh(
+    engine: AsyncEngine, catalog: Materialised, now: datetime
+) -> CatalogDiff:
+    """What ``ledger prices sync`` would change: ``catalog`` against the stored versions."""
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(select(PriceRow).where(PriceRow.origin == GENAI_ORIGIN))
+        ).all()
+    return diff_catalog((_price(row) for row in rows), catalog.prices, now)
+
+
+async def apply_catalog_refresh(engine: AsyncEngine, diff: CatalogDiff) -> int:
+    """Write the diff's new versions (one transaction); past versions are never touched."""
+    rows = [_row(price, GENAI_ORIGIN) for price in diff.to_write]
+    if rows:
+        async with engine.begin() as connection:
+            await connection.execute(PriceRow.__table__.insert(), rows)
+    return len(rows)
 
 
 @cache
