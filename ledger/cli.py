@@ -427,11 +427,12 @@ def prices() -> None:
 @prices.command("list")
 @click.pass_context
 def prices_list(ctx: click.Context) -> None:
-    """Every price version known to the database."""
+    """Every price version: its source, tiers and the fees that can apply to it."""
     from ledger.db.engine import create_engine
     from ledger.db.migrate import upgrade
-    from ledger.db.prices import list_price_rows, sync_prices
+    from ledger.db.prices import list_prices, sync_prices
     from ledger.money import format_usd
+    from ledger.pricing.prices import describe_fees
 
     settings = _settings(ctx)
 
@@ -440,21 +441,24 @@ def prices_list(ctx: click.Context) -> None:
         try:
             await upgrade(engine)
             await sync_prices(engine, settings.price_overrides)
-            return await list_price_rows(engine)
+            return await list_prices(engine)
         finally:
             await engine.dispose()
 
     click.echo(
         "model\teffective_from\torigin\tinput/1M\tcached/1M\toutput/1M\tprovider\tsource\ttiers"
+        "\tfees"
     )
-    for row in _run(go):
-        # Each tier: "above N tokens: input/output"; the JSON holds all five prices.
-        tiers = json.loads(row.tiers) if row.tiers else []
-        tier_text = "; ".join(f">{t[0]}: {format_usd(t[1])}/{format_usd(t[5])}" for t in tiers)
+    for origin, price in _run(go):
+        # Each tier: "above N tokens: input/output"; fees: service tiers, multipliers,
+        # per-call tool fees and time-of-day windows that can apply (see describe_fees).
+        tier_text = "; ".join(
+            f">{t.threshold}: {format_usd(t.input)}/{format_usd(t.output)}" for t in price.tiers
+        )
         click.echo(
-            f"{row.model}\t{row.effective_from.date()}\t{row.origin}\t{format_usd(row.input)}\t"
-            f"{format_usd(row.cached_input)}\t{format_usd(row.output)}\t{row.provider}\t"
-            f"{row.source}\t{tier_text}"
+            f"{price.model}\t{price.effective_from.date()}\t{origin}\t{format_usd(price.input)}\t"
+            f"{format_usd(price.cached_input)}\t{format_usd(price.output)}\t{price.provider}\t"
+            f"{price.source}\t{tier_text}\t{'; '.join(describe_fees(price))}"
         )
 
 
