@@ -427,11 +427,12 @@ def prices() -> None:
 @prices.command("list")
 @click.pass_context
 def prices_list(ctx: click.Context) -> None:
-    """Every price version known to the database."""
+    """Every price version: its source, tiers and the fees that can apply to it."""
     from ledger.db.engine import create_engine
     from ledger.db.migrate import upgrade
-    from ledger.db.prices import list_price_rows, sync_prices
+    from ledger.db.prices import list_prices, sync_prices
     from ledger.money import format_usd
+    from ledger.pricing.prices import describe_fees
 
     settings = _settings(ctx)
 
@@ -440,21 +441,24 @@ def prices_list(ctx: click.Context) -> None:
         try:
             await upgrade(engine)
             await sync_prices(engine, settings.price_overrides)
-            return await list_price_rows(engine)
+            return await list_prices(engine)
         finally:
             await engine.dispose()
 
     click.echo(
         "model\teffective_from\torigin\tinput/1M\tcached/1M\toutput/1M\tprovider\tsource\ttiers"
+        "\tfees"
     )
-    for row in _run(go):
-        # Each tier: "above N tokens: input/output"; the JSON holds all five prices.
-        tiers = json.loads(row.tiers) if row.tiers else []
-        tier_text = "; ".join(f">{t[0]}: {format_usd(t[1])}/{format_usd(t[5])}" for t in tiers)
+    for origin, price in _run(go):
+        # Each tier: "above N tokens: input/output"; fees: service tiers, multipliers,
+        # per-call tool fees and time-of-day windows that can apply (see describe_fees).
+        tier_text = "; ".join(
+            f">{t.threshold}: {format_usd(t.input)}/{format_usd(t.output)}" for t in price.tiers
+        )
         click.echo(
-            f"{row.model}\t{row.effective_from.date()}\t{row.origin}\t{format_usd(row.input)}\t"
-            f"{format_usd(row.cached_input)}\t{format_usd(row.output)}\t{row.provider}\t"
-            f"{row.source}\t{tier_text}"
+            f"{price.model}\t{price.effective_from.date()}\t{origin}\t{format_usd(price.input)}\t"
+            f"{format_usd(price.cached_input)}\t{format_usd(price.output)}\t{price.provider}\t"
+            f"{price.source}\t{tier_text}\t{'; '.join(describe_fees(price))}"
         )
 
 
@@ -517,6 +521,130 @@ def prices_import(ctx: click.Context, path: str, dry_run: bool) -> None:
         + (f", {len(result.rounded)} rounded to the nano per million" if result.rounded else "")
         + (" (dry run: nothing written)" if dry_run else "")
     )
+
+
+@prices.command("sync")
+@click.option(
+    "--from",
+    "data_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A genai-prices data file (its data.json) instead of the installed package's data.",
+)
+@click.option("--accept-lower", is_flag=True, help="Apply prices lower than the stored ones.")
+@click.option("--dry-run", is_flag=True, help="Show the diff, write nothing.")
+@click.pass_context
+def prices_sync(
+    ctx: click.Context, data_path: str | None, accept_lower: bool, dry_run: bool
+) -> None:
+    """Refresh genai-prices' catalog rows from the installed package or a data file.
+
+    Prints what changed per provider (added, raised, lowered, removed; USD per million).
+    A lower price is refused, and nothing written, unless --accept-lower. A change is a
+    new price version from now (or the data's later start date): entries already
+    recorded keep the version they were priced at. Nothing is downloaded: to refresh,
+    `pip install -U genai-prices` first, or pass a data file.
+    """
+    from datetime import UTC, datetime
+
+    from ledger.db.engine import create_engine
+    from ledger.db.migrate import upgrade
+    from ledger.db.prices import (
+        apply_catalog_refresh,
+        installed_catalog,
+        plan_catalog_refresh,
+        sync_prices,
+    )
+    from ledger.pricing.genai import installed_version, load_providers, materialise
+
+    settings = _settings(ctx)
+    now = datetime.now(UTC)
+    if data_path is None:
+        catalog = installed_catalog()
+    else:
+        source = f"genai-prices data file {Path(data_path).name}"
+        catalog = _run_sync(lambda: materialise(load_providers(data_path), source))
+
+    async def plan() -> Any:
+        engine = create_engine(settings.database_url, null_pool=True)
+        try:
+            await upgrade(engine)
+            await sync_prices(engine, settings.price_overrides)
+            return await plan_catalog_refresh(engine, catalog, now)
+        finally:
+            await engine.dispose()
+
+    diff = _run(plan)
+    click.echo(
+        f"genai-prices: {catalog.version if data_path else 'installed ' + installed_version()}"
+    )
+    for provider in sorted({change.provider for change in diff.changes}):
+        click.echo(provider)
+        for change in diff.changes:
+            if change.provider == provider:
+                click.echo(f"  {change.kind:<8} {change.model}{_change_text(change)}")
+    if diff.absent_providers:
+        absent = ", ".join(f"{p} ({n})" for p, n in sorted(diff.absent_providers.items()))
+        click.echo(f"not in the data, their models keep their prices: {absent}")
+    for name in catalog.rounded:
+        click.echo(f"rounded  {name}")
+    for name, reason in catalog.refused:
+        click.echo(f"refused  {name}: {reason}")
+    counts = {kind: len(diff.of(kind)) for kind in ("added", "raised", "lowered", "removed")}
+    click.echo(
+        f"{counts['added']} added, {counts['raised']} raised, {counts['lowered']} lowered, "
+        f"{counts['removed']} removed (kept, still priced), {diff.unchanged} unchanged"
+        + (" (dry run: nothing written)" if dry_run else "")
+    )
+    lowered = diff.of("lowered")
+    if lowered and not accept_lower and not dry_run:
+        names = ", ".join(f"{c.provider}/{c.model}" for c in lowered)
+        raise click.ClickException(
+            f"lower prices refused, nothing written: {names}; "
+            "run again with --accept-lower to apply them"
+        )
+    if dry_run:
+        return
+
+    async def apply() -> int:
+        engine = create_engine(settings.database_url, null_pool=True)
+        try:
+            return await apply_catalog_refresh(engine, diff)
+        finally:
+            await engine.dispose()
+
+    written = _run(apply)
+    click.echo(f"{written} price versions written, effective {now.isoformat()} or later")
+
+
+def _change_text(change: Any) -> str:
+    from ledger.money import format_usd
+
+    def usd(nanos: int) -> str:
+        text = format_usd(nanos).rstrip("0")
+        return text + "00" if text.endswith(".") else text
+
+    if change.kind == "added":
+        price = change.new[-1]
+        return f": input ${usd(price.input)}, output ${usd(price.output)} per million"
+    if change.kind == "removed":
+        return ""
+    shown = [
+        f"{name} ${usd(old)} -> ${usd(new)}"
+        if name != "charged"
+        else f"{'charged' if new else 'free'}"
+        for name, old, new in change.rates()
+    ]
+    start = change.new[0].effective_from.date()
+    return f": {', '.join(shown)} per million (from {start})"
+
+
+def _run_sync(fn: Callable[[], T]) -> T:
+    from ledger.pricing import PriceError
+
+    try:
+        return fn()
+    except PriceError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 # -- budgets and the scheduler ------------------------------------------------------------

@@ -19,8 +19,10 @@ from ledger.db.tables import PriceRow
 from ledger.pricing import Price, PriceBook, load_catalog, price_from_mapping
 from ledger.pricing.genai import (
     GENAI_ORIGIN,
+    CatalogDiff,
     Materialised,
     ModelResolver,
+    diff_catalog,
     installed_version,
     load_providers,
     materialise,
@@ -31,6 +33,8 @@ from ledger.pricing.prices import Tier, TimeWindow
 # most deliberate one wins.
 _OVERRIDE_RANK = {"config": 1, "import": 2, "admin": 3}
 CONFIG_DEFAULT_EFFECTIVE_FROM = "1970-01-01"
+# Price provider tags that name no particular provider (as in the gateway's check).
+_ANY_PROVIDER = frozenset({"", "unknown", "config", "custom"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,7 +55,7 @@ class PriceRegistry:
     def price_at(self, model: str, at: datetime, provider: str | None = None) -> Price | None:
         """``provider`` is a genai-prices provider id (``openai``, ``groq``, …); ``None``
         lets genai-prices choose from the name, as for the built-in mock provider."""
-        price = self.overrides.price_at(model, at) or self.catalog.price_at(model, at)
+        price = self._override(model, at, provider) or self.catalog.price_at(model, at)
         if price is not None or self.resolver is None:
             return price
         resolved = self.resolver.resolve(provider, model)
@@ -59,11 +63,19 @@ class PriceRegistry:
             return None
         owner, canonical = resolved
         if canonical != model:
-            price = self.overrides.price_at(canonical, at) or self.catalog.price_at(canonical, at)
+            price = self._override(canonical, at, provider) or self.catalog.price_at(canonical, at)
             if price is not None:
                 return price
         book = self.genai.get(owner)
         return None if book is None else book.price_at(canonical, at)
+
+    def _override(self, model: str, at: datetime, provider: str | None) -> Price | None:
+        # An override tagged for another provider (an import's ``litellm_provider``)
+        # does not price this provider's requests: they keep their catalog price.
+        price = self.overrides.price_at(model, at)
+        if price is None or provider is None or price.provider in (_ANY_PROVIDER | {provider}):
+            return price
+        return None
 
     def models(self, provider: str | None = None) -> list[str]:
         """Every priced name: ours and overrides, and genai-prices' for ``provider``
@@ -121,6 +133,26 @@ async def sync_prices(engine: AsyncEngine, config_overrides: Iterable[Mapping[st
         ]
         if missing:  # one statement for thousands of rows: start-up stays quick
             await connection.execute(PriceRow.__table__.insert(), missing)
+
+
+async def plan_catalog_refresh(
+    engine: AsyncEngine, catalog: Materialised, now: datetime
+) -> CatalogDiff:
+    """What ``ledger prices sync`` would change: ``catalog`` against the stored versions."""
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(select(PriceRow).where(PriceRow.origin == GENAI_ORIGIN))
+        ).all()
+    return diff_catalog((_price(row) for row in rows), catalog.prices, now)
+
+
+async def apply_catalog_refresh(engine: AsyncEngine, diff: CatalogDiff) -> int:
+    """Write the diff's new versions (one transaction); past versions are never touched."""
+    rows = [_row(price, GENAI_ORIGIN) for price in diff.to_write]
+    if rows:
+        async with engine.begin() as connection:
+            await connection.execute(PriceRow.__table__.insert(), rows)
+    return len(rows)
 
 
 @cache
@@ -187,6 +219,11 @@ async def load_registry(engine: AsyncEngine) -> PriceRegistry:
 async def list_price_rows(engine: AsyncEngine) -> list[Any]:
     async with engine.connect() as connection:
         return list((await connection.execute(select(PriceRow).order_by(PriceRow.id))).all())
+
+
+async def list_prices(engine: AsyncEngine) -> list[tuple[str, Price]]:
+    """Every stored price version with its origin, in the order they were stored."""
+    return [(row.origin, _price(row)) for row in await list_price_rows(engine)]
 
 
 def _row(price: Price, origin: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ downloads anything: the data is the installed package's, or a data file given by
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -304,3 +305,155 @@ def catalog_provider_for(kind: str, base_url: str, providers: Iterable[Any]) -> 
             if provider.api_pattern and re.match(provider.api_pattern, url):
                 return str(provider.id)
     return kind
+
+
+# -- refreshing the catalog --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogChange:
+    """One model's price in a refreshed catalog against the database's.
+
+    ``kind``: ``added`` (a model the database has no version of), ``raised`` (some rate
+    higher, none lower), ``lowered`` (any rate lower: it needs ``--accept-lower``) or
+    ``removed`` (gone from the data; its versions stay and keep pricing it). ``new`` is
+    the version to write (``None`` for ``removed``); an added model brings every dated
+    version of the data, a changed one a single version from ``max(now, its start)``.
+    """
+
+    kind: str
+    provider: str
+    model: str
+    old: Price | None
+    new: tuple[Price, ...]
+
+    def rates(self) -> list[tuple[str, int, int]]:
+        """``(rate name, old, new)`` for every rate that differs, nanos per million."""
+        if self.old is None or not self.new:
+            return []
+        old, new = _rate_vector(self.old, self.new[0]), _rate_vector(self.new[0], self.old)
+        return [(name, old[name], new[name]) for name in old if old[name] != new[name]]
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogDiff:
+    changes: list[CatalogChange]
+    unchanged: int
+    absent_providers: dict[str, int]  # providers the data lacks -> models of theirs kept
+
+    def of(self, kind: str) -> list[CatalogChange]:
+        return [change for change in self.changes if change.kind == kind]
+
+    @property
+    def to_write(self) -> list[Price]:
+        return [price for change in self.changes for price in change.new]
+
+
+def diff_catalog(current: Iterable[Price], incoming: Iterable[Price], now: datetime) -> CatalogDiff:
+    """What refreshing genai-prices' versions ``current`` with ``incoming`` would change.
+
+    Compared per (provider, model): the incoming version in effect ``now`` and every
+    later-dated one, each against the current version in effect at the later of ``now``
+    and its start. A change becomes a new version from that instant, never a rewrite of
+    a past one, so every ledger entry keeps the version (and the cost) it was priced at.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise PriceError(f"price lookups need an aware datetime, not {now.isoformat()}")
+    have = _by_model(current)
+    want = _by_model(incoming)
+    changes: list[CatalogChange] = []
+    unchanged = 0
+    for key, versions in sorted(want.items()):
+        provider, model = key
+        existing = have.get(key)
+        if not existing:
+            changes.append(CatalogChange("added", provider, model, None, tuple(versions)))
+            continue
+        in_effect = [v for v in versions if v.effective_from <= now][-1:]
+        for version in in_effect + [v for v in versions if v.effective_from > now]:
+            at = max(now, version.effective_from)
+            old = _version_at(existing, at)
+            if old is not None and _rate_vector(old, version) == _rate_vector(version, old):
+                unchanged += 1
+                continue
+            new = dataclasses.replace(version, effective_from=at, id=None)
+            if old is None:
+                kind = "added"
+            else:
+                old_rates, new_rates = _rate_vector(old, version), _rate_vector(version, old)
+                lower = any(new_rates[name] < old_rates[name] for name in old_rates)
+                kind = "lowered" if lower else "raised"
+            changes.append(CatalogChange(kind, provider, model, old, (new,)))
+    present = {provider for provider, _ in want}
+    absent: dict[str, int] = {}
+    for provider, model in sorted(have):
+        if (provider, model) in want:
+            continue
+        if provider in present:
+            old = _version_at(have[(provider, model)], now)
+            changes.append(CatalogChange("removed", provider, model, old, ()))
+        else:
+            absent[provider] = absent.get(provider, 0) + 1
+    return CatalogDiff(changes, unchanged, absent)
+
+
+def _by_model(prices: Iterable[Price]) -> dict[tuple[str, str], list[Price]]:
+    grouped: dict[tuple[str, str], list[Price]] = {}
+    for price in prices:
+        grouped.setdefault((price.provider, price.model), []).append(price)
+    for versions in grouped.values():
+        versions.sort(key=lambda price: price.effective_from)
+    return grouped
+
+
+def _version_at(versions: list[Price], at: datetime) -> Price | None:
+    found = None
+    for version in versions:
+        if version.effective_from <= at:
+            found = version
+    return found
+
+
+_BASE_RATES = ("input", "cached_input", "cache_write_5m", "cache_write_1h", "output")
+
+
+def _rate_vector(price: Price, other: Price) -> dict[str, int]:
+    """Every rate ``price`` charges, by name, at its base and just above each tier
+    threshold of either price: two versions compare rate by rate, so a dropped tier or
+    a cheaper audio price is seen as the lower price it is."""
+    rates: dict[str, int] = {}
+
+    def put(prefix: str, values: tuple[int, ...], audio: bool) -> None:
+        for name, value in zip(_BASE_RATES, values, strict=True):
+            rates[f"{prefix}{name}"] = value
+        if audio:
+            input_, cached, output = values[0], values[1], values[4]
+            rates[f"{prefix}input_audio"] = (
+                input_ if price.input_audio is None else price.input_audio
+            )
+            rates[f"{prefix}cached_audio_input"] = (
+                cached if price.cached_audio_input is None else price.cached_audio_input
+            )
+            rates[f"{prefix}output_audio"] = (
+                output if price.output_audio is None else price.output_audio
+            )
+
+    base = tuple(getattr(price, name) for name in _BASE_RATES)
+    # Audio follows the text rates unless either version prices it on its own.
+    audio = any(
+        getattr(p, name) is not None
+        for p in (price, other)
+        for name in ("input_audio", "cached_audio_input", "output_audio")
+    )
+    put("", base, audio=audio)
+    rates["request_fee"] = price.request_fee_nanos
+    rates["charged"] = int(not price.free)  # free -> charged is a raise
+    thresholds = sorted({t.threshold for t in (*price.tiers, *other.tiers)})
+    for threshold in thresholds:
+        tier = None
+        for candidate in price.tiers:
+            if candidate.threshold <= threshold:
+                tier = candidate
+        values = base if tier is None else tuple(getattr(tier, name) for name in _BASE_RATES)
+        put(f">{threshold} ", values, audio=False)
+    return rates

@@ -421,6 +421,38 @@ def batch_price(price: Price, *, dimensions: Dimensions | None = None) -> Price 
     )
 
 
+def describe_fees(price: Price, *, dimensions: Dimensions | None = None) -> list[str]:
+    """What beyond its token prices can apply to ``price``, one short phrase each: its own
+    service-tier prices (input/output per million), the published multipliers and per-call
+    tool fees of ``dimensions`` (the shipped table by default) for its provider and model,
+    and its time-of-day windows. For ``ledger prices list``."""
+    table = shipped_dimensions() if dimensions is None else dimensions
+    shown = [
+        f"{tier} ${format_usd(rates[0])}/${format_usd(rates[4])}"
+        for tier, rates in price.service_tier_rates
+    ]
+    own = {tier for tier, _ in price.service_tier_rates}
+    seen: set[tuple[str, str]] = set()
+    for row in reversed(table.multipliers):  # the last matching row wins, as in pricing
+        key = (row.dimension, row.value)
+        if row.provider != price.provider or key in seen:
+            continue
+        factor = table.multiplier(price.provider, row.dimension, row.value, price.model)
+        seen.add(key)
+        if factor is None or (row.dimension == "service_tier" and row.value in own):
+            continue
+        shown.append(f"{row.dimension}={row.value} x{factor}")
+    for tool in sorted({row.tool for row in table.tool_fees if row.provider == price.provider}):
+        fee = table.tool_fee(price.provider, tool, price.model)
+        if fee is not None and fee.nanos_per_call:
+            each = "request" if fee.per_request else "call"
+            shown.append(f"{tool} ${format_usd(fee.nanos_per_call)}/{each}")
+    shown.extend(
+        f"time_of_day {window.describe()} UTC x{window.factor}" for window in price.time_windows
+    )
+    return shown
+
+
 def worst_case_cost(
     estimated_input_tokens: int,
     max_output_tokens: int,

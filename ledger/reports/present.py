@@ -23,11 +23,14 @@ SPEND_FIGURES = (
     "cost_usd",
     "latency_p50_ms",
     "latency_p95_ms",
+    "provider_cost_usd",
+    "provider_cost_difference_usd",
 )
 
 
 def figures(sums: Sums) -> dict[str, Any]:
     """The figures of one row: counts, token buckets, cost and latency percentiles."""
+    costed, provider, ours = sums.provider_costed
     return {
         "requests": sums["requests"],
         "errors": sums["errors"],
@@ -40,6 +43,10 @@ def figures(sums: Sums) -> dict[str, Any]:
         "cost_usd": format_usd(sums["cost_nanos"]),
         "latency_p50_ms": sums.latency_percentile(0.50),
         "latency_p95_ms": sums.latency_percentile(0.95),
+        # Over the entries whose provider reported a cost only (null when none did):
+        # the provider's sum, and Ledger's cost of those entries minus it.
+        "provider_cost_usd": format_usd(provider) if costed else None,
+        "provider_cost_difference_usd": format_usd(ours - provider) if costed else None,
     }
 
 

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import ColumnElement, Select, func, literal, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.db.tables import ApiKey, LedgerEntryRow, Team
+from ledger.db.tables import ApiKey, LedgerEntryRow, PriceRow, Team
 from ledger.errors import InvalidRequest
 from ledger.reports import histogram, rollups
 from ledger.reports.rollups import LEVELS, METRICS, RollupLevel, metrics_of
@@ -50,8 +50,15 @@ from ledger.reports.timebuckets import (
 )
 
 E = LedgerEntryRow
-DIMENSIONS = ("team", "key", "user", "session", "model", "provider", "status", "tag")
-RAW_ONLY_DIMENSIONS = ("user", "session", "tag")
+DIMENSIONS = (
+    "team", "key", "user", "session", "model", "priced_model", "served_model", "provider",
+    "status", "tag",
+)  # fmt: skip
+# ``model`` is the name the request sent (what rollups keep); ``priced_model`` the model of
+# the price version the entry used (a dated snapshot or ``openai/…`` spelling groups under
+# its model; unpriced entries under the name sent); ``served_model`` what the provider
+# answered with (the snapshot). Read from raw entries: rollups do not carry them.
+RAW_ONLY_DIMENSIONS = ("user", "session", "tag", "priced_model", "served_model")
 MAX_BUCKETS = 10_000
 OTHER = "(other)"
 
@@ -62,6 +69,7 @@ _ROLLUP_COLUMN = {
     "provider": "provider",
     "status": "status",
 }
+_PRICED = PriceRow.__table__.alias("priced")
 _INDEX = {name: index for index, name in enumerate(METRICS)}
 _LATENCY = slice(_INDEX[rollups.LATENCY_COLUMNS[0]], _INDEX[rollups.LATENCY_COLUMNS[-1]] + 1)
 
@@ -123,10 +131,18 @@ class Sums:
     """Integer sums in ``METRICS`` order, with the figures reports show."""
 
     values: list[int] = field(default_factory=lambda: [0] * len(METRICS))
+    # Entries whose provider reported its own cost (OpenRouter's usage.cost): how many,
+    # the provider's sum, and Ledger's own cost of those same entries. Groups and totals
+    # only (not the series).
+    provider_costed: list[int] = field(default_factory=lambda: [0, 0, 0])
 
     def add(self, other: Sequence[int]) -> None:
         for index, value in enumerate(other):
             self.values[index] += value
+
+    def add_provider_cost(self, other: Sequence[int]) -> None:
+        for index, value in enumerate(other):
+            self.provider_costed[index] += value
 
     def __getitem__(self, name: str) -> int:
         return self.values[_INDEX[name]]
@@ -189,6 +205,10 @@ async def spend_report(connection: AsyncConnection, query: SpendQuery) -> SpendR
     for (_, *group), values in sums.items():
         totals.add(values)
         by_group.setdefault(tuple(group), Sums()).add(values)
+    provider_costs = await _provider_costs(connection, query)
+    for group, values in provider_costs.items():
+        totals.add_provider_cost(values)
+        by_group.setdefault(group, Sums()).add_provider_cost(values)
     labels = await _labels(connection, query.group_by)
     ranked = sorted(by_group.items(), key=lambda item: _rank(item, query.group_by, labels))
     kept = {group for group, _ in ranked[: query.top]} if query.top else set(by_group)
@@ -199,6 +219,7 @@ async def spend_report(connection: AsyncConnection, query: SpendQuery) -> SpendR
         for ranked_group, ranked_sums in ranked:
             if ranked_group not in kept:
                 folded.add(ranked_sums.values)
+                folded.add_provider_cost(ranked_sums.provider_costed)
         groups.append((other, folded))
     order = {group: index for index, (group, _) in enumerate(groups)}
     series_sums: dict[tuple[int, Group], Sums] = {}
@@ -211,6 +232,28 @@ async def spend_report(connection: AsyncConnection, query: SpendQuery) -> SpendR
         key=lambda item: (item[0], order[item[1]]),
     )
     return SpendReport(query, source, totals, groups, series, buckets, labels)
+
+
+async def _provider_costs(connection: AsyncConnection, query: SpendQuery) -> dict[Group, list[int]]:
+    """Per group: entries with a provider-reported cost, its sum and Ledger's cost of them.
+
+    Raw entries over the range (rollups do not keep the provider's cost)."""
+    raw = _raw_query(
+        connection.dialect.name, query.since, query.until, [], zone(query.timezone),
+        query.until, None, query.group_by, query.filters,
+    )  # fmt: skip
+    raw = raw.where(E.provider_cost_nanos.is_not(None)).add_columns(
+        func.count().label("pc_entries"),
+        func.sum(E.provider_cost_nanos).label("pc_nanos"),
+        func.sum(E.cost_nanos).label("pc_cost"),
+    )
+    found: dict[Group, list[int]] = {}
+    for row in await connection.execute(raw):
+        group = _group_key(row, query.group_by)[1:]
+        mapping = row._mapping
+        values = [int(mapping[name] or 0) for name in ("pc_entries", "pc_nanos", "pc_cost")]
+        found[group] = [a + b for a, b in zip(found.get(group, [0, 0, 0]), values, strict=True)]
+    return found
 
 
 def _rank(
@@ -376,6 +419,10 @@ def _raw_query(
             expression = func.coalesce(E.end_user, "")
         elif name == "session":  # the end user's session (Claude Code's), "" when none
             expression = func.coalesce(E.end_user_session, "")
+        elif name == "priced_model":
+            expression = func.coalesce(_PRICED.c.model, E.requested_model, "")
+        elif name == "served_model":
+            expression = func.coalesce(E.served_model, "")
         else:
             expression = rollups.raw_dimension(_ROLLUP_COLUMN[name])
         columns.append(expression.label(f"d_{name}"))
@@ -385,8 +432,13 @@ def _raw_query(
     query = select(*columns, *rollups.raw_metric_columns()).where(
         E.started_at >= start, E.started_at < stop
     )
+    source: Any = E.__table__
     if tag is not None:
-        query = query.select_from(E).outerjoin(tag, true())
+        source = source.outerjoin(tag, true())
+    if "priced_model" in dimensions:
+        source = source.outerjoin(_PRICED, _PRICED.c.id == E.price_id)
+    if source is not E.__table__:
+        query = query.select_from(source)
     for values, column in (
         (filters.team_ids, E.team_id),
         (filters.key_ids, E.key_id),

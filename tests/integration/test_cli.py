@@ -200,7 +200,7 @@ def price_map(tmp_path: Path) -> Path:
 def _price_rows(database_url: str) -> list[list[str]]:
     lines = _ledger(database_url, "prices", "list").stdout.splitlines()
     header = "model\teffective_from\torigin\tinput/1M\tcached/1M\toutput/1M"
-    assert lines[0] == header + "\tprovider\tsource\ttiers"
+    assert lines[0] == header + "\tprovider\tsource\ttiers\tfees"
     # The first six columns are the prices; provider, source and tiers follow.
     return [line.split("\t")[:6] for line in lines[1:]]
 
