@@ -12,6 +12,13 @@ figure a change must move.
     python bench/ab.py --py-spy /tmp/prof                # + py-spy --gil in the last round
     python bench/ab.py --databases sqlite --connections 1 \
         --variant wp=LEDGER_WRITER_PROCESS=true          # + a Ledger with other settings
+    python bench/ab.py --scenario responses --streams 100   # POST /v1/responses, and the
+                                                         # first event of streamed ones
+
+``--scenario`` picks the endpoint (``chat``: ``/v1/chat/completions``; ``responses``:
+``/v1/responses``; ``embeddings``: a hook, see ``SCENARIOS``). ``--streams N`` then
+times N sequential streamed requests of the scenario per server (``load.py stream``):
+the first event's and the whole stream's latency, client-side.
 
 Ledger is started (with ``python -P``) from whichever ``ledger`` package Python imports
 from its path, so ``PYTHONPATH=<worktree>`` measures that git worktree, whatever the
@@ -37,13 +44,14 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from load import run_wrk  # noqa: E402
+from load import run_python_client, run_wrk  # noqa: E402
 from run import (  # noqa: E402  (the body run.py measures, numbered per request)
     SMALL_PROMPT,
     fresh_postgres,
 )
 from servers import (  # noqa: E402
     JSON_MODEL,
+    SSE_MODEL,
     LedgerServer,
     PassthroughServer,
     Server,
@@ -53,6 +61,23 @@ from servers import (  # noqa: E402
 )
 from upstream import NginxUpstream  # noqa: E402
 
+# Each scenario: its path (after /v1, both at Ledger and at the pass-through's /json or
+# /sse prefix) and its body, non-streamed and streamed. POST /v1/embeddings is not on
+# main yet (another branch adds it): its scenario is the hook to fill in then (a
+# ``/json/v1/embeddings`` location in bench/upstream.py and its body here).
+SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None]] = {
+    "chat": (
+        "/chat/completions",
+        {"model": JSON_MODEL, "messages": SMALL_PROMPT},
+        {"model": SSE_MODEL, "messages": SMALL_PROMPT, "stream": True},
+    ),
+    "responses": (
+        "/responses",
+        {"model": JSON_MODEL, "input": SMALL_PROMPT[-1]["content"]},
+        {"model": SSE_MODEL, "input": SMALL_PROMPT[-1]["content"], "stream": True},
+    ),
+}
+
 
 @dataclass
 class Contender:
@@ -61,6 +86,8 @@ class Contender:
     server: Server
     token: str | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
+    stream_url: str | None = None
+    streams: dict[str, Any] | None = None
 
 
 def thread_ticks(pid: int) -> dict[str, tuple[str, int, int]]:
@@ -156,6 +183,8 @@ def main() -> None:
     parser.add_argument("--load-cpus", default=str((os.cpu_count() or 1) - 1))
     parser.add_argument("--py-spy", metavar="PREFIX", help="py-spy --gil raw profiles")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--scenario", choices=[*SCENARIOS, "embeddings"], default="chat")
+    parser.add_argument("--streams", type=int, default=0, help="streamed requests to time")
     parser.add_argument(
         "--lean-passthrough",
         action="store_true",
@@ -170,20 +199,33 @@ def main() -> None:
         help="one more Ledger per database, with these environment variables (repeatable)",
     )
     args = parser.parse_args()
+    if args.scenario not in SCENARIOS:
+        parser.error(f"the {args.scenario} scenario needs its endpoint on main (see SCENARIOS)")
+    path, plain, streamed = SCENARIOS[args.scenario]
 
     work = Path(tempfile.mkdtemp(prefix="ledger-ab-"))
     body = work / "body.json"
-    body.write_text(json.dumps({"model": JSON_MODEL, "messages": SMALL_PROMPT}), encoding="utf-8")
+    body.write_text(json.dumps(plain), encoding="utf-8")
+    stream_body = work / "stream.json"
+    stream_body.write_text(json.dumps(streamed), encoding="utf-8")
     upstream = NginxUpstream(free_port(), cpus=args.load_cpus).start()
     contenders: list[Contender] = []
     try:
         passthrough = PassthroughServer(work, upstream.url).start()
         contenders.append(
-            Contender("passthrough", f"{passthrough.url}/json/v1/chat/completions", passthrough)
-        )
+            Contender(
+                "passthrough", f"{passthrough.url}/json/v1{path}", passthrough,
+                stream_url=f"{passthrough.url}/sse/v1{path}",
+            )
+        )  # fmt: skip
         if args.lean_passthrough:
             lean = PassthroughServer(work, upstream.url, client="ledger").start()
-            contenders.append(Contender(lean.name, f"{lean.url}/json/v1/chat/completions", lean))
+            contenders.append(
+                Contender(
+                    lean.name, f"{lean.url}/json/v1{path}", lean,
+                    stream_url=f"{lean.url}/sse/v1{path}",
+                )
+            )  # fmt: skip
         variants = [("", {})] + [parse_variant(text) for text in args.variant]
         for database in args.databases.split(","):
             for suffix, env in variants:
@@ -196,9 +238,10 @@ def main() -> None:
                 contenders.append(
                     Contender(
                         name,
-                        f"{ledger.url}/v1/chat/completions",
+                        f"{ledger.url}/v1{path}",
                         ledger,
                         token=ledger.create_tenant(f"ab-{name}").key,
+                        stream_url=f"{ledger.url}/v1{path}",
                     )
                 )
         for contender in contenders:  # warm-up: connections, encodings, budget leases
@@ -219,6 +262,13 @@ def main() -> None:
                     f"(threads, user+system µs/req: {threads})  errors {run['errors']}",
                     flush=True,
                 )
+        for contender in contenders if args.streams else []:
+            token = ["--token", contender.token] if contender.token else []
+            contender.streams = run_python_client(
+                ["stream", "--url", contender.stream_url or "", "--body", str(stream_body),
+                 "--count", str(args.streams), *token],
+                cpus=args.load_cpus, timeout=600,
+            )  # fmt: skip
     finally:
         for contender in reversed(contenders):
             contender.server.stop()
@@ -236,9 +286,19 @@ def main() -> None:
         cpu = sum(run["cpu_us_per_request"] for run in runs) / len(runs)
         p50 = statistics.median(run["p50_ms"] for run in runs)
         p99 = statistics.median(run["p99_ms"] for run in runs)
-        summary[contender.name] = {"rps": rps, "ratio": rps / base, "runs": runs}
+        summary[contender.name] = {
+            "rps": rps, "ratio": rps / base, "runs": runs, "streams": contender.streams,
+        }  # fmt: skip
         print(
             f"{contender.name:20s} {rps:8.0f} {rps / base:6.3f} {cpu:11.0f} {p50:7.2f} {p99:7.2f}"
+        )
+    for contender in contenders if args.streams else []:
+        streams = contender.streams or {}
+        first, total = streams.get("first_event_ms", {}), streams.get("total_ms", {})
+        print(
+            f"{contender.name:20s} streamed: first event p50 {first.get('p50', 0):.2f} "
+            f"p99 {first.get('p99', 0):.2f} ms, whole stream p50 {total.get('p50', 0):.2f} ms, "
+            f"statuses {streams.get('statuses')}"
         )
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1), encoding="utf-8")

@@ -15,6 +15,9 @@ Locations (the same paths under each prefix, so a base URL picks the behaviour):
 - ``/json/v1/messages``            an Anthropic ``message`` with ``usage``
 - ``/sse/v1/messages``             an Anthropic event stream at once
 - ``/json/v1/messages/count_tokens``
+- ``/json/v1/responses``           an OpenAI Responses ``response`` with ``usage``
+- ``/sse/v1/responses``            a whole Responses event stream at once (``response.created``
+  … ``response.completed`` with its usage)
 
 Run it alone with ``python bench/upstream.py --port 9100`` (Ctrl-C stops it).
 """
@@ -153,6 +156,53 @@ def chat_stream_events() -> list[bytes]:
     return [b"data: " + _compact(event) + b"\n\n" for event in events] + [b"data: [DONE]\n\n"]
 
 
+def responses_response() -> bytes:
+    """The fixed non-streaming Responses reply (same text and token counts as the chat one)."""
+    return _compact(_responses_object("completed"))
+
+
+def _responses_object(status: str) -> dict[str, object]:
+    done = status == "completed"
+    message = {
+        "type": "message", "id": "msg_bench0000", "status": "completed", "role": "assistant",
+        "content": [{"type": "output_text", "text": " ".join(CONTENT_WORDS), "annotations": []}],
+    }  # fmt: skip
+    return {
+        "id": "resp_bench0000000000000000", "object": "response", "created_at": CREATED,
+        "status": status, "model": "gpt-4.1-mini-2025-04-14", "error": None,
+        "output": [message] if done else [],
+        "usage": {
+            "input_tokens": PROMPT_TOKENS, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": COMPLETION_TOKENS, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+        } if done else None,
+    }  # fmt: skip
+
+
+def responses_stream_events() -> list[bytes]:
+    """A Responses stream: created, in_progress, 20 text deltas, done events, completed."""
+    opening = _responses_object("in_progress")
+    final = _responses_object("completed")
+    where = {"item_id": "msg_bench0000", "output_index": 0, "content_index": 0}
+    events: list[dict[str, object]] = [
+        {"type": "response.created", "response": opening},
+        {"type": "response.in_progress", "response": opening},
+    ]
+    events += [
+        {"type": "response.output_text.delta", **where, "delta": " " + word if i else word}
+        for i, word in enumerate(CONTENT_WORDS[:20])
+    ]
+    events.append({"type": "response.output_text.done", **where, "text": " ".join(CONTENT_WORDS)})
+    events.append({"type": "response.completed", "response": final})
+    return [
+        f"event: {event['type']}\n".encode()
+        + b"data: "
+        + _compact({**event, "sequence_number": n})
+        + b"\n\n"
+        for n, event in enumerate(events)
+    ]
+
+
 def anthropic_message() -> bytes:
     """The fixed non-streaming Anthropic reply."""
     return _compact(
@@ -270,6 +320,7 @@ def nginx_config(port: int, root: Path, paced_port: int) -> str:
     """The whole nginx.conf: one worker, keep-alive forever, every answer from memory."""
     chat_sse = _echo(chat_stream_events())
     anthropic_sse = _echo(anthropic_stream_events())
+    responses_sse = _echo(responses_stream_events())
     count = _compact({"input_tokens": PROMPT_TOKENS})
     return f"""
 load_module {ECHO_MODULE};
@@ -319,6 +370,14 @@ http {{
         location = /json/v1/messages/count_tokens {{
             default_type application/json;
             return 200 {_quoted(count)};
+        }}
+        location = /json/v1/responses {{
+            default_type application/json;
+            return 200 {_quoted(responses_response())};
+        }}
+        location = /sse/v1/responses {{
+            default_type text/event-stream;
+{responses_sse}
         }}
         location = /healthz {{ return 200 'ok'; }}
     }}

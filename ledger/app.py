@@ -40,6 +40,7 @@ from ledger.budgets.guard import BudgetGuard
 from ledger.budgets.routes import BudgetController
 from ledger.config import Settings
 from ledger.db import dead_letters
+from ledger.db.background import open_request_ids
 from ledger.db.engine import create_engine, create_sessionmaker, is_sqlite, is_sqlite_file
 from ledger.db.journal import Journal, JournalUnavailable, journal_directory
 from ledger.db.ledger import LedgerEntry
@@ -60,7 +61,7 @@ from ledger.providers import Provider, build_providers
 from ledger.redaction import Redactor
 from ledger.reports.routes import REPORT_ROUTES
 from ledger.reports.usage import UsageController
-from ledger.scheduler import LedgerScheduler, ledger_jobs
+from ledger.scheduler import LedgerScheduler, background_poll_job, ledger_jobs
 from ledger.tokens import O200K_BASE, encoding_name_for_model, get_encoding, loaded_encodings
 
 logger = logging.getLogger("ledger")
@@ -169,6 +170,7 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         max_event_bytes=settings.max_event_bytes,
         redactor=redactor,
         body_read_timeout_s=settings.body_read_timeout_s,
+        engine=engine,
     )
     return Services(
         settings, engine, sessions, authenticator, prices, router, providers, writer, journal,
@@ -222,6 +224,10 @@ async def recover_journals(engine: AsyncEngine, journal: Journal) -> list[Ledger
     dead-letter table refuses is returned, for this process's writer to hold and retry.
     """
     recovered = journal.take_over_orphans()
+    # A background response's creation is owed by its open row (the poller records it),
+    # not by the journal: a process that died just after keeping it open left both.
+    owed = await open_request_ids(engine, [e.request_id for e in recovered.interrupted])
+    recovered.interrupted = [e for e in recovered.interrupted if e.request_id not in owed]
     entries = recovered.pending + recovered.interrupted
     unkept: list[LedgerEntry] = []
     if entries:
@@ -298,7 +304,10 @@ def create_app(
         refresher = asyncio.create_task(_refresh_prices(services.prices))
         scheduler = None
         if settings.scheduler:
-            scheduler = LedgerScheduler(services.engine, ledger_jobs(services.engine, settings))
+            jobs = ledger_jobs(services.engine, settings)
+            # Only a serving process knows the providers, so only it polls them.
+            jobs.append(background_poll_job(services.gateway, settings))
+            scheduler = LedgerScheduler(services.engine, jobs)
             scheduler.start()
         if serving_process:
             gc.collect()

@@ -113,6 +113,9 @@ class Settings:
     reservation_ttl_s: float = 30.0
     budget_check_interval_s: float = 30.0
     reservation_sweep_interval_s: float = 10.0
+    # How often open background responses are fetched from their provider and, once
+    # finished, recorded (once per tick across processes).
+    background_poll_interval_s: float = 10.0
     alert_delivery_interval_s: float = 5.0
     # Addresses whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated,
     # "*" for any). Unset: none are, and the client is the connection's peer.
@@ -163,6 +166,7 @@ _ENV_FIELDS: dict[str, type] = {
     "journal_dir": str,
     "budget_check_interval_s": float,
     "reservation_sweep_interval_s": float,
+    "background_poll_interval_s": float,
     "alert_delivery_interval_s": float,
     "trusted_proxies": str,
     "header_read_timeout_s": float,

@@ -91,6 +91,19 @@ def ledger_jobs(engine: AsyncEngine, settings: Settings) -> list[Job]:
     ]  # fmt: skip
 
 
+def background_poll_job(gateway: Any, settings: Settings) -> Job:
+    """Fetch open background responses and record the finished ones (``Gateway.poll_background``).
+
+    Handed the gateway by the serving process: the scheduler sits below it.
+    """
+    return Job(
+        "poll_background_responses",
+        settings.background_poll_interval_s,
+        gateway.poll_background,
+        lambda n: f"recorded {n} finished background response(s)" if n else None,
+    )
+
+
 def _rollup_check_did(check: Any) -> str | None:
     if check.ok:
         return None

@@ -7,7 +7,8 @@
 Replies and directives are the chat completions' (see ``tests.fake_upstream``), read from
 the last user text of ``input``; besides them, ``web_search_calls=N`` puts N
 ``web_search_call`` items before the message. A background response is ``queued`` when
-created and ``completed`` ``background_ms`` after it (default 300 ms), whoever asks.
+created and ``completed`` ``background_ms`` after it (default 300 ms), whoever asks;
+streamed (``stream: true`` too), it streams as any response does.
 
 ``input_tokens`` is :func:`count_responses_input_tokens` of the body (or ``prompt_tokens=N``).
 """
@@ -125,7 +126,7 @@ class FakeResponses:
         )
         stored = _Stored(response=final, input_items=list(items or []), final=final)
         self._stored[ident] = stored
-        if body.get("background") is True:
+        if body.get("background") is True and body.get("stream") is not True:
             wait_ms = int(m.group(1)) if (m := _BACKGROUND_MS.search(text)) else 300
             stored.done_at = time.monotonic() + wait_ms / 1000
             stored.response = {**final, "status": "queued", "usage": None, "output": []}

@@ -42,6 +42,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -62,6 +63,9 @@ LEASE_IDLE_S = 1.0
 # A prompt is counted exactly (Anthropic's count_tokens) only when its local worst case
 # is more than 1/10 of what some applicable hard budget has left.
 EXACT_ESTIMATE_SHARE_OF_HEADROOM = 10
+# A durable reservation (a background response's) is renewed by no process: it lives
+# until its entry settles it, or, should nothing ever settle it, this long.
+DURABLE_RESERVATION_TTL = timedelta(days=1)
 
 _DATABASE_ERRORS = (OperationalError, DBAPIError, OSError, TimeoutError, ConnectionError)
 
@@ -227,26 +231,29 @@ class BudgetGuard:
         at: datetime,
         *,
         clamp: Clamp | None = None,
+        durable: bool = False,
     ) -> Reservation:
         """Set ``amount`` aside on every applicable hard budget, or raise BudgetExceeded.
 
         If the budget that refuses allows clamping, ``clamp`` is asked for a smaller
         output cap that fits what it has left, and the reservation is made for that.
+        ``durable``: the request may outlive this process (a background response), so
+        its reservation is exact (no lease), renewed by nobody and kept until settled.
         """
         try:
-            return await self._reserve(request_id, scope, amount, at)
+            return await self._reserve(request_id, scope, amount, at, durable)
         except BudgetExceeded as refused:
             if clamp is None or not refused.clampable or refused.remaining is None:
                 raise
             clamped = clamp(refused.remaining)
             if clamped is None or clamped[1] >= amount:
                 raise
-            reservation = await self._reserve(request_id, scope, clamped[1], at)
+            reservation = await self._reserve(request_id, scope, clamped[1], at, durable)
             reservation.clamped_output_tokens = clamped[0]
             return reservation
 
     async def _reserve(
-        self, request_id: str, scope: RequestScope, amount: int, at: datetime
+        self, request_id: str, scope: RequestScope, amount: int, at: datetime, durable: bool
     ) -> Reservation:
         holds = [Hold(rule, *rule.bounds(at)) for rule in self.applicable(scope)]
         reservation = Reservation(
@@ -258,7 +265,8 @@ class BudgetGuard:
                 if not hold.rule.hard:
                     continue
                 hold.amount = amount
-                lease = await self._lease_for(hold, amount) if self._use_leases else None
+                use_lease = self._use_leases and not durable
+                lease = await self._lease_for(hold, amount) if use_lease else None
                 if lease is not None:
                     lease.in_flight += amount
                     lease.last_used = time.monotonic()
@@ -266,7 +274,7 @@ class BudgetGuard:
                 else:
                     exact.append(hold)
             if exact:
-                await self._reserve_exactly(request_id, exact, amount)
+                await self._reserve_exactly(request_id, exact, amount, durable)
         except BudgetExceeded:
             self._undo_leases(holds)
             raise
@@ -319,6 +327,23 @@ class BudgetGuard:
                     Settlement(hold.rule.id, hold.period_start, hold.period_end, cost)
                 )
         return settlements
+
+    @staticmethod
+    def hold_records(reservation: Reservation) -> list[dict[str, object]]:
+        """A durable reservation's holds as JSON-ready records, to settle in any process.
+
+        Only a ``durable`` reservation has no lease to depend on this process.
+        """
+        return [
+            {
+                "budget_id": hold.rule.id,
+                "period_start": hold.period_start.isoformat(),
+                "period_end": hold.period_end.isoformat() if hold.period_end else None,
+                "amount": hold.amount,
+                "reservation_id": hold.reservation_id,
+            }
+            for hold in reservation.holds
+        ]
 
     # -- leases and exact reservations ----------------------------------------------------
 
@@ -384,8 +409,11 @@ class BudgetGuard:
     def _lease_size(limit: int, headroom: int) -> int:
         return max(0, min(limit // LEASE_SHARE_OF_LIMIT, headroom // LEASE_SHARE_OF_HEADROOM))
 
-    async def _reserve_exactly(self, request_id: str, holds: Sequence[Hold], amount: int) -> None:
+    async def _reserve_exactly(
+        self, request_id: str, holds: Sequence[Hold], amount: int, durable: bool = False
+    ) -> None:
         ids = [uuid.uuid4().hex for _ in holds]
+        expires_at = datetime.now(UTC) + (DURABLE_RESERVATION_TTL if durable else self._ttl)
         try:
             async with self._engine.begin() as connection:
                 await store.ensure_periods(
@@ -403,28 +431,29 @@ class BudgetGuard:
                         reservation_id=reservation_id,
                         budget_id=hold.rule.id,
                         start=hold.period_start,
-                        kind="request",
+                        kind="durable" if durable else "request",
                         request_id=request_id,
                         owner=self.owner,
                         amount=amount,
-                        expires_at=datetime.now(UTC) + self._ttl,
+                        expires_at=expires_at,
                     )
         except _Refused as refused:
-            await self._refuse(request_id, holds, amount, refused.hold)
+            await self._refuse(request_id, holds, amount, refused.hold, durable)
             return
         for hold, reservation_id in zip(holds, ids, strict=True):
             hold.reservation_id = reservation_id
-            self._live_reservations.add(reservation_id)
+            if not durable:  # this process renews it while the request runs
+                self._live_reservations.add(reservation_id)
 
     async def _refuse(
-        self, request_id: str, holds: Sequence[Hold], amount: int, failed: Hold
+        self, request_id: str, holds: Sequence[Hold], amount: int, failed: Hold, durable: bool
     ) -> None:
         key = (failed.rule.id, failed.period_start)
         own = self._leases.get(key)
         if own is not None and own.in_flight == 0:
             # Our own idle slice may be what is missing: hand it back and try once more.
             await self._return_leases([own])
-            await self._reserve_exactly(request_id, holds, amount)
+            await self._reserve_exactly(request_id, holds, amount, durable)
             return
         async with self._engine.connect() as connection:
             state = await store.read_period(connection, failed.rule.id, failed.period_start)
@@ -523,6 +552,24 @@ _OPEN = PeriodState(0, 0, False)
 class _Refused(Exception):
     def __init__(self, hold: Hold) -> None:
         self.hold = hold
+
+
+def settlements_from_records(records: Sequence[dict[str, Any]], cost: int) -> list[Settlement]:
+    """What :meth:`BudgetGuard.settle` would return for holds kept by ``hold_records``."""
+    settlements = []
+    for record in records:
+        end = record["period_end"]
+        settlements.append(
+            Settlement(
+                record["budget_id"],
+                datetime.fromisoformat(record["period_start"]),
+                datetime.fromisoformat(end) if end else None,
+                cost,
+                record["amount"] if record["reservation_id"] else 0,
+                record["reservation_id"],
+            )
+        )
+    return settlements
 
 
 def _budget_headers(hold: Hold, remaining: int) -> dict[str, str]:

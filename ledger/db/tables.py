@@ -341,6 +341,32 @@ class SchedulerRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp())
 
 
+class OpenBackgroundResponse(Base):
+    """A ``background: true`` response still running at its provider: its entry is owed.
+
+    The entry is written once, when the response is terminal (the client's retrieve, a
+    cancel, or the poller finds it so). ``entry`` is the request's entry as it stood at
+    creation (JSON), ``holds`` its durable budget reservations; ``claimed_by`` and
+    ``claimed_at`` say which process is settling it (a stale claim is taken over).
+    """
+
+    __tablename__ = "open_background_responses"
+    __table_args__ = (Index("ix_open_background_responses_created_at", "created_at"),)
+
+    response_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    provider: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str | None] = mapped_column(String(256))
+    price_id: Mapped[int | None] = mapped_column(Integer)
+    team_id: Mapped[int | None] = mapped_column(Integer)
+    estimated_cost_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    entry: Mapped[str] = mapped_column(Text)
+    holds: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp())
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column(Timestamp())
+
+
 # -- reports: rollups, closed months, late adjustments --------------------------------
 # (Imported here rather than at the top so that this section can be appended on its own.)
 from typing import Any  # noqa: E402

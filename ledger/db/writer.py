@@ -311,6 +311,12 @@ class LedgerWriter:
         if self._journal is not None:
             self._journal.forwarding(entry, prompt_cost)
 
+    def handed_over(self, request_id: str) -> None:
+        """A request's entry is owed by a database row now (an open background response):
+        the journal no longer needs to account for it should this process die."""
+        if self._journal is not None:
+            self._journal.done([request_id])
+
     # -- recording ----------------------------------------------------------------------
 
     async def record(self, entry: LedgerEntry) -> None:

@@ -61,6 +61,9 @@ class Endpoint:
     asks_for_stream_usage: bool = False
     # A stream's usage is complete only once its output count arrived (Anthropic).
     usage_needs_output: bool = False
+    # (background responses) The id of a response the provider is still working on:
+    # its usage comes later, so its entry is written when it finishes.
+    still_running: Callable[[Any], str | None] | None = None
 
 
 def _openai_relay(
@@ -112,6 +115,7 @@ ENDPOINTS: Mapping[str, Endpoint] = {
             "responses", OPENAI, "responses", parse_openai_responses, "responses",
             openai_responses.usage_from_payload, openai_responses.response_text,
             _responses_relay, output_cap_field="max_output_tokens",
+            still_running=openai_responses.running_response_id,
         ),
     )
 }  # fmt: skip

@@ -23,10 +23,13 @@ from typing import Any
 
 import anyio
 import msgspec
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.admin.identity import Authenticator, Principal
-from ledger.budgets.guard import BudgetGuard, Reservation
+from ledger.budgets.guard import BudgetGuard, Reservation, settlements_from_records
 from ledger.budgets.model import RequestScope
+from ledger.db import background
+from ledger.db.journal import entry_from_json
 from ledger.db.ledger import LedgerEntry, new_request_id
 from ledger.db.prices import LivePrices
 from ledger.db.writer import LedgerWriter
@@ -59,7 +62,7 @@ from ledger.gateway.routing import ModelRouter, Route
 from ledger.money import format_usd
 from ledger.observability import Metrics, current_access, current_request_id
 from ledger.pricing import Price, price_cost, requested_factor, worst_case_cost
-from ledger.providers import UpstreamResponse, anthropic, openai
+from ledger.providers import UpstreamResponse, anthropic, openai, openai_responses
 from ledger.redaction import Redactor
 from ledger.tokens import approximate_anthropic_prompt, count_text_tokens, estimate_prompt
 from ledger.usage import (
@@ -135,8 +138,12 @@ class Gateway:
         max_event_bytes: int = 8 * 1024 * 1024,
         redactor: Redactor | None = None,
         body_read_timeout_s: float | None = None,
+        engine: AsyncEngine | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
+        # Where open background responses are kept (None: they are recorded when created,
+        # at their prompt estimate).
+        self._engine = engine
         self.body_read_timeout_s = body_read_timeout_s
         self._max_event_bytes = max_event_bytes
         # Cuts the providers' keys out of whatever a provider says that Ledger passes on.
@@ -253,12 +260,16 @@ class Gateway:
             def clamp(remaining: int) -> tuple[int, int] | None:
                 return _largest_output_within(remaining, worst_case, price)
 
+            # A background response outlives its request, perhaps this process: its
+            # reservation is kept in the database until its entry settles it.
+            pending = request.background and not request.stream and self._engine is not None
             reservation = await self._budgets.reserve(
                 entry.request_id,
                 scope,
                 worst_case(asked_output),
                 started,
                 clamp=clamp,
+                durable=pending,
             )
             if reservation.clamped_output_tokens is not None:
                 output_cap = reservation.clamped_output_tokens
@@ -307,6 +318,18 @@ class Gateway:
             payload = _json_or_none(payload_bytes)
             if payload is None:
                 raise UpstreamFailed("The provider returned a response that is not valid JSON.")
+            running = endpoint_for(request.endpoint).still_running
+            if pending and running is not None and (response_id := running(payload)):
+                # Finished later: its one entry is written then, from the final usage.
+                opened = await self._open_background(
+                    entry, response_id, reservation, prompt_cost, output_limit
+                )
+                if opened:
+                    headers = {**upstream.headers, **reservation.headers}
+                    return GatewayReply(
+                        upstream.status, {**headers, **_ledger_headers(entry)}, payload_bytes
+                    )
+                entry.error = "The background response could not be tracked: priced at its prompt."
             try:
                 usage = endpoint_for(request.endpoint).usage(payload)
                 doubt = (
@@ -410,6 +433,10 @@ class Gateway:
             payload = _json_or_none(body)
             if isinstance(payload, dict) and isinstance(payload.get("model"), str):
                 entry.requested_model = fit_text(payload["model"], MODEL_CHARS)
+            if call.method in ("GET", "POST") and isinstance(payload, dict):
+                # A background response the client sees finished (retrieved, cancelled)
+                # is settled now; its own entry is the one its creation answered with.
+                await self.settle_background(payload)
             entry.status, entry.http_status = "ok", upstream.status
             await self._record(entry)
             return GatewayReply(
@@ -429,6 +456,180 @@ class Gateway:
             with anyio.CancelScope(shield=True):
                 await self._record(entry)
             raise
+
+    # -- background responses -----------------------------------------------------------
+
+    async def _open_background(
+        self,
+        entry: LedgerEntry,
+        response_id: str,
+        reservation: Reservation,
+        prompt_cost: int,
+        output_limit: int | None,
+    ) -> bool:
+        """Keep a running background response open in the database, its entry unwritten.
+
+        Its reservation stays (durable); the journal lets go of the request, since the
+        row now owes its entry. False if the row cannot be written: the caller records
+        the entry now, at the prompt's estimate, rather than lose it.
+        """
+        assert self._engine is not None
+        entry.status, entry.http_status = "ok", 200
+        entry.budgets_seen = reservation.rules_fingerprint
+        holds = {"holds": self._budgets.hold_records(reservation), "output_limit": output_limit}
+        try:
+            await background.insert_open(
+                self._engine,
+                response_id=response_id,
+                request_id=entry.request_id,
+                provider=entry.provider or "",
+                model=entry.requested_model,
+                price_id=entry.price_id,
+                team_id=entry.team_id,
+                estimated_cost_nanos=prompt_cost,
+                entry=msgspec.json.encode(entry).decode(),
+                holds=json.dumps(holds),
+                created_at=datetime.now(UTC),
+            )
+        except Exception:
+            logger.exception("background response %s could not be kept open", response_id)
+            return False
+        reservation.settled = True  # by the open row's holds, whoever settles it
+        self._writer.handed_over(entry.request_id)
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+        return True
+
+    async def settle_background(self, payload: Any) -> bool:
+        """Record a finished background response's one entry, if it is open; once.
+
+        ``payload`` is the response as its provider reports it. Whoever claims the open
+        row first (client's retrieve or cancel, any process's poller) records it, with
+        the request id the client was given at creation, and closes the row.
+        """
+        response_id = openai_responses.response_id(payload)
+        status = openai_responses.status_of(payload)
+        if self._engine is None or response_id is None:
+            return False
+        if status not in openai_responses.TERMINAL_STATUSES:
+            return False
+        claimed = await background.claim(
+            self._engine, response_id, self._budgets.owner, datetime.now(UTC)
+        )
+        if claimed is None:
+            return False
+        self._in_flight += 1
+        self._idle.clear()
+        entry = entry_from_json(json.loads(claimed.entry))
+        kept = json.loads(claimed.holds)
+        with anyio.CancelScope(shield=True):
+            self._finish_background(entry, payload, status, claimed, kept.get("output_limit"))
+            entry.settlements = settlements_from_records(kept["holds"], entry.cost_nanos)
+            await self._record(entry)
+            # The entry is durable (journal or database): the row may go. Should this
+            # process die first, the row's claim goes stale and the entry's request id
+            # keeps the next settler from writing it twice.
+            await background.close(self._engine, response_id)
+        return True
+
+    def _finish_background(
+        self,
+        entry: LedgerEntry,
+        payload: Any,
+        status: str | None,
+        claimed: background.OpenResponse,
+        output_limit: int | None,
+    ) -> None:
+        entry.ended_at = datetime.now(UTC)
+        usage: Usage | None
+        try:
+            usage = openai_responses.usage_from_payload(payload)
+            doubt = (
+                None
+                if usage is None
+                else implausibility(usage, max_output_tokens=output_limit, choices=1)
+            )
+            if doubt is not None:
+                raise ImplausibleUsage(doubt, raw=openai_responses.response_of(payload))
+        except ImplausibleUsage as rejected:
+            _disbelieve(entry, rejected)
+            usage = None
+        try:
+            route = self._router.resolve(entry.requested_model or "")
+            price: Price | None = self._price(route, entry.started_at)
+        except LedgerError:
+            route, price = None, None
+        if usage is None:
+            text = openai_responses.response_text(payload)
+            model = entry.served_model or entry.requested_model or ""
+            usage = Usage(
+                input_tokens=entry.estimated_input_tokens or 0,
+                output_tokens=count_text_tokens(model, text) if text else 0,
+            )
+            entry.usage_source = "estimated"
+        else:
+            entry.usage_source = "provider"
+        if route is not None and price is not None:
+            self._settle(entry, usage, price, route)
+        else:  # the model is no longer served or priced: the prompt as priced at creation
+            _note_usage(entry, usage)
+            entry.cost_nanos = entry.input_cost_nanos = claimed.estimated_cost_nanos
+            entry.error = _join(
+                entry.error, "The model's price could not be found again: priced at the prompt."
+            )
+        if status == "failed":
+            entry.status = "upstream_error"
+            failure = payload.get("error") if isinstance(payload, dict) else None
+            message = failure.get("message") if isinstance(failure, dict) else None
+            entry.error = _join(entry.error, str(message or "The background response failed."))
+        elif status == "cancelled":
+            entry.error = _join(entry.error, "Cancelled; billed for what the provider reported.")
+
+    async def poll_background(self, limit: int = 200) -> int:
+        """Fetch open background responses from their providers; record the finished ones.
+
+        The scheduler runs this once per tick across processes. A response its provider
+        no longer has is recorded as failed, priced at its prompt. Returns how many were
+        recorded.
+        """
+        if self._engine is None:
+            return 0
+        recorded = 0
+        for response_id, provider_name in await background.due(
+            self._engine, datetime.now(UTC), limit
+        ):
+            provider = self._router.provider_named(provider_name)
+            if provider is None:
+                logger.warning("background response %s: no provider %r", response_id, provider_name)
+                continue
+            try:
+                upstream = await provider.transport.send(
+                    f"/responses/{response_id}",
+                    b"",
+                    {"accept": "application/json"},
+                    stream=False,
+                    method="GET",
+                )
+                try:
+                    payload = _json_or_none(await upstream.read())
+                finally:
+                    await upstream.aclose()
+            except LedgerError as error:
+                logger.warning("background response %s: %s", response_id, error.message)
+                continue
+            if upstream.status == 404:
+                payload = {
+                    "id": response_id,
+                    "object": "response",
+                    "status": "failed",
+                    "error": {"message": "The provider no longer has this background response."},
+                }
+            elif upstream.status != 200 or not isinstance(payload, dict):
+                continue
+            if await self.settle_background(payload):
+                recorded += 1
+        return recorded
 
     # -- steps --------------------------------------------------------------------------
 
@@ -838,14 +1039,7 @@ class Gateway:
         )
 
     def _settle(self, entry: LedgerEntry, usage: Usage, price: Price, route: Route) -> None:
-        entry.input_tokens = usage.input_tokens
-        entry.cache_read_tokens = usage.cache_read_tokens
-        entry.cache_write_5m_tokens = usage.cache_write_5m_tokens
-        entry.cache_write_1h_tokens = usage.cache_write_1h_tokens
-        entry.output_tokens = usage.output_tokens
-        entry.reasoning_tokens = usage.reasoning_tokens
-        entry.service_tier = usage.service_tier
-        entry.provider_cost_nanos = usage.provider_cost_nanos
+        _note_usage(entry, usage)
         if price.free or route.free:
             return
         if route.provider.kind == OPENAI and openai.is_regional_endpoint(route.provider.base_url):
@@ -983,6 +1177,17 @@ async def _started(stream: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
             await stream.aclose()
 
     return relay()
+
+
+def _note_usage(entry: LedgerEntry, usage: Usage) -> None:
+    entry.input_tokens = usage.input_tokens
+    entry.cache_read_tokens = usage.cache_read_tokens
+    entry.cache_write_5m_tokens = usage.cache_write_5m_tokens
+    entry.cache_write_1h_tokens = usage.cache_write_1h_tokens
+    entry.output_tokens = usage.output_tokens
+    entry.reasoning_tokens = usage.reasoning_tokens
+    entry.service_tier = usage.service_tier
+    entry.provider_cost_nanos = usage.provider_cost_nanos
 
 
 def _set_end_user(entry: LedgerEntry, named: str | None) -> None:

@@ -56,6 +56,9 @@ class ModelRouter:
         """The first configured provider that speaks ``protocol`` (for calls naming no model)."""
         return next((p for p in self._providers.values() if p.speaks(protocol)), None)
 
+    def provider_named(self, name: str) -> Provider | None:
+        return self._providers.get(name)
+
     def resolve(self, model: str) -> Route:
         route = self._configured.get(model)
         if route is not None:

@@ -107,6 +107,14 @@ def response_id(payload: Any) -> str | None:
     return ident if isinstance(ident, str) and ident else None
 
 
+def running_response_id(payload: Any) -> str | None:
+    """The id of a response that is not finished yet (queued, in progress), else None."""
+    status = status_of(payload)
+    if status is None or status in TERMINAL_STATUSES:
+        return None
+    return response_id(payload)
+
+
 def response_text(payload: Any) -> str:
     """Everything the model wrote in a response (for estimating lost usage)."""
     parts: list[str] = []
