@@ -112,9 +112,11 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
     prices = LivePrices(engine)
     await prices.reload()
     providers = build_providers(settings)
-    # A provider may echo its key in an error: cut every configured key out of what is
+    # A provider may echo its key in an error: cut every configured key (admin keys too) out of what is
     # relayed, stored and logged.
-    redactor = Redactor(provider.api_key for provider in settings.providers)
+    redactor = Redactor(
+        key for provider in settings.providers for key in (provider.api_key, provider.admin_api_key)
+    )
     redact_logs(redactor)
     if announce and settings.uses_mock_provider:
         _warn(

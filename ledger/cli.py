@@ -838,3 +838,43 @@ _register_subcommands()
 
 if __name__ == "__main__":
     main()
+
+
+@main.command("reconcile")
+@click.argument("month")
+@click.option("--provider", default=None, help="Only this provider.")
+@click.option("--refresh", is_flag=True, help="Pull the providers' reports first.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text")
+@click.pass_context
+def reconcile(
+    ctx: click.Context, month: str, provider: str | None, refresh: bool, fmt: str
+) -> None:
+    """Ledger's month beside the providers' own usage and cost reports (provider minus Ledger)."""
+    from ledger.db.engine import create_engine
+    from ledger.providers.admin_reports import ReportUnavailable
+    from ledger.reports import reconciliation
+    from ledger.reports.months import InvalidMonth
+
+    settings = _settings(ctx)
+
+    async def go() -> dict[str, Any]:
+        engine = create_engine(settings.database_url, null_pool=True)
+        try:
+            if refresh:
+                await reconciliation.refresh(engine, settings, month, provider)
+            return await reconciliation.reconciliation(engine, settings, month, provider)
+        finally:
+            await engine.dispose()
+
+    try:
+        report = _run(go)
+    except (InvalidMonth, ReportUnavailable) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyError as exc:
+        raise click.ClickException(f"no provider {provider!r} with an admin key") from exc
+    if fmt == "json":
+        click.echo(json.dumps(report, indent=2))
+    elif fmt == "csv":
+        click.echo(reconciliation.to_csv(report), nl=False)
+    else:
+        click.echo(reconciliation.to_text(report), nl=False)

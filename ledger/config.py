@@ -45,10 +45,20 @@ class ProviderConfig:
     # A model no price knows: "refuse" (400 model_not_priced), "record" (serve and
     # record it as unpriced) or "estimate:MODEL" (price it as MODEL).
     unknown_models: str = "refuse"
+    # An admin key for the provider's own usage and cost reports (reconciliation), and
+    # the URL they are asked at when it differs from base_url. Never printed or stored.
+    admin_api_key_env: str | None = None
+    admin_api_key: str | None = field(default=None, repr=False)
+    admin_base_url: str = ""
 
     @property
     def normalised_base_url(self) -> str:
         return self.base_url.rstrip("/")
+
+    @property
+    def reports_base_url(self) -> str:
+        """Where the admin reports are asked: ``admin_base_url``, else ``base_url``."""
+        return (self.admin_base_url or self.base_url).rstrip("/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +137,13 @@ class Settings:
     # How long a hard-budget decision may wait for a locked SQLite file before the
     # request is refused with 503 budget_unavailable.
     budget_db_timeout_s: float = 2.0
+    # A reconciliation difference (provider minus Ledger, a month's cost per provider)
+    # raises an alert once per month and provider when it is above both thresholds
+    # (LEDGER_RECONCILIATION_ALERT_USD, a decimal string; _PERCENT of the provider's cost).
+    reconciliation_alert_usd: str = "1.00"
+    reconciliation_alert_percent: str = "1"
+    # How often the providers' reports are pulled (the current and the previous month).
+    reconciliation_interval_s: float = 86400.0
     config_file: str | None = None
 
     @property
@@ -172,6 +189,9 @@ _ENV_FIELDS: dict[str, type] = {
     "header_read_timeout_s": float,
     "body_read_timeout_s": float,
     "budget_db_timeout_s": float,
+    "reconciliation_alert_usd": str,
+    "reconciliation_alert_percent": str,
+    "reconciliation_interval_s": float,
 }
 
 
@@ -262,7 +282,7 @@ def _table_list(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
 
 _PROVIDER_KEYS = frozenset(
     {"name", "kind", "base_url", "api_key_env", "timeout_s", "connect_timeout_s"}
-    | {"use_count_tokens", "catalog", "unknown_models"}
+    | {"use_count_tokens", "catalog", "unknown_models", "admin_api_key_env", "admin_base_url"}
 )
 _MODEL_KEYS = frozenset({"name", "provider", "upstream_model", "free"})
 
@@ -278,6 +298,12 @@ def _provider(table: Mapping[str, Any], env: Mapping[str, str]) -> ProviderConfi
         raise ConfigError(f"provider {name!r}: base_url must be an http(s) URL")
     api_key_env = table.get("api_key_env")
     api_key = env.get(api_key_env) if api_key_env else None
+    admin_api_key_env = table.get("admin_api_key_env")
+    admin_base_url = str(table.get("admin_base_url", ""))
+    if admin_base_url and not admin_base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"provider {name!r}: admin_base_url must be an http(s) URL")
+    if admin_api_key_env and kind not in ("openai", "anthropic"):
+        raise ConfigError(f"provider {name!r}: admin_api_key_env needs kind openai or anthropic")
     return ProviderConfig(
         name=name,
         kind=kind,
@@ -293,6 +319,9 @@ def _provider(table: Mapping[str, Any], env: Mapping[str, str]) -> ProviderConfi
         ),
         catalog=str(table.get("catalog", "")),
         unknown_models=_unknown_models(name, table.get("unknown_models", "refuse")),
+        admin_api_key_env=admin_api_key_env,
+        admin_api_key=env.get(admin_api_key_env) if admin_api_key_env else None,
+        admin_base_url=admin_base_url,
     )
 
 

@@ -67,10 +67,11 @@ class Job:
 def ledger_jobs(engine: AsyncEngine, settings: Settings) -> list[Job]:
     """The jobs every Ledger scheduler runs, with their intervals from the settings."""
     from ledger.db.writer import retry_dead_letters
+    from ledger.reports.reconciliation import reconcilable, reconcile_job
     from ledger.reports.rollups import verify_rollups_job
 
     channels = settings.alert_channels
-    return [
+    jobs = [
         Job("budget_check", settings.budget_check_interval_s,
             lambda: check_budgets(engine, channels), _budget_checks_did),
         Job("release_expired_reservations", settings.reservation_sweep_interval_s,
@@ -89,6 +90,14 @@ def ledger_jobs(engine: AsyncEngine, settings: Settings) -> list[Job]:
         Job("ledger_partitions", 6 * 3600.0, lambda: ensure_partitions(engine),
             lambda names: f"created partitions {', '.join(names)}" if names else None),
     ]  # fmt: skip
+    if reconcilable(settings):
+        # The providers' own reports, pulled once per tick (daily by default) across processes.
+        jobs.append(
+            Job("reconciliation", settings.reconciliation_interval_s,
+                lambda: reconcile_job(engine, settings),
+                lambda done: "; ".join(done) or None)
+        )  # fmt: skip
+    return jobs
 
 
 def background_poll_job(gateway: Any, settings: Settings) -> Job:

@@ -978,6 +978,11 @@ class FakeUpstream:
         self._port: int | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
+        # What was answered with usage, for reports computed from what was served
+        # (tests.fake_admin_reports): (unix time, protocol, model, usage as sent).
+        self.served: list[tuple[float, str, str, dict[str, Any]]] = []
+        # Called with the aiohttp app before it starts: more routes (admin reports).
+        self.route_hooks: list[Callable[[web.Application], None]] = []
 
     # -- addresses --------------------------------------------------------------------------
 
@@ -1085,6 +1090,8 @@ class FakeUpstream:
         from tests.fake_responses import FakeResponses  # it builds on this module
 
         FakeResponses(self).add_routes(app)
+        for hook in self.route_hooks:
+            hook(app)
         self._runner = web.AppRunner(
             app,
             access_log=None,
@@ -1169,6 +1176,9 @@ class FakeUpstream:
                 directives.usage,
                 "output_tokens" if directives.usage_names else "completion_tokens",
             )
+            if directives.fault is None and directives.usage is None:
+                with self._lock:
+                    self.served.append((time.time(), "openai", body["model"], usage))
         if body.get("stream") is not True:
             completion = _openai_completion(
                 body, reply, usage, directives.service_tier or "default"

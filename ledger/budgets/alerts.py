@@ -94,7 +94,10 @@ def alert_payload(alert: Any) -> dict[str, Any]:
         "id": alert["id"],
         "budget_id": alert["budget_id"],
         "kind": alert["kind"],
-        "threshold_percent": alert["threshold"] or None,
+        # A reconciliation alert's threshold column only keeps it once per provider.
+        "threshold_percent": (alert["threshold"] or None)
+        if alert["kind"] != "reconciliation"
+        else None,
         "period_start": alert["period_start"].isoformat(),
         "message": alert["message"],
         "spent_usd": format_usd(alert["spent_nanos"]),

@@ -452,6 +452,21 @@ class MonthSnapshot(Base):
     sha256: Mapped[str] = mapped_column(String(64))
 
 
+class ReconciliationPull(Base):
+    """One pull of a provider's usage and cost reports for a month, kept as it came."""
+
+    __tablename__ = "reconciliation_pulls"
+    __table_args__ = (
+        Index("ix_reconciliation_pulls_provider_month", "provider", "month", "fetched_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    month: Mapped[str] = mapped_column(String(7))  # YYYY-MM, UTC days
+    fetched_at: Mapped[datetime] = mapped_column(Timestamp())
+    content: Mapped[str] = mapped_column(Text)  # JSON: every page of every report, as sent
+
+
 class LateAdjustment(Base):
     """Entries that reached a month after it was closed, summed per team and model.
 

@@ -26,7 +26,7 @@ from ledger.auth import provide_admin, provide_principal, provide_read_sessions,
 from ledger.config import Settings, load_settings
 from ledger.db.tables import ApiKey, Team
 from ledger.endusers import END_USER_CHARS, fit_text
-from ledger.errors import InvalidRequest, NotFound, PermissionDenied
+from ledger.errors import InvalidRequest, NotFound, PermissionDenied, UpstreamFailed
 from ledger.http import parse_instant
 from ledger.openapi import (
     CSV,
@@ -41,7 +41,8 @@ from ledger.openapi import (
     instant,
     key_errors,
 )
-from ledger.reports import closing, present
+from ledger.providers.admin_reports import ReportUnavailable
+from ledger.reports import closing, present, reconciliation
 from ledger.reports.budgets import budget_statuses, recent_alerts
 from ledger.reports.months import InvalidMonth
 from ledger.reports.render import FORMATS
@@ -266,6 +267,39 @@ class ReportsController(Controller):
             },
         )
 
+    @get(
+        "/reconciliation/{month:str}",
+        operation_id="getReconciliationReport",
+        responses=key_errors(400, 403),
+        operation_class=documented(content={200: CSV}),
+    )
+    async def reconciliation_report(
+        self,
+        month: MONTH,
+        principal: Principal,
+        sessions: async_sessionmaker[AsyncSession],
+        report_settings: Settings,
+        provider: str | None = None,
+        fmt: str = _format("json", "csv"),
+    ) -> Response[Any]:
+        """The month per day, provider and model: Ledger's figures, the provider's own
+        report (its latest stored pull), and the difference (provider minus Ledger)."""
+        _check_format(fmt, ("json", "csv"))
+        if not principal.is_admin:
+            raise PermissionDenied("Only the admin key can read the reconciliation.")
+        try:
+            report = await reconciliation.reconciliation(
+                _engine(sessions), report_settings, month, provider
+            )
+        except InvalidMonth as exc:
+            raise InvalidRequest(str(exc), param="month") from exc
+        if fmt == "csv":
+            return _file(
+                reconciliation.to_csv(report).encode(), "text/csv", f"reconciliation-{month}.csv"
+            )
+        report["totals"] = reconciliation.totals_by_provider(report)
+        return Response(report, media_type=MediaType.JSON)
+
     @get("/me", operation_id="getReportPrincipal", responses=key_errors())
     async def me(self, principal: Principal) -> dict[str, Any]:
         """Who the key is: the admin, or a team (what the dashboard may show)."""
@@ -315,6 +349,43 @@ class MonthsAdminController(Controller):
         except InvalidMonth as exc:
             raise InvalidRequest(str(exc), param="month") from exc
         return _closed_json(info)
+
+
+class ReconciliationAdminController(Controller):
+    path = "/admin/reconciliation"
+    tags = ["admin"]
+    dependencies = {
+        "admin": Provide(provide_admin),
+        "report_settings": Provide(provide_report_settings, sync_to_thread=False),
+    }
+
+    @post(
+        "/{month:str}/refresh",
+        operation_id="refreshReconciliation",
+        status_code=200,
+        responses=admin_errors(400, 404, 502),
+    )
+    async def refresh(
+        self,
+        month: MONTH,
+        admin: Principal,
+        sessions: async_sessionmaker[AsyncSession],
+        report_settings: Settings,
+        provider: str | None = None,
+    ) -> dict[str, Any]:
+        """Pull the providers' usage and cost reports for the month now, and store them."""
+        engine = _engine(sessions)
+        try:
+            pulled = await reconciliation.refresh(engine, report_settings, month, provider)
+        except InvalidMonth as exc:
+            raise InvalidRequest(str(exc), param="month") from exc
+        except KeyError as exc:
+            raise NotFound(f"No provider {provider!r} with an admin key.") from exc
+        except ReportUnavailable as exc:
+            raise UpstreamFailed(str(exc), may_have_billed=False) from exc
+        report = await reconciliation.reconciliation(engine, report_settings, month, provider)
+        alerts = await reconciliation.raise_alerts(engine, report_settings, month, report)
+        return {"month": month, "pulled": pulled, "alerts": alerts}
 
 
 @get(
@@ -398,6 +469,7 @@ async def _visible_keys(
 REPORT_ROUTES: list[Any] = [
     ReportsController,
     MonthsAdminController,
+    ReconciliationAdminController,
     dashboard,
     create_static_files_router(path="/dashboard/static", directories=[STATIC_DIR]),
 ]
