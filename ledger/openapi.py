@@ -239,6 +239,39 @@ class ChatCompletion(msgspec.Struct):
     usage: ChatCompletionUsage | None = None
 
 
+class ResponsesUsage(msgspec.Struct):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int | None = None
+
+
+class ResponseObject(msgspec.Struct):
+    """OpenAI's ``response`` object (Responses API), as the provider sent it."""
+
+    id: str
+    object: Literal["response"]
+    status: str | None = None
+    model: str | None = None
+    output: list[dict[str, Any]] | None = None
+    usage: ResponsesUsage | None = None
+
+
+class ResponseDeleted(msgspec.Struct):
+    id: str
+    object: str
+    deleted: bool
+
+
+class ResponseInputItems(msgspec.Struct):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+
+
+class ResponseInputTokens(msgspec.Struct):
+    object: str
+    input_tokens: int
+
+
 class AnthropicContentBlock(msgspec.Struct):
     type: str
 

@@ -50,6 +50,10 @@ from ledger.openapi import (
     ChatCompletion,
     MessageTokensCount,
     OpenAIModelList,
+    ResponseDeleted,
+    ResponseInputItems,
+    ResponseInputTokens,
+    ResponseObject,
     answers,
     documented,
     header,
@@ -336,7 +340,7 @@ async def seed_count_tokens() -> Response[bytes]:
 
 
 _RESPONSES = {
-    "responses": answers(ChatCompletion, "openai", *GATEWAY_ERRORS["openai"]),
+    "responses": answers(ResponseObject, "openai", *GATEWAY_ERRORS["openai"]),
     "status_code": 200,
     "tags": ["gateway"],
 }
@@ -358,35 +362,40 @@ async def create_response() -> Response[bytes]:
 _STORED = {"tags": ["gateway"], "operation_class": documented(parameters=GATEWAY_HEADERS)}
 
 
-@get("/v1/responses/{response_id:str}", operation_id="getResponse", **_STORED,
+def _stored(success: Any) -> dict[int, Any]:
+    # What a call about a stored response answers: the provider's object, or an error.
+    return answers(success, "openai", *GATEWAY_ERRORS["openai"], 404)
+
+
+@get("/v1/responses/{response_id:str}", operation_id="getResponse", **_STORED, responses=_stored(ResponseObject),
      middleware=[served("openai", "responses.retrieve")])  # fmt: skip
 async def get_response() -> Response[bytes]:
     """A stored response, as the provider has it (a background one settles when finished)."""
     _served_by_middleware()
 
 
-@delete("/v1/responses/{response_id:str}", operation_id="deleteResponse", status_code=200,
+@delete("/v1/responses/{response_id:str}", operation_id="deleteResponse", status_code=200, responses=_stored(ResponseDeleted),
         **_STORED, middleware=[served("openai", "responses.delete")])  # fmt: skip
 async def delete_response() -> Response[bytes]:
     """Delete a stored response at the provider."""
     _served_by_middleware()
 
 
-@post("/v1/responses/{response_id:str}/cancel", operation_id="cancelResponse", status_code=200,
+@post("/v1/responses/{response_id:str}/cancel", operation_id="cancelResponse", status_code=200, responses=_stored(ResponseObject),
       **_STORED, middleware=[served("openai", "responses.cancel")], **_BODY)  # fmt: skip
 async def cancel_response() -> Response[bytes]:
     """Cancel a background response."""
     _served_by_middleware()
 
 
-@get("/v1/responses/{response_id:str}/input_items", operation_id="listResponseInputItems",
+@get("/v1/responses/{response_id:str}/input_items", operation_id="listResponseInputItems", responses=_stored(ResponseInputItems),
      **_STORED, middleware=[served("openai", "responses.input_items")])  # fmt: skip
 async def response_input_items() -> Response[bytes]:
     """The input items of a stored response."""
     _served_by_middleware()
 
 
-@post("/v1/responses/input_tokens", operation_id="countResponseInputTokens", status_code=200,
+@post("/v1/responses/input_tokens", operation_id="countResponseInputTokens", status_code=200, responses=_stored(ResponseInputTokens),
       **_STORED, middleware=[served("openai", "responses.input_tokens")], **_BODY)  # fmt: skip
 async def response_input_tokens() -> Response[bytes]:
     """The provider's count of a Responses request's input tokens (nothing is billed)."""

@@ -1,7 +1,7 @@
 """reconciliation: the providers' own usage and cost reports, as pulled
 
 Revision ID: 0015
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-10 10:00:00
 
 Each pull of a provider's reports for a month is kept whole (what the provider said, and
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0015"
-down_revision: str | None = "0011"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
