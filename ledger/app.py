@@ -35,8 +35,10 @@ from ledger.admin.credentials import (
     write_admin_key_file,
 )
 from ledger.admin.identity import Authenticator
+from ledger.admin.routes import FIELD_HINTS as ADMIN_HINTS
 from ledger.admin.routes import AdminController
 from ledger.budgets.guard import BudgetGuard
+from ledger.budgets.routes import FIELD_HINTS as BUDGET_HINTS
 from ledger.budgets.routes import BudgetController
 from ledger.config import Settings
 from ledger.db import dead_letters
@@ -65,6 +67,7 @@ from ledger.scheduler import LedgerScheduler, background_poll_job, ledger_jobs
 from ledger.tokens import O200K_BASE, encoding_name_for_model, get_encoding, loaded_encodings
 
 logger = logging.getLogger("ledger")
+FIELD_HINTS = {**ADMIN_HINTS, **BUDGET_HINTS}
 
 PRICE_REFRESH_S = 30.0
 
@@ -509,12 +512,7 @@ def _render_exception(request: Request[Any, Any, Any], exc: Exception) -> Respon
     if isinstance(exc, LedgerError):
         return error_response(exc, protocol)
     if isinstance(exc, ValidationException):
-        details = "; ".join(
-            f"{e.get('key') or 'body'}: {e.get('message')}"
-            for e in (exc.extra if isinstance(exc.extra, list) else [])
-            if isinstance(e, dict)
-        )
-        return error_response(InvalidRequest(details or exc.detail), protocol)
+        return error_response(_invalid_field(exc), protocol)
     if isinstance(exc, HTTPException):
         if exc.status_code == 404:
             return error_response(NotFound(f"No route for {request.url.path}"), protocol)
@@ -534,6 +532,18 @@ def _render_exception(request: Request[Any, Any, Any], exc: Exception) -> Respon
     return error_response(
         LedgerError("Ledger hit an internal error; the request was not completed."), protocol
     )
+
+
+def _invalid_field(exc: ValidationException) -> InvalidRequest:
+    """The decoder's refusal, naming the field (``param``) and, where Ledger words its rule
+    (:data:`FIELD_HINTS`), saying that rule rather than the constraint's regex."""
+    found = [e for e in (exc.extra if isinstance(exc.extra, list) else []) if isinstance(e, dict)]
+    fields = {str(e.get("key") or "").split("[")[0].split(".")[0] for e in found}
+    param = fields.pop() if len(fields) == 1 and "" not in fields else None
+    if param in FIELD_HINTS:
+        return InvalidRequest(FIELD_HINTS[param], param=param)
+    details = "; ".join(f"{e.get('key') or 'body'}: {e.get('message')}" for e in found)
+    return InvalidRequest(details or exc.detail, param=param)
 
 
 def _is_unstorable_value(exc: Exception) -> bool:

@@ -94,18 +94,23 @@ class ClosedStructSchemaPlugin(StructSchemaPlugin):
 
 
 def _constrain_items(prop: Schema, field_type: msgspec.inspect.Type) -> None:
-    """A list of constrained strings says its items' constraints (Litestar leaves them out)."""
+    """A list of constrained strings or integers says its items' constraints (Litestar
+    leaves them out)."""
     types = field_type.types if isinstance(field_type, msgspec.inspect.UnionType) else (field_type,)
     for kind in types:
-        if isinstance(kind, msgspec.inspect.ListType) and isinstance(
-            kind.item_type, msgspec.inspect.StrType
-        ):
-            item = kind.item_type
-            for branch in [prop, *(prop.one_of or [])]:
-                if isinstance(branch, Schema) and isinstance(branch.items, Schema):
-                    branch.items.pattern = item.pattern
-                    branch.items.min_length = item.min_length
-                    branch.items.max_length = item.max_length
+        if not isinstance(kind, msgspec.inspect.ListType):
+            continue
+        item = kind.item_type
+        for branch in [prop, *(prop.one_of or [])]:
+            if not (isinstance(branch, Schema) and isinstance(branch.items, Schema)):
+                continue
+            if isinstance(item, msgspec.inspect.StrType):
+                branch.items.pattern = item.pattern
+                branch.items.min_length = item.min_length
+                branch.items.max_length = item.max_length
+            elif isinstance(item, msgspec.inspect.IntType):
+                branch.items.minimum = item.ge
+                branch.items.maximum = item.le
 
 
 # -- error bodies --------------------------------------------------------------------------

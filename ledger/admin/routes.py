@@ -42,6 +42,18 @@ MarkupPercent = Annotated[
 ]
 
 
+# What a refused body field should say, in place of the decoder's "Expected ... matching
+# regex ...": the rule in words. Fields named the same in every admin body only.
+FIELD_HINTS = {
+    "allowed_models": f"allowed_models must name at least one pattern and at most {MAX_PATTERNS}; "
+    "a pattern is a model name or glob of 1 to 200 characters that may not hold commas or "
+    "spaces (anything else is not a model name pattern); leave it out (or null) to allow "
+    "every model",
+    "markup_percent": "markup_percent must be a decimal string from 0 to 1000 with at most two "
+    "decimals",
+}
+
+
 class TeamIn(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
     cost_centre: Annotated[str, msgspec.Meta(max_length=100)] | None = None

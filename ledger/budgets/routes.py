@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
+from zoneinfo import available_timezones
 
+import msgspec
 from litestar import Controller, delete, get, patch, post
 from litestar.di import Provide
 from sqlalchemy import select
@@ -18,6 +20,44 @@ from ledger.db.engine import write_transaction
 from ledger.db.tables import Alert, AlertDelivery
 from ledger.money import format_usd
 from ledger.openapi import ROW_ID, admin_errors
+
+# A limit is exact USD above zero, at most nine decimals (a nano) and nine whole digits.
+_LIMIT_PATTERN = r"^(?!0+(\.0+)?$)(0|[1-9][0-9]{0,8})(\.[0-9]{1,9})?$"
+Limit = Annotated[str, msgspec.Meta(pattern=_LIMIT_PATTERN, description='e.g. "500.00"')]
+Text = Annotated[str, msgspec.Meta(pattern=r"\S")]
+TimeZone = Literal[tuple(sorted(available_timezones() | {"UTC"}))]  # type: ignore[valid-type]
+Threshold = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+
+FIELD_HINTS = {
+    "limit_usd": 'limit_usd is required as a decimal string above zero, e.g. "500.00" (at '
+    "most nine decimals and nine whole digits)",
+    "thresholds": "thresholds must be a list of whole percentages from 1 to 1000",
+    "timezone": "timezone must be an IANA time zone name, e.g. Europe/Berlin",
+}
+
+
+class BudgetChange(msgspec.Struct, forbid_unknown_fields=True):
+    """What PATCH may change; a field left out keeps its value."""
+
+    name: Text | msgspec.UnsetType = msgspec.UNSET
+    limit_usd: Limit | msgspec.UnsetType = msgspec.UNSET
+    period: Literal["daily", "weekly", "monthly", "quarterly", "none"] | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
+    timezone: TimeZone | msgspec.UnsetType | None = msgspec.UNSET  # null: UTC
+    mode: Literal["hard", "soft"] | msgspec.UnsetType = msgspec.UNSET
+    thresholds: list[Threshold] | msgspec.UnsetType = msgspec.UNSET
+    clamp_max_tokens: bool | msgspec.UnsetType = msgspec.UNSET
+    fail_open: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+def _given(data: msgspec.Struct) -> dict[str, Any]:
+    """The fields the body named (the domain functions tell "left out" from a value)."""
+    return {
+        name: getattr(data, name)
+        for name in data.__struct_fields__
+        if getattr(data, name) is not msgspec.UNSET
+    }
 
 
 class BudgetController(Controller):
@@ -66,11 +106,11 @@ class BudgetController(Controller):
         responses=admin_errors(400, 404, 413),
     )
     async def update_budget(
-        self, budget_id: ROW_ID, data: dict[str, Any], admin_principal: Principal,
+        self, budget_id: ROW_ID, data: BudgetChange, admin_principal: Principal,
         engine: AsyncEngine, budgets: BudgetGuard,
     ) -> dict[str, Any]:  # fmt: skip
         async with write_transaction(engine) as connection:
-            rule = await admin.update_budget(connection, budget_id, data)
+            rule = await admin.update_budget(connection, budget_id, _given(data))
         await budgets.reload_rules()
         return admin.rule_out(rule)
 

@@ -21,7 +21,7 @@ several tags counts once under each of its tags when grouping by tag.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -184,13 +184,13 @@ class SpendReport:
 
 
 async def spend_report(connection: AsyncConnection, query: SpendQuery) -> SpendReport:
-    """Totals, groups and series for ``query``; every sum is exact."""
-    # First: a range with too many buckets is refused before any work is done for it.
-    buckets = (
-        bucket_keys(query.since, query.until, query.granularity, zone(query.timezone))
-        if query.granularity
-        else []
-    )
+    """Totals, groups and series for ``query``; every sum is exact.
+
+    A range with more than ``MAX_BUCKETS`` buckets at the granularity asked for is shown at
+    the finest coarser one that fits (none at all past 10000 months: totals and groups
+    only); the report's ``query.granularity`` says which was used.
+    """
+    query, buckets = _fitting_series(query)
     sums, source = await aggregate(
         connection,
         since=query.since,
@@ -487,18 +487,29 @@ def bucket_key(at: datetime, granularity: str, tz: ZoneInfo) -> int:
     return local.year * 12 + local.month - 1
 
 
-def bucket_keys(since: datetime, until: datetime, granularity: str, tz: ZoneInfo) -> list[int]:
-    """Every bucket that ``[since, until)`` touches, in order."""
+def _fitting_series(query: SpendQuery) -> tuple[SpendQuery, list[int]]:
+    """The query at the finest granularity, from the one asked for, whose series fits."""
+    if query.granularity is None:
+        return query, []
+    tz = zone(query.timezone)
+    for granularity in GRANULARITIES[GRANULARITIES.index(query.granularity) :]:
+        keys = bucket_keys(query.since, query.until, granularity, tz)
+        if keys is not None:
+            return replace(query, granularity=granularity), keys
+    return replace(query, granularity=None), []
+
+
+def bucket_keys(
+    since: datetime, until: datetime, granularity: str, tz: ZoneInfo
+) -> list[int] | None:
+    """Every bucket that ``[since, until)`` touches, in order; None past ``MAX_BUCKETS``."""
     keys: list[int] = []
     at = since
     while at < until:
         key = bucket_key(at, granularity, tz)
         keys.append(key)
         if len(keys) > MAX_BUCKETS:
-            raise InvalidRequest(
-                f"the range has more than {MAX_BUCKETS} {granularity} buckets; "
-                "choose a coarser granularity or a shorter range"
-            )
+            return None
         at = _next_bucket_start(key, granularity, tz)
     return keys
 

@@ -54,10 +54,9 @@ def _schemathesis(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="still open (issue 20 item 8): POST/PATCH /admin/budgets and POST /admin/prices "
-    "take a bare object (no required fields, extras allowed by the schema, refused by the "
-    "server); GET /api/reports/spend refuses a range of more than 10000 buckets, which the "
-    "schema cannot say. Remove this mark when they are fixed (strict: it fails then).",
+    reason="still open (issue 20 item 8): POST /admin/budgets and POST /admin/prices take a "
+    "bare object (no required fields, extras allowed by the schema, refused by the server). "
+    "Remove this mark when they are fixed (strict: it fails then).",
 )
 def test_schemathesis_finds_nothing_on_the_admin_and_report_routes(tmp_path: Path) -> None:
     settings = Settings(
@@ -111,3 +110,20 @@ def test_group_by_a_dimension_twice_groups_by_it_once(gateway: LiveServer) -> No
     assert twice.json()["group_by"] == once.json()["group_by"] == ["team"]
     spaced = gateway.admin.get("/api/reports/spend", params={"group_by": "team, model"})
     assert spaced.status_code == 400 and "group by" in spaced.json()["error"]["message"]
+
+
+def test_a_range_too_long_for_its_granularity_is_shown_at_a_coarser_one(
+    gateway: LiveServer,
+) -> None:
+    # Two years: 17544 hours (more than the 10000 a series holds), 731 days.
+    years = {"since": "2024-01-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"}
+    hourly = gateway.admin.get("/api/reports/spend", params={**years, "granularity": "hour"})
+    assert hourly.status_code == 200, hourly.text
+    assert hourly.json()["granularity"] == "day"
+    assert len(hourly.json()["buckets"]) == 731
+    # Year 1 to 9000: more than 10000 of any bucket, so totals and groups without a series.
+    ages = {"since": "0001-01-01T00:00:00Z", "until": "9000-01-01T00:00:00Z"}
+    monthly = gateway.admin.get("/api/reports/spend", params={**ages, "granularity": "month"})
+    assert monthly.status_code == 200, monthly.text
+    assert monthly.json()["granularity"] is None
+    assert monthly.json()["totals"]["requests"] == 0
