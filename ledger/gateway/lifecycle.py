@@ -35,6 +35,7 @@ from ledger.errors import (
     BudgetExceeded,
     InvalidRequest,
     LedgerError,
+    NotFound,
     PermissionDenied,
     UpstreamCredentialsRefused,
     UpstreamFailed,
@@ -52,6 +53,8 @@ from ledger.gateway.requests import (
     normalise_seed_body,
     parse_anthropic_messages,
     parse_openai_chat,
+    parse_openai_completions,
+    parse_openai_embeddings,
     stated_end_user,
     stated_model,
     without_key,
@@ -86,7 +89,7 @@ class GatewayCall:
     """One client request as the HTTP layer saw it."""
 
     protocol: str  # openai | anthropic
-    endpoint: str  # chat | messages | count_tokens
+    endpoint: str  # an endpoint of ``_PARSERS``, or one of ``LOCAL_ENDPOINTS``
     raw_body: bytes
     credential: str | None = None
     seed_body: bool = False  # the seed API's body: model_id and key inside
@@ -97,6 +100,9 @@ class GatewayCall:
     client: str | None = None  # the caller's address, for throttling bad keys
     principal: Principal | None = None  # already authenticated on the headers
     client_gone: Callable[[], bool] | None = None  # true once the client has disconnected
+    method: str = "POST"
+    path: str = ""
+    resource: str | None = None  # the id a path names: the model of GET /v1/models/{id}
 
 
 @dataclass(slots=True)
@@ -183,6 +189,8 @@ class Gateway:
         priced: tuple[Route, Price] | None = None
         reservation: Reservation | None = None
         try:
+            if call.endpoint in LOCAL_ENDPOINTS:  # answered by Ledger itself: nothing forwarded
+                return await self._answer_locally(entry, call, principal)
             # 2. Parse what the client sent.
             if call.body_error is not None:
                 raise call.body_error
@@ -218,6 +226,11 @@ class Gateway:
             # 5. Reserve the worst case on every hard budget that applies, or refuse.
             output_cap = self._output_cap(request, scope)
             estimate = entry.estimated_input_tokens
+            most_output = (
+                (request.max_output_tokens or output_cap or self._default_max_output)
+                if request.writes_output
+                else 0
+            )
             caches = _asks_for_cache(request)
 
             def worst_case(output_tokens: int) -> int:
@@ -231,7 +244,7 @@ class Gateway:
             reservation = await self._budgets.reserve(
                 entry.request_id,
                 scope,
-                worst_case(request.max_output_tokens or output_cap or self._default_max_output),
+                worst_case(most_output),
                 started,
                 clamp=clamp,
             )
@@ -353,10 +366,7 @@ class Gateway:
             body = normalise_seed_body(body)
         elif (keyless := without_key(body)) is not None:
             body, rewritten = keyless, True
-        if call.protocol == OPENAI:
-            parsed = parse_openai_chat(body)
-        else:
-            parsed = parse_anthropic_messages(body, count_only=call.endpoint == "count_tokens")
+        parsed = _PARSERS[call.endpoint](body)
         return replace(parsed, rewritten=True) if rewritten else parsed
 
     def _price(self, route: Route, at: datetime) -> Price:
@@ -395,7 +405,11 @@ class Gateway:
             if counted is not None:
                 return counted  # the provider's own count, files included
         estimate = await estimate_prompt(
-            request.protocol, route.upstream_model, request.body, body_bytes=len(call.raw_body)
+            request.protocol,
+            route.upstream_model,
+            request.body,
+            body_bytes=len(call.raw_body),
+            endpoint=request.endpoint,
         )
         if hard_budget and estimate.unbounded is not None:
             raise InvalidRequest(
@@ -437,7 +451,11 @@ class Gateway:
 
         Without it the provider may write more than the reservation covered.
         """
-        if request.max_output_tokens is not None or not self._budgets.has_hard_budget(scope):
+        if (
+            not request.writes_output
+            or request.max_output_tokens is not None
+            or not self._budgets.has_hard_budget(scope)
+        ):
             return None
         return self._default_max_output
 
@@ -452,7 +470,7 @@ class Gateway:
         body = request.body
         changes: dict[str, Any] = {}
         if output_cap is not None:
-            if request.protocol == ANTHROPIC or (
+            if request.protocol == ANTHROPIC or request.endpoint == "completions" or (
                 "max_tokens" in body and "max_completion_tokens" not in body
             ):
                 changes["max_tokens"] = output_cap
@@ -461,6 +479,7 @@ class Gateway:
         if route.upstream_model != request.model:
             changes["model"] = route.upstream_model
         if request.protocol == OPENAI and request.stream and not request.include_usage:
+            # (Chat and legacy completions both take stream_options.)
             # Ask for the usage chunk; the relay drops it again before the client sees it.
             changes["stream_options"] = {
                 **(body.get("stream_options") or {}),
@@ -473,6 +492,38 @@ class Gateway:
         if body and not any(key in body for key in changes):
             return _with_fields(call.raw_body, changes)
         return msgspec.json.encode({**body, **changes})
+
+    async def _answer_locally(
+        self, entry: LedgerEntry, call: GatewayCall, principal: Principal
+    ) -> GatewayReply:
+        """The model list, one model, or a refusal of a path Ledger does not serve: $0 entries.
+
+        Each leaves its entry all the same: nothing a valid key asks for goes untraced.
+
+        Raises:
+            NotFound: the path is not one Ledger serves, or the model is not one this key
+                may use (the lifecycle records it and answers 404 in the caller's shape).
+        """
+        if call.endpoint == "unrouted":
+            raise NotFound(
+                f"No route for {call.method} {call.path}: Ledger does not serve it. "
+                "See the README's API overview for the routes it does."
+            )
+        routes = self._router.models(principal)  # what this key may use, priced, and nothing else
+        if call.endpoint == "model":
+            entry.requested_model = fit_text(call.resource or "", MODEL_CHARS)
+            found = next((r for r in routes if r.model == call.resource), None)
+            if found is None:
+                raise NotFound(
+                    f"The model '{call.resource}' does not exist or is not available to this key."
+                )
+            payload = model_object(call.protocol, found)
+        else:
+            payload = model_list(call.protocol, routes)
+        entry.status, entry.http_status = "ok", 200
+        await self._record(entry)
+        headers = {"content-type": "application/json", **_ledger_headers(entry)}
+        return GatewayReply(200, headers, msgspec.json.encode(payload))
 
     async def _count_tokens(
         self, entry: LedgerEntry, call: GatewayCall, request: ParsedRequest, route: Route
@@ -789,6 +840,42 @@ class Gateway:
 
 # -- small pure helpers -----------------------------------------------------------------
 
+# What each forwarded endpoint's body is parsed by (one function per endpoint).
+_PARSERS: dict[str, Callable[[dict[str, Any]], ParsedRequest]] = {
+    "chat": parse_openai_chat,
+    "embeddings": parse_openai_embeddings,
+    "completions": parse_openai_completions,
+    "messages": parse_anthropic_messages,
+    "count_tokens": lambda body: parse_anthropic_messages(body, count_only=True),
+}
+# Endpoints Ledger answers itself, without a body to parse or a provider to ask.
+LOCAL_ENDPOINTS = frozenset({"models", "model", "unrouted"})
+
+
+def model_object(protocol: str, route: Route) -> dict[str, Any]:
+    """One model as ``GET /v1/models/{id}`` (and each item of the list) shows it."""
+    if protocol == ANTHROPIC:
+        return {
+            "type": "model",
+            "id": route.model,
+            "display_name": route.model,
+            "created_at": "2025-01-01T00:00:00Z",
+        }
+    return {"id": route.model, "object": "model", "created": 0, "owned_by": route.provider.name}
+
+
+def model_list(protocol: str, routes: list[Route]) -> dict[str, Any]:
+    """``GET /v1/models`` in OpenAI's shape, or Anthropic's (``has_more``, first and last id)."""
+    data = [model_object(protocol, route) for route in routes]
+    if protocol == ANTHROPIC:
+        return {
+            "data": data,
+            "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+    return {"object": "list", "data": data}
+
 
 async def _client_left(call: GatewayCall) -> bool:
     """Whether the client disconnected (rather than Ledger stopping the stream)."""
@@ -853,7 +940,7 @@ def _note_names(entry: LedgerEntry, call: GatewayCall, body: dict[str, Any]) -> 
 
 
 def _endpoint_name(call: GatewayCall) -> str:
-    names = {"chat": "chat.completions", "messages": "messages", "count_tokens": "count_tokens"}
+    names = {"chat": "chat.completions", "model": "models.retrieve", "models": "models.list"}
     return names.get(call.endpoint, call.endpoint)
 
 

@@ -32,6 +32,7 @@ from ledger.tokens.encodings import (
     is_loaded,
 )
 from ledger.tokens.openai_chat import measure_openai_chat_prompt
+from ledger.tokens.openai_inputs import measure_text_input
 
 # Bodies with at most this much text, in at most this many JSON values, are counted inline.
 _INLINE_MAX_CHARS = 32 * 1024
@@ -83,6 +84,7 @@ async def estimate_prompt(
     *,
     limiter: anyio.CapacityLimiter | None = None,
     body_bytes: int | None = None,
+    endpoint: str = "chat",
 ) -> PromptEstimate:
     """Estimate a request's prompt tokens without blocking the event loop.
 
@@ -93,12 +95,16 @@ async def estimate_prompt(
     the body as it arrived, lets a small body be counted at once, without sizing it first.
     Inline PDFs and audio count at their upper bounds (`ledger.tokens.media`); `unbounded`
     names a part that has none (a file Ledger cannot read), which a hard budget refuses.
+    `endpoint` "embeddings" or "completions" (OpenAI) counts the body's `input` or `prompt`.
 
     Raises:
         ValueError: `protocol` is neither "openai" nor "anthropic".
     """
     measure: Callable[[dict[str, Any]], tuple[int, str | None]]
-    if protocol == "openai":
+    if protocol == "openai" and endpoint in ("embeddings", "completions"):
+        measure = functools.partial(measure_text_input, model, endpoint)
+        encoding_name = encoding_name_for_model(model)
+    elif protocol == "openai":
         measure = functools.partial(measure_openai_chat_prompt, model)
         encoding_name = encoding_name_for_model(model)
     elif protocol == "anthropic":
