@@ -470,8 +470,10 @@ class Gateway:
         body = request.body
         changes: dict[str, Any] = {}
         if output_cap is not None:
-            if request.protocol == ANTHROPIC or request.endpoint == "completions" or (
-                "max_tokens" in body and "max_completion_tokens" not in body
+            if (
+                request.protocol == ANTHROPIC
+                or request.endpoint == "completions"
+                or ("max_tokens" in body and "max_completion_tokens" not in body)
             ):
                 changes["max_tokens"] = output_cap
             else:

@@ -156,7 +156,6 @@ class ServeGateway:
             await _send_stream(send, reply.status, reply.headers, reply.stream, watch)
 
 
-
 async def _refuse(send: Send, error: LedgerError, protocol: str) -> None:
     """Answer before the body was read (or in full); the connection ends with it.
 

@@ -65,7 +65,9 @@ def test_embeddings_are_relayed_and_priced_per_input_token(
         model=EMBEDDING, input=given
     )
     result = raw.parse()
-    expected_inputs = len(given) if isinstance(given, list) and isinstance(given[0], str | list) else 1
+    expected_inputs = (
+        len(given) if isinstance(given, list) and isinstance(given[0], str | list) else 1
+    )
     assert len(result.data) == expected_inputs
     tokens = count_text_input_tokens(EMBEDDING, given)
     assert result.usage.prompt_tokens == tokens
@@ -179,19 +181,21 @@ def test_async_streamed_legacy_completion_is_recorded(server: LiveServer) -> Non
     key = server.team_key()
 
     async def complete() -> tuple[str, str]:
-        async with openai.AsyncOpenAI(
-            base_url=server.openai_base_url, api_key=key, max_retries=0
-        ) as client:
-            async with client.completions.with_streaming_response.create(
+        async with (
+            openai.AsyncOpenAI(
+                base_url=server.openai_base_url, api_key=key, max_retries=0
+            ) as client,
+            client.completions.with_streaming_response.create(
                 model=INSTRUCT,
                 prompt="async words",
                 stream=True,
                 stream_options={"include_usage": True},
-            ) as response:
-                text = ""
-                async for chunk in await response.parse():
-                    text += "".join(choice.text for choice in chunk.choices)
-                return response.headers["x-ledger-request-id"], text
+            ) as response,
+        ):
+            text = ""
+            async for chunk in await response.parse():
+                text += "".join(choice.text for choice in chunk.choices)
+            return response.headers["x-ledger-request-id"], text
 
     request_id, text = anyio.run(complete)
     assert text == "Echo: async words"
