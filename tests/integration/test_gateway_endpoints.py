@@ -305,3 +305,38 @@ def test_an_unserved_path_without_a_valid_key_is_refused_401_and_not_recorded(
     response = httpx.get(server.url + "/v1/files", headers={"authorization": "Bearer sk-nope"})
     assert response.status_code == 401
     assert "x-ledger-request-id" not in response.headers
+
+
+@pytest.fixture
+def mock_server(database_url: str) -> Iterator[LiveServer]:
+    """No providers configured: the built-in mock answers, as on a first ``ledger serve``."""
+    from ledger.config import Settings
+
+    settings = Settings(
+        database_url=database_url, admin_key="sk-admin-test-key", price_overrides=PRICES
+    )
+    with LiveServer(settings) as live:
+        yield live
+
+
+def test_the_built_in_mock_serves_embeddings_and_legacy_completions(
+    mock_server: LiveServer,
+) -> None:
+    client = _client(mock_server, mock_server.team_key())
+    embedded = client.embeddings.with_raw_response.create(
+        model=EMBEDDING, input=["one text", "two texts"]
+    )
+    assert len(embedded.parse().data) == 2
+    entry = mock_server.entry(embedded.headers["x-ledger-request-id"])
+    tokens = count_text_input_tokens(EMBEDDING, ["one text", "two texts"])
+    assert (entry["provider"], entry["usage"]["input_tokens"]) == ("mock", tokens)
+    assert Decimal(entry["cost_usd"]) == _per_million(tokens, EMBEDDING_INPUT)
+
+    with client.completions.with_streaming_response.create(
+        model=INSTRUCT, prompt="write a little", stream=True, max_tokens=5
+    ) as response:
+        text = "".join(c.choices[0].text for c in response.parse() if c.choices)
+        request_id = response.headers["x-ledger-request-id"]
+    entry = mock_server.entry(request_id)
+    assert text and (entry["status"], entry["usage_source"]) == ("ok", "provider")
+    assert entry["usage"]["output_tokens"] == 5  # the mock writes up to its cap
