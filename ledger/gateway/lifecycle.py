@@ -43,6 +43,7 @@ from ledger.errors import (
     anthropic_error_body,
     openai_error_body,
 )
+from ledger.gateway.endpoints import StreamRelay, endpoint_for
 from ledger.gateway.requests import (
     ANTHROPIC,
     MODEL_CHARS,
@@ -51,10 +52,6 @@ from ledger.gateway.requests import (
     decode_json_object,
     key_from_body,
     normalise_seed_body,
-    parse_anthropic_messages,
-    parse_openai_chat,
-    parse_openai_completions,
-    parse_openai_embeddings,
     stated_end_user,
     stated_model,
     without_key,
@@ -63,7 +60,7 @@ from ledger.gateway.routing import ModelRouter, Route
 from ledger.money import format_usd
 from ledger.observability import Metrics, current_access, current_request_id
 from ledger.pricing import Price, price_cost, worst_case_cost
-from ledger.providers import UpstreamResponse, anthropic, openai
+from ledger.providers import UpstreamResponse, anthropic
 from ledger.redaction import Redactor
 from ledger.tokens import approximate_anthropic_prompt, count_text_tokens, estimate_prompt
 from ledger.usage import (
@@ -132,6 +129,7 @@ class Gateway:
         writer: LedgerWriter,
         budgets: BudgetGuard,
         default_max_output_tokens: int,
+        responses_context_bound_tokens: int = 200_000,
         metrics: Metrics | None = None,
         max_body_bytes: int = 32 * 1024 * 1024,
         max_event_bytes: int = 8 * 1024 * 1024,
@@ -153,6 +151,7 @@ class Gateway:
         self._prices = prices
         self._writer = writer
         self._default_max_output = default_max_output_tokens
+        self._context_bound = responses_context_bound_tokens
 
     async def authenticate(self, credential: str | None, client: str | None) -> Principal:
         """The principal a key acts as (step 1 of :meth:`handle`, for a key in the headers)."""
@@ -296,7 +295,7 @@ class Gateway:
             if payload is None:
                 raise UpstreamFailed("The provider returned a response that is not valid JSON.")
             try:
-                usage = _usage(request.protocol, payload)
+                usage = endpoint_for(request.endpoint).usage(payload)
                 doubt = (
                     None
                     if usage is None
@@ -310,7 +309,9 @@ class Gateway:
                 _disbelieve(entry, rejected)
                 usage = None
             if usage is None:
-                usage = self._estimated_usage(entry, route, _response_text(request, payload))
+                usage = self._estimated_usage(
+                    entry, route, endpoint_for(request.endpoint).response_text(payload)
+                )
                 entry.usage_source = "estimated"
             else:
                 entry.usage_source = "provider"
@@ -366,7 +367,7 @@ class Gateway:
             body = normalise_seed_body(body)
         elif (keyless := without_key(body)) is not None:
             body, rewritten = keyless, True
-        parsed = _PARSERS[call.endpoint](body)
+        parsed = endpoint_for(call.endpoint).parse(body)
         return replace(parsed, rewritten=True) if rewritten else parsed
 
     def _price(self, route: Route, at: datetime) -> Price:
@@ -405,12 +406,15 @@ class Gateway:
             if counted is not None:
                 return counted  # the provider's own count, files included
         estimate = await estimate_prompt(
-            request.protocol,
+            endpoint_for(request.endpoint).counter,
             route.upstream_model,
             request.body,
             body_bytes=len(call.raw_body),
-            endpoint=request.endpoint,
         )
+        if request.stored_context:
+            # previous_response_id / conversation: the provider adds context Ledger cannot
+            # see. It is reserved (and, should usage be lost, priced) at a stated bound.
+            return estimate.tokens + self._context_bound
         if hard_budget and estimate.unbounded is not None:
             raise InvalidRequest(
                 f"A hard budget applies, and this request has {estimate.unbounded}: Ledger "
@@ -469,19 +473,19 @@ class Gateway:
         """The client's body as sent, changed only where Ledger must change it."""
         body = request.body
         changes: dict[str, Any] = {}
-        if output_cap is not None:
-            if (
-                request.protocol == ANTHROPIC
-                or request.endpoint == "completions"
-                or ("max_tokens" in body and "max_completion_tokens" not in body)
+        adapter = endpoint_for(request.endpoint)
+        if output_cap is not None and adapter.output_cap_field is not None:
+            changes[adapter.output_cap_field] = output_cap
+        elif output_cap is not None:
+            if request.protocol == ANTHROPIC or (
+                "max_tokens" in body and "max_completion_tokens" not in body
             ):
                 changes["max_tokens"] = output_cap
             else:
                 changes["max_completion_tokens"] = output_cap
         if route.upstream_model != request.model:
             changes["model"] = route.upstream_model
-        if request.protocol == OPENAI and request.stream and not request.include_usage:
-            # (Chat and legacy completions both take stream_options.)
+        if adapter.asks_for_stream_usage and request.stream and not request.include_usage:
             # Ask for the usage chunk; the relay drops it again before the client sees it.
             changes["stream_options"] = {
                 **(body.get("stream_options") or {}),
@@ -615,18 +619,8 @@ class Gateway:
         reservation: Reservation,
         output_limit: int | None,
     ) -> GatewayReply:
-        relay: openai.OpenAIStreamRelay | anthropic.AnthropicStreamRelay
         redact = self._redactor.bytes if self._redactor else None
-        if request.protocol == OPENAI:
-            relay = openai.OpenAIStreamRelay(
-                strip_usage=not request.include_usage,
-                max_event_bytes=self._max_event_bytes,
-                redact=redact,
-            )
-        else:
-            relay = anthropic.AnthropicStreamRelay(
-                max_event_bytes=self._max_event_bytes, redact=redact
-            )
+        relay = endpoint_for(request.endpoint).relay(request, self._max_event_bytes, redact)
         entry.http_status = upstream.status
 
         recorded = False
@@ -659,6 +653,9 @@ class Gateway:
                             # whole stream can read its entry at once, and a process
                             # killed after that point has it all the same.
                             entry.status = "ok"
+                            if getattr(relay, "failed", False):  # a response.failed event
+                                entry.status = "upstream_error"
+                                entry.error = relay.provider_error
                             out += relay.finish()
                             entry.ended_at = datetime.now(UTC)
                             await settle_and_record()
@@ -716,7 +713,7 @@ class Gateway:
         request: ParsedRequest,
         route: Route,
         price: Price,
-        relay: openai.OpenAIStreamRelay | anthropic.AnthropicStreamRelay,
+        relay: StreamRelay,
         output_limit: int | None,
     ) -> None:
         usage = relay.usage
@@ -729,7 +726,8 @@ class Gateway:
             _disbelieve(entry, rejected)
             usage = None  # nothing the provider said about usage is believed
         complete = usage is not None and (
-            request.protocol == OPENAI or getattr(relay, "output_reported", False)
+            not endpoint_for(request.endpoint).usage_needs_output
+            or getattr(relay, "output_reported", False)
         )
         if complete and usage is not None:
             entry.usage_source = "provider"
@@ -842,16 +840,9 @@ class Gateway:
 
 # -- small pure helpers -----------------------------------------------------------------
 
-# What each forwarded endpoint's body is parsed by (one function per endpoint).
-_PARSERS: dict[str, Callable[[dict[str, Any]], ParsedRequest]] = {
-    "chat": parse_openai_chat,
-    "embeddings": parse_openai_embeddings,
-    "completions": parse_openai_completions,
-    "messages": parse_anthropic_messages,
-    "count_tokens": lambda body: parse_anthropic_messages(body, count_only=True),
-}
 # Endpoints Ledger answers itself, without a body to parse or a provider to ask.
-LOCAL_ENDPOINTS = frozenset({"models", "model", "unrouted"})
+_LOCAL_ENTRY_NAMES = {"models": "models.list", "model": "models.retrieve", "unrouted": "unrouted"}
+LOCAL_ENDPOINTS = frozenset(_LOCAL_ENTRY_NAMES)
 
 
 def model_object(protocol: str, route: Route) -> dict[str, Any]:
@@ -942,8 +933,9 @@ def _note_names(entry: LedgerEntry, call: GatewayCall, body: dict[str, Any]) -> 
 
 
 def _endpoint_name(call: GatewayCall) -> str:
-    names = {"chat": "chat.completions", "model": "models.retrieve", "models": "models.list"}
-    return names.get(call.endpoint, call.endpoint)
+    if call.endpoint in LOCAL_ENDPOINTS:
+        return _LOCAL_ENTRY_NAMES[call.endpoint]
+    return endpoint_for(call.endpoint).entry_name
 
 
 def _ledger_headers(entry: LedgerEntry) -> dict[str, str]:
@@ -968,18 +960,6 @@ def _parse_tags(header: str | None) -> list[str]:
             "and _.:/=- (64 characters each)."
         )
     return sorted(set(tags))
-
-
-def _usage(protocol: str, payload: Any) -> Usage | None:
-    if protocol == OPENAI:
-        return openai.usage_from_payload(payload)
-    return anthropic.usage_from_payload(payload)
-
-
-def _response_text(request: ParsedRequest, payload: Any) -> str:
-    if request.protocol == OPENAI:
-        return openai.response_text(payload)
-    return anthropic.response_text(payload)
 
 
 def _json_or_none(raw: bytes) -> Any:

@@ -24,7 +24,7 @@ class ParsedRequest:
     """The facts about a request that accounting needs; ``body`` is what goes upstream."""
 
     protocol: str  # openai | anthropic
-    endpoint: str  # chat | messages | count_tokens | embeddings | completions
+    endpoint: str  # chat | messages | count_tokens | responses | embeddings | completions
     body: dict[str, Any]
     model: str
     stream: bool = False
@@ -34,6 +34,9 @@ class ParsedRequest:
     include_usage: bool = False  # the client itself asked for the usage chunk
     rewritten: bool = False  # ``body`` is not the client's bytes: encode it again to forward
     writes_output: bool = True  # False for embeddings: only input tokens are billed
+    background: bool = False  # (Responses) answered at once, finished and billed later
+    # (Responses) ``previous_response_id`` or ``conversation``: context Ledger cannot see
+    stored_context: bool = False
 
 
 def decode_json_object(raw: bytes) -> dict[str, Any]:
@@ -132,6 +135,38 @@ def parse_openai_chat(body: dict[str, Any]) -> ParsedRequest:
         choices=choices,
         end_user=user or None,
         include_usage=include_usage,
+    )
+
+
+def parse_openai_responses(body: dict[str, Any]) -> ParsedRequest:
+    """A Responses API ``POST /v1/responses`` body."""
+    model = _model(body)
+    items = body.get("input")
+    if items is not None and not isinstance(items, str | list):
+        raise InvalidRequest("'input' must be a string or an array of items.", param="input")
+    for name in ("instructions", "previous_response_id"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise InvalidRequest(f"'{name}' must be a string.", param=name)
+    conversation = body.get("conversation")
+    if conversation is not None and not isinstance(conversation, str | dict):
+        raise InvalidRequest("'conversation' must be a string or an object.", param="conversation")
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise InvalidRequest("'tools' must be an array.", param="tools")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise InvalidRequest("'user' must be a string.", param="user")
+    _no_nul(user, "user")
+    return ParsedRequest(
+        protocol=OPENAI,
+        endpoint="responses",
+        body=body,
+        model=model,
+        stream=_optional_bool(body, "stream"),
+        max_output_tokens=_optional_positive_int(body, "max_output_tokens"),
+        end_user=user or None,
+        background=_optional_bool(body, "background"),
+        stored_context=bool(body.get("previous_response_id") or conversation),
     )
 
 

@@ -340,6 +340,26 @@ async def seed_count_tokens() -> Response[bytes]:
     _served_by_middleware()
 
 
+_RESPONSES = {
+    "responses": answers(ChatCompletion, "openai", *GATEWAY_ERRORS["openai"]),
+    "status_code": 200,
+    "tags": ["gateway"],
+}
+
+
+@post(
+    "/v1/responses",
+    operation_id="createResponse",
+    operation_class=documented(parameters=GATEWAY_HEADERS),
+    **_RESPONSES,
+    middleware=[served("openai", "responses")],
+    **_BODY,
+)
+async def create_response() -> Response[bytes]:
+    """OpenAI-compatible Responses API, streaming or not, background too."""
+    _served_by_middleware()
+
+
 _MODELS = {
     "responses": answers(OpenAIModelList | AnthropicModelList, "either", *KEY_ERRORS),
     "operation_class": documented(
@@ -435,6 +455,7 @@ async def unrouted() -> Response[bytes]:
 
 ROUTES = [
     chat_completions,
+    create_response,
     messages,
     count_tokens,
     seed_chat_completions,

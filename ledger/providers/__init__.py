@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ledger.config import ProviderConfig, Settings
-from ledger.providers import anthropic, openai
+from ledger.providers import anthropic, openai, openai_responses
 from ledger.providers.base import Transport, UpstreamResponse
 from ledger.providers.http import HttpTransport, ResponseLimits
 from ledger.providers.mock import MockTransport
@@ -15,6 +15,7 @@ __all__ = ["Provider", "Transport", "UpstreamResponse", "build_providers"]
 MOCK_PROVIDER_NAME = "mock"
 _OPENAI_PATHS = {
     "chat": openai.CHAT_COMPLETIONS_PATH,
+    "responses": openai_responses.RESPONSES_PATH,
     "embeddings": openai.EMBEDDINGS_PATH,
     "completions": openai.COMPLETIONS_PATH,
 }
@@ -34,8 +35,8 @@ class Provider:
         return self.kind in ("mock", protocol)
 
     def path(self, endpoint: str) -> str:
-        """The upstream path for an endpoint: ``chat``, ``embeddings``, ``completions``,
-        ``messages`` or ``count_tokens``."""
+        """The upstream path for an endpoint: ``chat``, ``responses``, ``embeddings``,
+        ``completions``, ``messages`` or ``count_tokens``."""
         if endpoint in _OPENAI_PATHS:
             return _OPENAI_PATHS[endpoint]
         suffix = anthropic.MESSAGES_PATH if endpoint == "messages" else anthropic.COUNT_TOKENS_PATH

@@ -33,6 +33,7 @@ from ledger.tokens.encodings import (
 )
 from ledger.tokens.openai_chat import measure_openai_chat_prompt
 from ledger.tokens.openai_inputs import measure_text_input
+from ledger.tokens.openai_responses import measure_openai_responses_prompt
 
 # Bodies with at most this much text, in at most this many JSON values, are counted inline.
 _INLINE_MAX_CHARS = 32 * 1024
@@ -84,7 +85,6 @@ async def estimate_prompt(
     *,
     limiter: anyio.CapacityLimiter | None = None,
     body_bytes: int | None = None,
-    endpoint: str = "chat",
 ) -> PromptEstimate:
     """Estimate a request's prompt tokens without blocking the event loop.
 
@@ -95,23 +95,28 @@ async def estimate_prompt(
     the body as it arrived, lets a small body be counted at once, without sizing it first.
     Inline PDFs and audio count at their upper bounds (`ledger.tokens.media`); `unbounded`
     names a part that has none (a file Ledger cannot read), which a hard budget refuses.
-    `endpoint` "embeddings" or "completions" (OpenAI) counts the body's `input` or `prompt`.
+    `protocol` "embeddings" or "completions" (OpenAI's) counts the body's `input` or `prompt`.
 
     Raises:
         ValueError: `protocol` is neither "openai" nor "anthropic".
     """
     measure: Callable[[dict[str, Any]], tuple[int, str | None]]
-    if protocol == "openai" and endpoint in ("embeddings", "completions"):
-        measure = functools.partial(measure_text_input, model, endpoint)
+    if protocol in ("embeddings", "completions"):
+        measure = functools.partial(measure_text_input, model, protocol)
         encoding_name = encoding_name_for_model(model)
     elif protocol == "openai":
         measure = functools.partial(measure_openai_chat_prompt, model)
+        encoding_name = encoding_name_for_model(model)
+    elif protocol == "responses":  # an OpenAI Responses API body
+        measure = functools.partial(measure_openai_responses_prompt, model)
         encoding_name = encoding_name_for_model(model)
     elif protocol == "anthropic":
         measure = measure_anthropic_prompt
         encoding_name = O200K_BASE
     else:
-        raise ValueError(f"unknown protocol {protocol!r}: expected 'openai' or 'anthropic'")
+        raise ValueError(
+            f"unknown protocol {protocol!r}: expected 'openai', 'responses' or 'anthropic'"
+        )
 
     def count(body: dict[str, Any]) -> PromptEstimate:
         return PromptEstimate(*measure(body))
