@@ -173,6 +173,9 @@ class Gateway:
             # 1. Authenticate. Before this there is no one to charge, so no entry.
             principal = await self._auth.authenticate(credential, call.client)
         if principal.is_admin:
+            if call.endpoint in ("models", "model"):
+                # The operator may see what is served; there is no team to charge: no entry.
+                return _json_reply(self._models_payload(call, principal), {})
             raise PermissionDenied(
                 "The admin key cannot make model requests; create a team key with POST /admin/keys."
             )
@@ -515,21 +518,24 @@ class Gateway:
                 f"No route for {call.method} {call.path}: Ledger does not serve it. "
                 "See the README's API overview for the routes it does."
             )
-        routes = self._router.models(principal)  # what this key may use, priced, and nothing else
         if call.endpoint == "model":
             entry.requested_model = fit_text(call.resource or "", MODEL_CHARS)
-            found = next((r for r in routes if r.model == call.resource), None)
-            if found is None:
-                raise NotFound(
-                    f"The model '{call.resource}' does not exist or is not available to this key."
-                )
-            payload = model_object(call.protocol, found)
-        else:
-            payload = model_list(call.protocol, routes)
+        payload = self._models_payload(call, principal)
         entry.status, entry.http_status = "ok", 200
         await self._record(entry)
-        headers = {"content-type": "application/json", **_ledger_headers(entry)}
-        return GatewayReply(200, headers, msgspec.json.encode(payload))
+        return _json_reply(payload, _ledger_headers(entry))
+
+    def _models_payload(self, call: GatewayCall, principal: Principal) -> dict[str, Any]:
+        """The model list, or the one model the path names (NotFound: not for this key)."""
+        routes = self._router.models(principal)  # what this key may use, priced, and nothing else
+        if call.endpoint == "models":
+            return model_list(call.protocol, routes)
+        found = next((r for r in routes if r.model == call.resource), None)
+        if found is None:
+            raise NotFound(
+                f"The model '{call.resource}' does not exist or is not available to this key."
+            )
+        return model_object(call.protocol, found)
 
     async def _count_tokens(
         self, entry: LedgerEntry, call: GatewayCall, request: ParsedRequest, route: Route
@@ -843,6 +849,12 @@ class Gateway:
 # Endpoints Ledger answers itself, without a body to parse or a provider to ask.
 _LOCAL_ENTRY_NAMES = {"models": "models.list", "model": "models.retrieve", "unrouted": "unrouted"}
 LOCAL_ENDPOINTS = frozenset(_LOCAL_ENTRY_NAMES)
+
+
+def _json_reply(payload: dict[str, Any], headers: dict[str, str]) -> GatewayReply:
+    return GatewayReply(
+        200, {"content-type": "application/json", **headers}, msgspec.json.encode(payload)
+    )
 
 
 def model_object(protocol: str, route: Route) -> dict[str, Any]:

@@ -140,7 +140,7 @@ class ServeGateway:
             client_gone=(watch := DisconnectWatch(receive)),
             method=scope.get("method", "POST"),
             path=scope["path"],
-            resource=resource.lstrip("/") if isinstance(resource, str) else None,
+            resource=resource if isinstance(resource, str) else None,
         )
         try:
             reply = await gateway.handle(call)
@@ -392,10 +392,10 @@ async def seed_list_models() -> Response[bytes]:
 
 
 @get(
-    "/v1/models/{model_id:path}",
+    "/v1/models/{model_id:str}",
     operation_id="retrieveModel",
     middleware=[served(AUTO, "model")],
-    responses=answers(OpenAIModel | AnthropicModel, "either", *KEY_ERRORS, 404),
+    responses=answers(OpenAIModel | AnthropicModel, "either", *KEY_ERRORS, 400, 404),
     operation_class=_MODELS["operation_class"],
     tags=["gateway"],
 )
