@@ -340,3 +340,29 @@ def test_the_built_in_mock_serves_embeddings_and_legacy_completions(
     entry = mock_server.entry(request_id)
     assert text and (entry["status"], entry["usage_source"]) == ("ok", "provider")
     assert entry["usage"]["output_tokens"] == 5  # the mock writes up to its cap
+
+
+def test_embeddings_under_a_hard_budget_reserve_input_only_and_are_forwarded_unchanged(
+    server: LiveServer, fake_upstream: FakeUpstream
+) -> None:
+    server.create_team("embedders")
+    created = server.admin.post("/admin/keys", json={"team": "embedders"}).json()
+    # Enough for the input, far too little for the default output cap a chat would reserve.
+    budget = server.admin.post(
+        "/admin/budgets", json={"key_id": created["id"], "limit_usd": "0.000001", "mode": "hard"}
+    )
+    assert budget.status_code == 201, budget.text
+    raw = _client(server, created["key"]).embeddings.with_raw_response.create(
+        model=EMBEDDING, input="a few words"
+    )
+    assert raw.http_response.status_code == 200
+    # No output cap is added to a request that writes no output.
+    assert fake_upstream.requests[-1].json == {
+        "model": EMBEDDING,
+        "input": "a few words",
+        "encoding_format": "base64",
+    }
+    entry = server.entry(raw.headers["x-ledger-request-id"])
+    assert Decimal(entry["cost_usd"]) == _per_million(
+        count_text_input_tokens(EMBEDDING, "a few words"), EMBEDDING_INPUT
+    )
