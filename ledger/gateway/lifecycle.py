@@ -79,6 +79,7 @@ _COUNT_TOKENS_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "
 _ERROR_BODY_LIMIT = 64 * 1024
 _RAW_USAGE_LIMIT = 4096  # characters of a disbelieved usage object kept in its entry
 _COUNT_TOKENS_TIMEOUT_S = 5.0
+_PATH_CHARS = 500  # of an unserved path, quoted in its entry's error
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,12 +515,13 @@ class Gateway:
                 may use (the lifecycle records it and answers 404 in the caller's shape).
         """
         if call.endpoint == "unrouted":
+            path = _storable(call.path)[:_PATH_CHARS]  # it is kept in the entry's error
             raise NotFound(
-                f"No route for {call.method} {call.path}: Ledger does not serve it. "
+                f"No route for {call.method} {path}: Ledger does not serve it. "
                 "See the README's API overview for the routes it does."
             )
         if call.endpoint == "model":
-            entry.requested_model = fit_text(call.resource or "", MODEL_CHARS)
+            entry.requested_model = fit_text(_storable(call.resource or ""), MODEL_CHARS)
         payload = self._models_payload(call, principal)
         entry.status, entry.http_status = "ok", 200
         await self._record(entry)
@@ -849,6 +851,11 @@ class Gateway:
 # Endpoints Ledger answers itself, without a body to parse or a provider to ask.
 _LOCAL_ENTRY_NAMES = {"models": "models.list", "model": "models.retrieve", "unrouted": "unrouted"}
 LOCAL_ENDPOINTS = frozenset(_LOCAL_ENTRY_NAMES)
+
+
+def _storable(text: str) -> str:
+    """``text`` without NUL characters, which PostgreSQL text cannot hold."""
+    return text.replace("\x00", "")
 
 
 def _json_reply(payload: dict[str, Any], headers: dict[str, str]) -> GatewayReply:

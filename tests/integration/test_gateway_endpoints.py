@@ -366,3 +366,12 @@ def test_embeddings_under_a_hard_budget_reserve_input_only_and_are_forwarded_unc
     assert Decimal(entry["cost_usd"]) == _per_million(
         count_text_input_tokens(EMBEDDING, "a few words"), EMBEDDING_INPUT
     )
+
+
+def test_a_hostile_unserved_path_is_still_recorded(server: LiveServer) -> None:
+    key = server.team_key()
+    for path in ("/v1/files/%00evil", "/v1/models/%00", "/v1/" + "x" * 3000):
+        response = httpx.get(server.url + path, headers={"authorization": f"Bearer {key}"})
+        assert response.status_code == 404, (path, response.text)
+        entry = server.entry(response.headers["x-ledger-request-id"])
+        assert entry["http_status"] == 404
