@@ -87,7 +87,7 @@ class GatewayCall:
     """One client request as the HTTP layer saw it."""
 
     protocol: str  # openai | anthropic
-    endpoint: str  # an endpoint of ``_PARSERS``, or one of ``LOCAL_ENDPOINTS``
+    endpoint: str  # one of ``endpoints.ENDPOINTS``, or of ``LOCAL_ENDPOINTS``
     raw_body: bytes
     credential: str | None = None
     seed_body: bool = False  # the seed API's body: model_id and key inside
