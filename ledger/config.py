@@ -92,8 +92,6 @@ class Settings:
     # The input tokens a Responses request's stored context (previous_response_id or
     # conversation) is reserved as: Ledger cannot see it, so it reserves a model's window.
     responses_context_bound_tokens: int = 200_000
-    # How often open background responses are asked whether they have finished.
-    background_poll_interval_s: float = 30.0
     migrate_on_start: bool = True
     scheduler: bool = True
     key_cache_ttl_s: float = 2.0
@@ -145,7 +143,6 @@ _ENV_FIELDS: dict[str, type] = {
     "max_decompression_ratio": int,
     "default_max_output_tokens": int,
     "responses_context_bound_tokens": int,
-    "background_poll_interval_s": float,
     "migrate_on_start": bool,
     "scheduler": bool,
     "key_cache_ttl_s": float,

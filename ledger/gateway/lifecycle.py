@@ -43,7 +43,7 @@ from ledger.errors import (
     anthropic_error_body,
     openai_error_body,
 )
-from ledger.gateway.endpoints import StreamRelay, endpoint_for
+from ledger.gateway.endpoints import ENDPOINTS, StreamRelay, endpoint_for
 from ledger.gateway.requests import (
     ANTHROPIC,
     MODEL_CHARS,
@@ -80,6 +80,8 @@ _ERROR_BODY_LIMIT = 64 * 1024
 _RAW_USAGE_LIMIT = 4096  # characters of a disbelieved usage object kept in its entry
 _COUNT_TOKENS_TIMEOUT_S = 5.0
 _PATH_CHARS = 500  # of an unserved path, quoted in its entry's error
+# The provider paths a call about a stored response may reach: its id, and what follows.
+_STORED_PATH = re.compile(r"/responses/(input_tokens|[A-Za-z0-9_-]{1,200}(/cancel|/input_items)?)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,7 @@ class GatewayCall:
     method: str = "POST"
     path: str = ""
     resource: str | None = None  # the id a path names: the model of GET /v1/models/{id}
+    upstream_path: str = ""  # (stored responses) the provider's path, query included
 
 
 @dataclass(slots=True)
@@ -349,6 +352,76 @@ class Gateway:
             entry.error = "Ledger stopped before the request finished."
             with anyio.CancelScope(shield=True):
                 await self._record(entry, reservation)
+            raise
+
+    async def handle_stored(self, call: GatewayCall) -> GatewayReply:
+        """Relay a call about a stored response (retrieve, cancel, delete, input items,
+        input token count): authenticated and recorded like any request, at $0, because
+        nothing in it is billed. It names no model, so it goes to the first provider that
+        speaks the caller's protocol. Raises :class:`LedgerError` only before the key is known.
+        """
+        started = datetime.now(UTC)
+        principal = call.principal or await self._auth.authenticate(call.credential, call.client)
+        if principal.is_admin:
+            raise PermissionDenied("The admin key cannot make model requests.")
+        entry = self._new_entry(call, principal, started)
+        self._in_flight += 1
+        self._idle.clear()
+        current_request_id.set(entry.request_id)
+        self._writer.begin(entry)
+        try:
+            if call.body_error is not None:
+                raise call.body_error
+            entry.tags = _parse_tags(call.tags)
+            path, _, query = call.upstream_path.partition("?")
+            if not _STORED_PATH.fullmatch(path) or "\n" in query or " " in query:
+                raise LedgerError("No such response.", status=404, code="not_found")
+            provider = self._router.provider_speaking(call.protocol)
+            if provider is None:
+                raise LedgerError(
+                    "No configured provider speaks this protocol.", status=404, code="not_found"
+                )
+            if call.method == "POST" and call.raw_body.strip():
+                model = stated_model(_json_or_none(call.raw_body) or {})
+                entry.requested_model = fit_text(model, MODEL_CHARS) if model else None
+            entry.provider = provider.name
+            sent_at = time.perf_counter()
+            upstream = await provider.transport.send(
+                call.upstream_path,
+                call.raw_body if call.method == "POST" else b"",
+                _upstream_headers(call),
+                stream=False,
+                method=call.method,
+            )
+            if upstream.status >= 400:
+                entry.provider_seconds = time.perf_counter() - sent_at
+                return await self._relay_error(entry, call, upstream)
+            try:
+                body = await upstream.read()
+            finally:
+                await upstream.aclose()
+            entry.provider_seconds = time.perf_counter() - sent_at
+            payload = _json_or_none(body)
+            if isinstance(payload, dict) and isinstance(payload.get("model"), str):
+                entry.requested_model = fit_text(payload["model"], MODEL_CHARS)
+            entry.status, entry.http_status = "ok", upstream.status
+            await self._record(entry)
+            return GatewayReply(
+                upstream.status, {**upstream.headers, **_ledger_headers(entry)}, body
+            )
+        except LedgerError as error:
+            entry.status, entry.http_status, entry.error = (
+                _status_for(error),
+                error.status,
+                error.message,
+            )
+            await self._record(entry)
+            return self._error_reply(call.protocol, error, entry)
+        except BaseException:
+            entry.status = "interrupted"
+            entry.error = "Ledger stopped before the request finished."
+            with anyio.CancelScope(shield=True):
+                await self._record(entry)
             raise
 
     # -- steps --------------------------------------------------------------------------
@@ -954,7 +1027,8 @@ def _note_names(entry: LedgerEntry, call: GatewayCall, body: dict[str, Any]) -> 
 def _endpoint_name(call: GatewayCall) -> str:
     if call.endpoint in LOCAL_ENDPOINTS:
         return _LOCAL_ENTRY_NAMES[call.endpoint]
-    return endpoint_for(call.endpoint).entry_name
+    adapter = ENDPOINTS.get(call.endpoint)  # calls about stored responses have none
+    return adapter.entry_name if adapter is not None else call.endpoint
 
 
 def _ledger_headers(entry: LedgerEntry) -> dict[str, str]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import NoReturn
 
 import anyio
-from litestar import Response, get, post, route
+from litestar import Response, delete, get, post, route
 from litestar.middleware import DefineMiddleware
 from litestar.openapi.spec import Operation, Schema
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -143,7 +144,17 @@ class ServeGateway:
             resource=resource if isinstance(resource, str) else None,
         )
         try:
-            reply = await gateway.handle(call)
+            if self._endpoint.startswith("responses."):  # about a stored response
+                query = scope.get("query_string", b"").decode("latin-1")
+                call = replace(
+                    call,
+                    method=scope["method"],
+                    upstream_path=scope["path"].removeprefix("/v1")
+                    + (f"?{query}" if query else ""),
+                )
+                reply = await gateway.handle_stored(call)
+            else:
+                reply = await gateway.handle(call)
         except LedgerError as error:
             watch.stop()
             body = error_body(error, protocol)
@@ -360,6 +371,44 @@ async def create_response() -> Response[bytes]:
     _served_by_middleware()
 
 
+_STORED = {"tags": ["gateway"], "operation_class": documented(parameters=GATEWAY_HEADERS)}
+
+
+@get("/v1/responses/{response_id:str}", operation_id="getResponse", **_STORED,
+     middleware=[served("openai", "responses.retrieve")])  # fmt: skip
+async def get_response() -> Response[bytes]:
+    """A stored response, as the provider has it (a background one settles when finished)."""
+    _served_by_middleware()
+
+
+@delete("/v1/responses/{response_id:str}", operation_id="deleteResponse", status_code=200,
+        **_STORED, middleware=[served("openai", "responses.delete")])  # fmt: skip
+async def delete_response() -> Response[bytes]:
+    """Delete a stored response at the provider."""
+    _served_by_middleware()
+
+
+@post("/v1/responses/{response_id:str}/cancel", operation_id="cancelResponse", status_code=200,
+      **_STORED, middleware=[served("openai", "responses.cancel")], **_BODY)  # fmt: skip
+async def cancel_response() -> Response[bytes]:
+    """Cancel a background response."""
+    _served_by_middleware()
+
+
+@get("/v1/responses/{response_id:str}/input_items", operation_id="listResponseInputItems",
+     **_STORED, middleware=[served("openai", "responses.input_items")])  # fmt: skip
+async def response_input_items() -> Response[bytes]:
+    """The input items of a stored response."""
+    _served_by_middleware()
+
+
+@post("/v1/responses/input_tokens", operation_id="countResponseInputTokens", status_code=200,
+      **_STORED, middleware=[served("openai", "responses.input_tokens")], **_BODY)  # fmt: skip
+async def response_input_tokens() -> Response[bytes]:
+    """The provider's count of a Responses request's input tokens (nothing is billed)."""
+    _served_by_middleware()
+
+
 _MODELS = {
     "responses": answers(OpenAIModelList | AnthropicModelList, "either", *KEY_ERRORS),
     "operation_class": documented(
@@ -456,6 +505,11 @@ async def unrouted() -> Response[bytes]:
 ROUTES = [
     chat_completions,
     create_response,
+    response_input_tokens,
+    get_response,
+    delete_response,
+    cancel_response,
+    response_input_items,
     messages,
     count_tokens,
     seed_chat_completions,

@@ -42,6 +42,10 @@ class ModelRouter:
             for m in settings.models
         }
 
+    def provider_speaking(self, protocol: str) -> Provider | None:
+        """The first configured provider that speaks ``protocol`` (for calls naming no model)."""
+        return next((p for p in self._providers.values() if p.speaks(protocol)), None)
+
     def resolve(self, model: str) -> Route:
         route = self._configured.get(model)
         if route is not None:

@@ -68,7 +68,13 @@ class Transport(Protocol):
     """Sends one request to a provider. Raises :class:`ledger.errors.UpstreamFailed` on I/O errors."""
 
     async def send(
-        self, path: str, body: bytes, headers: Mapping[str, str], *, stream: bool
+        self,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        stream: bool,
+        method: str = "POST",
     ) -> UpstreamResponse: ...
 
     async def aclose(self) -> None: ...

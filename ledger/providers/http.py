@@ -72,7 +72,13 @@ class HttpTransport:
         return self._pool
 
     async def send(
-        self, path: str, body: bytes, headers: Mapping[str, str], *, stream: bool
+        self,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        stream: bool,
+        method: str = "POST",
     ) -> UpstreamResponse:
         request_headers = {
             **headers,
@@ -81,7 +87,9 @@ class HttpTransport:
             "accept-encoding": "identity",
         }
         try:
-            head = request_head(self._origin, self._path_prefix + path, request_headers, len(body))
+            head = request_head(
+                self._origin, self._path_prefix + path, request_headers, len(body), method=method
+            )
         except ValueError as exc:
             raise InvalidRequest(f"A request header cannot be forwarded: {exc}.") from exc
         name = self._config.name

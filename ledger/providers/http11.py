@@ -313,11 +313,16 @@ class ConnectionPool:
 
 
 def request_head(
-    origin: Origin, target: str, headers: Mapping[str, str], content_length: int
+    origin: Origin,
+    target: str,
+    headers: Mapping[str, str],
+    content_length: int,
+    *,
+    method: str = "POST",
 ) -> bytes:
-    """A POST request's head. Names and values holding CR, LF or NUL are refused."""
+    """A request's head (a POST unless told). Names and values holding CR, LF or NUL are refused."""
     lines = [
-        f"POST {target} HTTP/1.1\r\nhost: {origin.host_header}\r\n"
+        f"{method} {target} HTTP/1.1\r\nhost: {origin.host_header}\r\n"
         f"content-length: {content_length}\r\n"
     ]
     for name, value in headers.items():

@@ -45,8 +45,16 @@ class MockTransport:
         self._cache = cache or PrefixCache()
 
     async def send(
-        self, path: str, body: bytes, headers: Mapping[str, str], *, stream: bool
+        self,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        stream: bool,
+        method: str = "POST",
     ) -> UpstreamResponse:
+        if method != "POST":
+            return _json_response(_error(f"The mock provider keeps no {path}."), 404)
         handler = next((h for suffix, h in ENDPOINTS if path.endswith(suffix)), None)
         if handler is None:
             return _json_response(_error(f"The mock provider does not serve {path}."), 404)
