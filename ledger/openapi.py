@@ -286,6 +286,43 @@ class AnthropicUsage(msgspec.Struct):
     output_tokens: int
 
 
+class EmbeddingUsage(msgspec.Struct):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class Embedding(msgspec.Struct):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str  # a base64 string with encoding_format "base64"
+
+
+class EmbeddingList(msgspec.Struct):
+    """OpenAI's embeddings list, as the provider sent it."""
+
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage | None = None
+
+
+class TextCompletionChoice(msgspec.Struct):
+    index: int
+    text: str
+    finish_reason: str | None
+
+
+class TextCompletion(msgspec.Struct):
+    """OpenAI's legacy ``text_completion`` object, as the provider sent it."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextCompletionChoice]
+    usage: ChatCompletionUsage | None = None
+
+
 class AnthropicMessage(msgspec.Struct):
     """Anthropic's ``message`` object, as the provider sent it."""
 
@@ -417,6 +454,40 @@ CHAT_REQUEST = _object(
 )
 
 
+_TEXT_OR_TOKENS = Schema(
+    one_of=[
+        _STRING,
+        Schema(type=OpenAPIType.ARRAY, items=_STRING),
+        Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.INTEGER)),
+        Schema(
+            type=OpenAPIType.ARRAY,
+            items=Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.INTEGER)),
+        ),
+    ]
+)
+EMBEDDINGS_REQUEST = _object(
+    {"model": _MODEL, "input": _TEXT_OR_TOKENS, "user": _CHAT_FIELDS["user"]},
+    "model",
+    "input",
+    description="An OpenAI embeddings request; forwarded as sent, other fields included.",
+)
+COMPLETIONS_REQUEST = _object(
+    {
+        "model": _MODEL,
+        "prompt": _TEXT_OR_TOKENS,
+        "stream": _BOOLEAN,
+        "stream_options": _CHAT_FIELDS["stream_options"],
+        "max_tokens": _COUNT,
+        "n": _COUNT,
+        "best_of": _COUNT,
+        "user": _CHAT_FIELDS["user"],
+    },
+    "model",
+    description="An OpenAI legacy completions request; forwarded as sent, other fields "
+    "included. Without max_tokens the provider writes at most 16 tokens.",
+)
+
+
 def _seed(fields: Mapping[str, Schema | Reference], *required: str) -> Schema:
     """The seed API's variant of a request: the model may be named ``model_id`` instead."""
     return replace(
@@ -492,6 +563,17 @@ CHAT_STREAM_EVENT = _object(
                 Schema(any_of=[_CHAT_COMPLETION_CHUNK, _component("OpenAIError")])
             ),
             description="A chunk, an error (when the provider fails mid-stream), or "
+            "``[DONE]`` last.",
+        )
+    },
+    "data",
+)
+COMPLETION_STREAM_EVENT = _object(
+    {
+        "data": Schema(
+            schema_if=Schema(const="[DONE]"),
+            schema_else=_json_data(Schema(any_of=[_OBJECT, _component("OpenAIError")])),
+            description="A ``text_completion`` chunk (``choices[].text``), an error, or "
             "``[DONE]`` last.",
         )
     },

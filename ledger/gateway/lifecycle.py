@@ -38,6 +38,7 @@ from ledger.errors import (
     BudgetExceeded,
     InvalidRequest,
     LedgerError,
+    NotFound,
     PermissionDenied,
     UpstreamCredentialsRefused,
     UpstreamFailed,
@@ -81,6 +82,7 @@ _COUNT_TOKENS_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "
 _ERROR_BODY_LIMIT = 64 * 1024
 _RAW_USAGE_LIMIT = 4096  # characters of a disbelieved usage object kept in its entry
 _COUNT_TOKENS_TIMEOUT_S = 5.0
+_PATH_CHARS = 500  # of an unserved path, quoted in its entry's error
 # The provider paths a call about a stored response may reach: its id, and what follows.
 _STORED_PATH = re.compile(r"/responses/(input_tokens|[A-Za-z0-9_-]{1,200}(/cancel|/input_items)?)")
 
@@ -90,7 +92,7 @@ class GatewayCall:
     """One client request as the HTTP layer saw it."""
 
     protocol: str  # openai | anthropic
-    endpoint: str  # chat | messages | count_tokens
+    endpoint: str  # one of ``endpoints.ENDPOINTS``, or of ``LOCAL_ENDPOINTS``
     raw_body: bytes
     credential: str | None = None
     seed_body: bool = False  # the seed API's body: model_id and key inside
@@ -102,6 +104,8 @@ class GatewayCall:
     principal: Principal | None = None  # already authenticated on the headers
     client_gone: Callable[[], bool] | None = None  # true once the client has disconnected
     method: str = "POST"
+    path: str = ""
+    resource: str | None = None  # the id a path names: the model of GET /v1/models/{id}
     upstream_path: str = ""  # (stored responses) the provider's path, query included
 
 
@@ -180,6 +184,9 @@ class Gateway:
             # 1. Authenticate. Before this there is no one to charge, so no entry.
             principal = await self._auth.authenticate(credential, call.client)
         if principal.is_admin:
+            if call.endpoint in ("models", "model"):
+                # The operator may see what is served; there is no team to charge: no entry.
+                return _json_reply(self._models_payload(call, principal), {})
             raise PermissionDenied(
                 "The admin key cannot make model requests; create a team key with POST /admin/keys."
             )
@@ -195,6 +202,8 @@ class Gateway:
         priced: tuple[Route, Price] | None = None
         reservation: Reservation | None = None
         try:
+            if call.endpoint in LOCAL_ENDPOINTS:  # answered by Ledger itself: nothing forwarded
+                return await self._answer_locally(entry, call, principal)
             # 2. Parse what the client sent.
             if call.body_error is not None:
                 raise call.body_error
@@ -227,7 +236,12 @@ class Gateway:
             scope = entry.budget_scope()  # team, key, user, model and tags are known now
             output_cap = self._output_cap(request, scope)
             caches = _asks_for_cache(request)
-            asked_output = request.max_output_tokens or output_cap or self._default_max_output
+            # The most output it may be billed for (an embedding writes none).
+            asked_output = (
+                (request.max_output_tokens or output_cap or self._default_max_output)
+                if request.writes_output
+                else 0
+            )
 
             # A request that asks for a dearer service (priority, fast mode, US-only
             # inference) reserves at that multiplier, so the overspend bound holds.
@@ -780,7 +794,11 @@ class Gateway:
 
         Without it the provider may write more than the reservation covered.
         """
-        if request.max_output_tokens is not None or not self._budgets.has_hard_budget(scope):
+        if (
+            not request.writes_output
+            or request.max_output_tokens is not None
+            or not self._budgets.has_hard_budget(scope)
+        ):
             return None
         return self._default_max_output
 
@@ -819,6 +837,42 @@ class Gateway:
         if body and not any(key in body for key in changes):
             return _with_fields(call.raw_body, changes)
         return msgspec.json.encode({**body, **changes})
+
+    async def _answer_locally(
+        self, entry: LedgerEntry, call: GatewayCall, principal: Principal
+    ) -> GatewayReply:
+        """The model list, one model, or a refusal of a path Ledger does not serve: $0 entries.
+
+        Each leaves its entry all the same: nothing a valid key asks for goes untraced.
+
+        Raises:
+            NotFound: the path is not one Ledger serves, or the model is not one this key
+                may use (the lifecycle records it and answers 404 in the caller's shape).
+        """
+        if call.endpoint == "unrouted":
+            path = _storable(call.path)[:_PATH_CHARS]  # it is kept in the entry's error
+            raise NotFound(
+                f"No route for {call.method} {path}: Ledger does not serve it. "
+                "See the README's API overview for the routes it does."
+            )
+        if call.endpoint == "model":
+            entry.requested_model = fit_text(_storable(call.resource or ""), MODEL_CHARS)
+        payload = self._models_payload(call, principal)
+        entry.status, entry.http_status = "ok", 200
+        await self._record(entry)
+        return _json_reply(payload, _ledger_headers(entry))
+
+    def _models_payload(self, call: GatewayCall, principal: Principal) -> dict[str, Any]:
+        """The model list, or the one model the path names (NotFound: not for this key)."""
+        routes = self._router.models(principal)  # what this key may use, priced, and nothing else
+        if call.endpoint == "models":
+            return model_list(call.protocol, routes)
+        found = next((r for r in routes if r.model == call.resource), None)
+        if found is None:
+            raise NotFound(
+                f"The model '{call.resource}' does not exist or is not available to this key."
+            )
+        return model_object(call.protocol, found)
 
     async def _count_tokens(
         self, entry: LedgerEntry, call: GatewayCall, request: ParsedRequest, route: Route
@@ -1137,6 +1191,46 @@ UNPRICED_SOURCE = "unpriced: unknown_models = record"
 
 # -- small pure helpers -----------------------------------------------------------------
 
+# Endpoints Ledger answers itself, without a body to parse or a provider to ask.
+_LOCAL_ENTRY_NAMES = {"models": "models.list", "model": "models.retrieve", "unrouted": "unrouted"}
+LOCAL_ENDPOINTS = frozenset(_LOCAL_ENTRY_NAMES)
+
+
+def _storable(text: str) -> str:
+    """``text`` without NUL characters, which PostgreSQL text cannot hold."""
+    return text.replace("\x00", "")
+
+
+def _json_reply(payload: dict[str, Any], headers: dict[str, str]) -> GatewayReply:
+    return GatewayReply(
+        200, {"content-type": "application/json", **headers}, msgspec.json.encode(payload)
+    )
+
+
+def model_object(protocol: str, route: Route) -> dict[str, Any]:
+    """One model as ``GET /v1/models/{id}`` (and each item of the list) shows it."""
+    if protocol == ANTHROPIC:
+        return {
+            "type": "model",
+            "id": route.model,
+            "display_name": route.model,
+            "created_at": "2025-01-01T00:00:00Z",
+        }
+    return {"id": route.model, "object": "model", "created": 0, "owned_by": route.provider.name}
+
+
+def model_list(protocol: str, routes: list[Route]) -> dict[str, Any]:
+    """``GET /v1/models`` in OpenAI's shape, or Anthropic's (``has_more``, first and last id)."""
+    data = [model_object(protocol, route) for route in routes]
+    if protocol == ANTHROPIC:
+        return {
+            "data": data,
+            "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+    return {"object": "list", "data": data}
+
 
 async def _client_left(call: GatewayCall) -> bool:
     """Whether the client disconnected (rather than Ledger stopping the stream)."""
@@ -1212,7 +1306,9 @@ def _note_names(entry: LedgerEntry, call: GatewayCall, body: dict[str, Any]) -> 
 
 
 def _endpoint_name(call: GatewayCall) -> str:
-    adapter = ENDPOINTS.get(call.endpoint)
+    if call.endpoint in LOCAL_ENDPOINTS:
+        return _LOCAL_ENTRY_NAMES[call.endpoint]
+    adapter = ENDPOINTS.get(call.endpoint)  # calls about stored responses have none
     return adapter.entry_name if adapter is not None else call.endpoint
 
 

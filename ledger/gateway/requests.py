@@ -24,7 +24,7 @@ class ParsedRequest:
     """The facts about a request that accounting needs; ``body`` is what goes upstream."""
 
     protocol: str  # openai | anthropic
-    endpoint: str  # chat | messages | count_tokens | responses
+    endpoint: str  # chat | messages | count_tokens | responses | embeddings | completions
     body: dict[str, Any]
     model: str
     stream: bool = False
@@ -33,6 +33,7 @@ class ParsedRequest:
     end_user: str | None = None
     include_usage: bool = False  # the client itself asked for the usage chunk
     rewritten: bool = False  # ``body`` is not the client's bytes: encode it again to forward
+    writes_output: bool = True  # False for embeddings: only input tokens are billed
     background: bool = False  # (Responses) answered at once, finished and billed later
     # (Responses) ``previous_response_id`` or ``conversation``: context Ledger cannot see
     stored_context: bool = False
@@ -194,6 +195,85 @@ def parse_anthropic_messages(body: dict[str, Any], *, count_only: bool = False) 
         max_output_tokens=max_tokens,
         end_user=user if isinstance(user, str) and user else None,
     )
+
+
+def parse_openai_embeddings(body: dict[str, Any]) -> ParsedRequest:
+    """``POST /v1/embeddings``: ``input`` is a string, strings, a token array or token arrays."""
+    model = _model(body)
+    if not _is_text_or_tokens(body.get("input")):
+        raise InvalidRequest(
+            "'input' must be a non-empty string, an array of strings, an array of token "
+            "integers, or an array of such arrays.",
+            param="input",
+        )
+    user = _openai_user(body)
+    return ParsedRequest(
+        protocol=OPENAI,
+        endpoint="embeddings",
+        body=body,
+        model=model,
+        end_user=user,
+        writes_output=False,
+    )
+
+
+def parse_openai_completions(body: dict[str, Any]) -> ParsedRequest:
+    """``POST /v1/completions`` (legacy): ``prompt`` as embeddings' ``input``; ``max_tokens``.
+
+    OpenAI bills every one of ``best_of`` candidates, so the choices reserved for are the
+    larger of ``n`` and ``best_of``.
+    """
+    model = _model(body)
+    prompt = body.get("prompt")
+    if prompt is not None and not _is_text_or_tokens(prompt, empty_ok=True):
+        raise InvalidRequest(
+            "'prompt' must be a string, an array of strings, an array of token integers, "
+            "or an array of such arrays.",
+            param="prompt",
+        )
+    stream = _optional_bool(body, "stream")
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    prompts = len(prompt) if isinstance(prompt, list) and prompt and not _is_tokens(prompt) else 1
+    n = _optional_positive_int(body, "n") or 1
+    best_of = _optional_positive_int(body, "best_of") or 1
+    return ParsedRequest(
+        protocol=OPENAI,
+        endpoint="completions",
+        body=body,
+        model=model,
+        stream=stream,
+        # OpenAI's own default when max_tokens is left out.
+        max_output_tokens=_optional_positive_int(body, "max_tokens") or 16,
+        choices=max(n, best_of) * prompts,
+        end_user=_openai_user(body),
+        include_usage=bool(stream_options and stream_options.get("include_usage") is True),
+    )
+
+
+def _openai_user(body: Mapping[str, Any]) -> str | None:
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise InvalidRequest("'user' must be a string.", param="user")
+    _no_nul(user, "user")
+    return user or None
+
+
+def _is_tokens(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value
+    )
+
+
+def _is_text_or_tokens(value: Any, *, empty_ok: bool = False) -> bool:
+    if isinstance(value, str):
+        return empty_ok or bool(value)
+    if not isinstance(value, list) or not value:
+        return False
+    if _is_tokens(value) or all(isinstance(item, str) for item in value):
+        return True
+    return all(_is_tokens(item) and item for item in value)
 
 
 def _model(body: Mapping[str, Any]) -> str:

@@ -7,13 +7,12 @@ from dataclasses import replace
 from typing import Any, NoReturn
 
 import anyio
-import msgspec
-from litestar import Request, Response, delete, get, post
+from litestar import Response, delete, get, post, route
 from litestar.middleware import DefineMiddleware
 from litestar.openapi.spec import Operation, Schema
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from ledger.admin.identity import Authenticator, Principal
+from ledger.admin.identity import Principal
 from ledger.errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -22,21 +21,21 @@ from ledger.errors import (
     RequestTimeout,
 )
 from ledger.gateway.lifecycle import END_OF_RESPONSE, Gateway, GatewayCall
-from ledger.gateway.routing import ModelRouter
 from ledger.http import (
     DisconnectWatch,
-    client_address,
-    credential_from_headers,
     credential_in,
     error_body,
-    error_response,
+    protocol_for_path,
     read_body,
     scope_headers,
 )
 from ledger.openapi import (
     CHAT_REQUEST,
     CHAT_STREAM_EVENT,
+    COMPLETION_STREAM_EVENT,
+    COMPLETIONS_REQUEST,
     COUNT_TOKENS_REQUEST,
+    EMBEDDINGS_REQUEST,
     GATEWAY_ERRORS,
     GATEWAY_HEADERS,
     KEY_ERRORS,
@@ -46,14 +45,18 @@ from ledger.openapi import (
     SEED_COUNT_TOKENS_REQUEST,
     SEED_MESSAGE_REQUEST,
     AnthropicMessage,
+    AnthropicModel,
     AnthropicModelList,
     ChatCompletion,
+    EmbeddingList,
     MessageTokensCount,
+    OpenAIModel,
     OpenAIModelList,
     ResponseDeleted,
     ResponseInputItems,
     ResponseInputTokens,
     ResponseObject,
+    TextCompletion,
     answers,
     documented,
     header,
@@ -85,6 +88,11 @@ class ServeGateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway: Gateway = scope["app"].state["services"].gateway
         headers = scope_headers(scope)
+        protocol = self._protocol
+        if protocol == AUTO:  # a route both SDKs call: Anthropic's when it sends its version
+            anthropic_caller = "anthropic-version" in headers
+            anthropic_path = protocol_for_path(scope["path"]) == "anthropic"
+            protocol = "anthropic" if anthropic_caller or anthropic_path else "openai"
         client = scope.get("client")
         address = client[0] if client else None
         credential = credential_in(headers)
@@ -95,7 +103,7 @@ class ServeGateway:
             try:
                 principal = await gateway.authenticate(credential, address)
             except LedgerError as error:
-                await self._refuse(send, error)
+                await _refuse(send, error, protocol)
                 return
         body_error: LedgerError | None = None
         raw = b""
@@ -111,18 +119,19 @@ class ServeGateway:
         except PayloadTooLarge as error:
             if principal is None:
                 # Only a small body is read for the key it may carry.
-                await self._refuse(send, AuthenticationFailed(_NO_KEY_FOR_LARGE_BODY))
+                await _refuse(send, AuthenticationFailed(_NO_KEY_FOR_LARGE_BODY), protocol)
                 return
             body_error = error
         except RequestTimeout as error:
             if principal is None:  # nobody to charge: no entry
-                await self._refuse(send, error)
+                await _refuse(send, error, protocol)
                 return
             body_error = error
         except LedgerError as error:
             body_error = error
+        resource = (scope.get("path_params") or {}).get("model_id")
         call = GatewayCall(
-            protocol=self._protocol,
+            protocol=protocol,
             endpoint=self._endpoint,
             raw_body=raw,
             credential=credential,
@@ -134,6 +143,9 @@ class ServeGateway:
             client=address,
             principal=principal,
             client_gone=(watch := DisconnectWatch(receive)),
+            method=scope.get("method", "POST"),
+            path=scope["path"],
+            resource=resource if isinstance(resource, str) else None,
         )
         try:
             if self._endpoint.startswith("responses."):  # about a stored response
@@ -149,7 +161,7 @@ class ServeGateway:
                 reply = await gateway.handle(call)
         except LedgerError as error:
             watch.stop()
-            body = error_body(error, self._protocol)
+            body = error_body(error, protocol)
             await _send_whole(send, error.status, dict(error.headers), body)
             return
         if reply.stream is None:
@@ -158,14 +170,18 @@ class ServeGateway:
         else:
             await _send_stream(send, reply.status, reply.headers, reply.stream, watch)
 
-    async def _refuse(self, send: Send, error: LedgerError) -> None:
-        """Answer before the body was read (or in full); the connection ends with it.
 
-        Otherwise the server would keep reading, and discarding, whatever the client
-        still sends, on a connection held open for it.
-        """
-        headers = {**error.headers, "connection": "close"}
-        await _send_whole(send, error.status, headers, error_body(error, self._protocol))
+async def _refuse(send: Send, error: LedgerError, protocol: str) -> None:
+    """Answer before the body was read (or in full); the connection ends with it.
+
+    Otherwise the server would keep reading, and discarding, whatever the client
+    still sends, on a connection held open for it.
+    """
+    headers = {**error.headers, "connection": "close"}
+    await _send_whole(send, error.status, headers, error_body(error, protocol))
+
+
+AUTO = "auto"  # the protocol of a route both SDKs call: chosen per request
 
 
 BODY_KEY_MAX_BYTES = 64 * 1024
@@ -415,59 +431,84 @@ _MODELS = {
 }
 
 
-@get("/v1/models", operation_id="listModels", **_MODELS)
-async def list_models(
-    request: Request[Any, Any, Any], router: ModelRouter, authenticator: Authenticator
-) -> Response[bytes]:
+@get("/v1/models", operation_id="listModels", middleware=[served(AUTO, "models")], **_MODELS)
+async def list_models() -> Response[bytes]:
     """The models this key may use (routed, priced, allowed), in OpenAI's or Anthropic's shape."""
-    return await _models(request, router, authenticator)
+    _served_by_middleware()
 
 
 # Its own handler: an OpenAPI operation id names one path, or the schema cannot be built.
-@get("/api/v7/llm/v1/models", operation_id="seedListModels", **_MODELS)
-async def seed_list_models(
-    request: Request[Any, Any, Any], router: ModelRouter, authenticator: Authenticator
-) -> Response[bytes]:
+@get(
+    "/api/v7/llm/v1/models",
+    operation_id="seedListModels",
+    middleware=[served(AUTO, "models")],
+    **_MODELS,
+)
+async def seed_list_models() -> Response[bytes]:
     """The seed API's model list; the same answer as ``GET /v1/models``."""
-    return await _models(request, router, authenticator)
+    _served_by_middleware()
 
 
-async def _models(
-    request: Request[Any, Any, Any], router: ModelRouter, authenticator: Authenticator
-) -> Response[bytes]:
-    protocol = "anthropic" if "anthropic-version" in request.headers else "openai"
-    try:
-        principal = await authenticator.authenticate(
-            credential_from_headers(request), client_address(request)
-        )
-    except LedgerError as error:
-        return error_response(error, protocol)
-    routes = router.models(principal)  # what this key may use, priced, and nothing else
-    if protocol == "anthropic":
-        data = [
-            {
-                "type": "model",
-                "id": r.model,
-                "display_name": r.model,
-                "created_at": "2025-01-01T00:00:00Z",
-            }
-            for r in routes
-        ]
-        body: dict[str, Any] = {
-            "data": data,
-            "has_more": False,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        }
-    else:
-        body = {
-            "object": "list",
-            "data": [
-                {"id": r.model, "object": "model", "created": 0, "owned_by": r.provider.name}
-                for r in routes
-            ],
-        }
-    return Response(content=msgspec.json.encode(body), media_type="application/json")
+@get(
+    "/v1/models/{model_id:str}",
+    operation_id="retrieveModel",
+    middleware=[served(AUTO, "model")],
+    responses=answers(OpenAIModel | AnthropicModel, "either", *KEY_ERRORS, 400, 404),
+    operation_class=_MODELS["operation_class"],
+    tags=["gateway"],
+)
+async def retrieve_model() -> Response[bytes]:
+    """One model this key may use, in OpenAI's or Anthropic's shape; 404 for any other."""
+    _served_by_middleware()
+
+
+@post(
+    "/v1/embeddings",
+    operation_id="createEmbedding",
+    operation_class=_documented(EMBEDDINGS_REQUEST),
+    responses=answers(EmbeddingList, "openai", *GATEWAY_ERRORS["openai"]),
+    status_code=200,
+    tags=["gateway"],
+    middleware=[served("openai", "embeddings")],
+    **_BODY,
+)
+async def embeddings() -> Response[bytes]:
+    """OpenAI-compatible embeddings, priced per input token."""
+    _served_by_middleware()
+
+
+@post(
+    "/v1/completions",
+    operation_id="createCompletion",
+    operation_class=_documented(COMPLETIONS_REQUEST, COMPLETION_STREAM_EVENT),
+    responses=answers(TextCompletion, "openai", *GATEWAY_ERRORS["openai"]),
+    status_code=200,
+    tags=["gateway"],
+    middleware=[served("openai", "completions")],
+    **_BODY,
+)
+async def completions() -> Response[bytes]:
+    """OpenAI-compatible legacy text completions, streaming or not."""
+    _served_by_middleware()
+
+
+_EVERY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+@route(
+    "/v1/{rest:path}",
+    http_method=_EVERY_METHOD,
+    operation_id="unroutedV1",
+    include_in_schema=False,
+    middleware=[served(AUTO, "unrouted")],
+    **_BODY,
+)
+async def unrouted() -> Response[bytes]:
+    """Any other path under ``/v1/``: refused 404 in the caller's shape, and recorded.
+
+    A route added for an endpoint Ledger learns to serve takes precedence over this one.
+    """
+    _served_by_middleware()
 
 
 ROUTES = [
@@ -485,4 +526,8 @@ ROUTES = [
     seed_count_tokens,
     list_models,
     seed_list_models,
+    retrieve_model,
+    embeddings,
+    completions,
+    unrouted,
 ]

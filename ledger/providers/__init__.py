@@ -13,6 +13,12 @@ from ledger.providers.mock import MockTransport
 __all__ = ["Provider", "Transport", "UpstreamResponse", "build_providers"]
 
 MOCK_PROVIDER_NAME = "mock"
+_OPENAI_PATHS = {
+    "chat": openai.CHAT_COMPLETIONS_PATH,
+    "responses": openai_responses.RESPONSES_PATH,
+    "embeddings": openai.EMBEDDINGS_PATH,
+    "completions": openai.COMPLETIONS_PATH,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +37,10 @@ class Provider:
         return self.kind in ("mock", protocol)
 
     def path(self, endpoint: str) -> str:
-        """The upstream path for an endpoint: ``chat``, ``messages`` or ``count_tokens``."""
-        if endpoint == "chat":
-            return openai.CHAT_COMPLETIONS_PATH
-        if endpoint == "responses":
-            return openai_responses.RESPONSES_PATH
+        """The upstream path for an endpoint: ``chat``, ``responses``, ``embeddings``,
+        ``completions``, ``messages`` or ``count_tokens``."""
+        if endpoint in _OPENAI_PATHS:
+            return _OPENAI_PATHS[endpoint]
         suffix = anthropic.MESSAGES_PATH if endpoint == "messages" else anthropic.COUNT_TOKENS_PATH
         return anthropic.api_path(self.base_url, suffix)
 

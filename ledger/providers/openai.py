@@ -14,6 +14,8 @@ from ledger.providers.sse import DEFAULT_MAX_EVENT_BYTES, SSEParser
 from ledger.usage import MAX_ENTRY_COST_NANOS, ImplausibleUsage, Usage, reported_count
 
 CHAT_COMPLETIONS_PATH = "/chat/completions"
+EMBEDDINGS_PATH = "/embeddings"
+COMPLETIONS_PATH = "/completions"  # the legacy text completions
 # Headers a client may send that change what the provider does; forwarded as they are.
 FORWARDED_REQUEST_HEADERS = ("openai-organization", "openai-project", "openai-beta")
 # With include_usage every chunk carries "usage": null. A JSON string cannot contain an
@@ -124,13 +126,20 @@ def _count(usage: Mapping[str, Any], spellings: tuple[tuple[str, ...], ...]) -> 
 
 
 def response_text(payload: Any) -> str:
-    """Everything the model wrote in a non-streamed response (for estimating lost usage)."""
+    """Everything the model wrote in a non-streamed response (for estimating lost usage).
+
+    Chat choices carry a ``message``; legacy completions choices carry ``text``.
+    """
     parts: list[str] = []
     if isinstance(payload, Mapping):
         for choice in payload.get("choices") or []:
-            message = choice.get("message") if isinstance(choice, Mapping) else None
+            if not isinstance(choice, Mapping):
+                continue
+            message = choice.get("message")
             if isinstance(message, Mapping):
                 _collect_message_text(message, parts)
+            elif isinstance(choice.get("text"), str):
+                parts.append(choice["text"])
     return "".join(parts)
 
 
@@ -194,9 +203,13 @@ class OpenAIStreamRelay:
                 self.raw_usage = payload["usage"]
             if isinstance(payload, Mapping):
                 for choice in payload.get("choices") or []:
-                    delta = choice.get("delta") if isinstance(choice, Mapping) else None
+                    if not isinstance(choice, Mapping):
+                        continue
+                    delta = choice.get("delta")
                     if isinstance(delta, Mapping):
                         _collect_message_text(delta, self.text)
+                    elif isinstance(choice.get("text"), str):  # a legacy completions chunk
+                        self.text.append(choice["text"])
             if self._strip_usage:
                 if has_usage and _carries_no_choice(payload.get("choices")):
                     continue  # the usage chunk the client did not ask for

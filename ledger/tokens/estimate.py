@@ -32,6 +32,7 @@ from ledger.tokens.encodings import (
     is_loaded,
 )
 from ledger.tokens.openai_chat import measure_openai_chat_prompt
+from ledger.tokens.openai_inputs import measure_text_input
 from ledger.tokens.openai_responses import measure_openai_responses_prompt
 
 # Bodies with at most this much text, in at most this many JSON values, are counted inline.
@@ -94,12 +95,16 @@ async def estimate_prompt(
     the body as it arrived, lets a small body be counted at once, without sizing it first.
     Inline PDFs and audio count at their upper bounds (`ledger.tokens.media`); `unbounded`
     names a part that has none (a file Ledger cannot read), which a hard budget refuses.
+    `protocol` "embeddings" or "completions" (OpenAI's) counts the body's `input` or `prompt`.
 
     Raises:
         ValueError: `protocol` is neither "openai" nor "anthropic".
     """
     measure: Callable[[dict[str, Any]], tuple[int, str | None]]
-    if protocol == "openai":
+    if protocol in ("embeddings", "completions"):
+        measure = functools.partial(measure_text_input, model, protocol)
+        encoding_name = encoding_name_for_model(model)
+    elif protocol == "openai":
         measure = functools.partial(measure_openai_chat_prompt, model)
         encoding_name = encoding_name_for_model(model)
     elif protocol == "responses":  # an OpenAI Responses API body

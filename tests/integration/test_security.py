@@ -49,6 +49,10 @@ GATEWAY_POLICY = {
     "seedCountMessageTokens": "free",
     "listModels": "local",
     "seedListModels": "local",
+    "retrieveModel": "local",
+    "createEmbedding": "billed",
+    "createCompletion": "billed",
+    "createResponse": "billed",
 }
 HOSTILE = [
     "' OR 1=1 --",
@@ -104,6 +108,11 @@ def _body(path: str, marker: str) -> dict[str, Any]:
             "max_tokens": 50,
             "messages": [{"role": "user", "content": marker}],
         }
+    # Any priced model will do: the fake provider answers every endpoint for any model.
+    if path.endswith(("/embeddings", "/responses")):
+        return {"model": "gpt-4.1-mini", "input": marker}
+    if path.endswith("/v1/completions"):
+        return {"model": "gpt-4.1-mini", "prompt": marker}
     return {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": marker}]}
 
 
@@ -204,7 +213,9 @@ def test_no_gateway_route_reaches_the_provider_unauthenticated_unbudgeted_or_unr
         if key is not None:
             headers["authorization"] = f"Bearer {key}"
         if route.method == "GET":
-            return http.get(gateway.url + route.path, headers=headers)
+            return http.get(
+                gateway.url + _fill(route.path, {"model_id": "gpt-4.1-mini"}), headers=headers
+            )
         return http.post(gateway.url + route.path, json=_body(route.path, marker), headers=headers)
 
     for route in gateway_routes:
@@ -254,6 +265,7 @@ def test_no_route_of_any_kind_forwards_an_unauthenticated_request(
     values = {"request_id": "req_x", "month": "2020-01", "budget_id": "1", "key_id": "1"}
     values |= {"team_id": "1"}
     values |= {"file_path": "dashboard.css", "path": "openapi.json"}
+    values |= {"model_id": "gpt-4.1-mini", "rest": "files"}
     for route in _routes(create_app(gateway.settings, announce=False)):
         marker = f"m-{uuid.uuid4().hex}"
         response = http.request(

@@ -19,21 +19,21 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from ledger.providers.base import UpstreamResponse
-from ledger.providers.mock import anthropic_messages, openai_chat, responses
+from ledger.providers.mock import anthropic_messages, completions, openai_chat, responses
 from ledger.providers.mock.cache import PrefixCache
 
 __all__ = ["ENDPOINTS", "MockTransport"]
 
 Handler = Callable[[dict[str, Any], PrefixCache], tuple[dict[str, Any], list[bytes]]]
 
-# Upstream path suffixes, most specific first. Responses and embeddings are not routed by
-# the gateway yet; their handlers are here for the adapters that will.
+# Upstream path suffixes, most specific first (``/completions`` after ``/chat/completions``).
 ENDPOINTS: tuple[tuple[str, Handler], ...] = (
     ("/messages/count_tokens", anthropic_messages.count_tokens),
     ("/messages", anthropic_messages.message),
     ("/chat/completions", openai_chat.completion),
     ("/responses", responses.response),
     ("/embeddings", responses.embeddings),
+    ("/completions", completions.completion),
 )
 
 
