@@ -78,14 +78,15 @@ def test_an_unknown_model_is_refused_with_one_entry_never_at_zero(gateway: LiveS
     client = openai.OpenAI(
         base_url=gateway.openai_base_url, api_key=gateway.team_key(), max_retries=0
     )
-    with pytest.raises(openai.NotFoundError) as caught:
+    with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
             model="gpt-imaginary-9", messages=[{"role": "user", "content": "Hi"}]
         )
     entries = gateway.wait_for_entries(1)
     assert [e["requested_model"] for e in entries] == ["gpt-imaginary-9"]
     assert entries[0]["status"] != "ok"
-    assert caught.value.status_code == 404
+    assert caught.value.status_code == 400
+    assert caught.value.code == "model_not_priced"
 
 
 def _with_unknown_models(settings, rule: str):
