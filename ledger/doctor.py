@@ -14,12 +14,14 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from ledger.config import ProviderConfig, Settings
 from ledger.db.engine import create_engine
 from ledger.db.journal import journal_directory
 from ledger.db.migrate import current_revision, head_revision
+from ledger.db.prices import load_registry
+from ledger.db.tables import ApiKey, Budget, Team
 from ledger.pricing import PriceBook, load_catalog
 from ledger.providers import anthropic, openai
 
@@ -141,6 +143,70 @@ def model_checks(settings: Settings) -> list[Check]:
     return checks
 
 
+async def budget_checks(settings: Settings) -> list[Check]:
+    """Every budget names a team and key that exist, and a model budget a priced model.
+
+    Budgets send their alerts to every configured channel, so no budget names one.
+    """
+    engine = create_engine(settings.database_url)
+    try:
+        if await current_revision(engine) != head_revision():
+            return [Check("budgets", "warn", "not checked: the database is not at head",
+                          "run `ledger db upgrade`, then `ledger doctor` again")]  # fmt: skip
+        async with engine.connect() as connection:
+            budgets = (
+                await connection.execute(
+                    select(Budget).where(Budget.deleted_at.is_(None)).order_by(Budget.id)
+                )
+            ).all()
+            teams = set((await connection.execute(select(Team.id))).scalars())
+            keys = {row.id: row for row in (await connection.execute(select(ApiKey))).all()}
+        registry = await load_registry(engine)
+    except Exception as exc:
+        return [Check("budgets", "warn", f"not checked: cannot read them ({type(exc).__name__})",
+                      "fix the database check above")]  # fmt: skip
+    finally:
+        await engine.dispose()
+    book = PriceBook([*load_catalog(), *settings.price_overrides])
+    configured = {model.name: model for model in settings.models}
+    now = datetime.now(UTC)
+
+    def priced(model: str) -> bool:
+        entry = configured.get(model)
+        names = (model,) if entry is None else (model, entry.upstream_model)
+        if entry is not None and entry.free:
+            return True
+        return any(registry.price_at(n, now) or book.price_at(n, now) for n in names)
+
+    checks = []
+    for budget in budgets:
+        problems: list[tuple[str, str]] = []
+        if budget.team_id is not None and budget.team_id not in teams:
+            problems.append((f"team id {budget.team_id} does not exist",
+                             "delete the budget and create it for an existing team"))  # fmt: skip
+        if budget.scope == "key":
+            key = keys.get(budget.key_id)
+            if key is None:
+                problems.append((f"key id {budget.key_id} does not exist",
+                                 "delete the budget and create it for an existing key"))  # fmt: skip
+            elif key.revoked_at is not None:
+                problems.append((f"key id {budget.key_id} is revoked: it limits nothing",
+                                 "delete the budget"))  # fmt: skip
+        if budget.scope == "model" and budget.model and not priced(budget.model):
+            problems.append((f"model {budget.model!r} has no price: its requests are refused "
+                             "or recorded at $0, never counted against the budget",
+                             f"price {budget.model} (POST /admin/prices or [[prices]]) or "
+                             "fix the budget's model"))  # fmt: skip
+        name = f"budget {budget.id} {budget.name}"
+        if problems:
+            checks.extend(Check(name, "FAIL", detail, fix) for detail, fix in problems)
+    ok = len(budgets) - len({c.name for c in checks})
+    summary = f"{ok} of {len(budgets)} budgets valid"
+    checks.insert(0, Check("budgets", "FAIL", summary, "see each budget below") if checks
+                  else Check("budgets", "ok", summary))  # fmt: skip
+    return checks
+
+
 def alert_checks(settings: Settings) -> list[Check]:
     checks = []
     for channel in settings.alert_channels:
@@ -162,6 +228,7 @@ async def run_checks(settings: Settings, env: Mapping[str, str] | None = None) -
         *journal_checks(settings),
         *(await provider_checks(settings, env)),
         *model_checks(settings),
+        *(await budget_checks(settings)),
         *alert_checks(settings),
     ]
 

@@ -40,18 +40,12 @@ class InvalidRequest(LedgerError):
         )
 
 
-class UnknownModel(LedgerError):
-    """The model is not configured or has no price (404, as OpenAI answers)."""
+class UnknownModel(InvalidRequest):
+    """No price knows the model and no provider serves it unpriced (400
+    ``model_not_priced``): a price is what is missing, never served at $0."""
 
-    def __init__(self, message: str, *, code: str = "model_not_found"):
-        super().__init__(
-            message,
-            status=404,
-            openai_type="invalid_request_error",
-            anthropic_type="not_found_error",
-            code=code,
-            param="model",
-        )
+    def __init__(self, message: str):
+        super().__init__(message, param="model", code="model_not_priced")
 
 
 class AuthenticationFailed(LedgerError):

@@ -234,6 +234,16 @@ class Gateway:
             # 4. Estimate the prompt before any money is spent: under a hard budget, an
             # upper bound on it, or a refusal when part of it has none.
             scope = entry.budget_scope()  # team, key, user, model and tags are known now
+            if entry.unpriced and self._budgets.has_hard_budget(scope):
+                # unknown_models = "record" would reserve and record $0: unpriced spend
+                # would escape the hard budget, so it fails closed instead.
+                raise InvalidRequest(
+                    f"A hard budget applies to this request and model '{route.model}' has no "
+                    "price, so its cost could not be held against it. Price it with "
+                    "POST /admin/prices or [[prices]] in the config file.",
+                    param="model",
+                    code="model_not_priced",
+                )
             output_cap = self._output_cap(request, scope)
             caches = _asks_for_cache(request)
             # The most output it may be billed for (an embedding writes none).

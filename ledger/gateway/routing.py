@@ -82,7 +82,11 @@ class ModelRouter:
                     catalog=self._catalogs[provider.name],
                     unpriced=provider.unknown_models,
                 )
-        raise UnknownModel(f"The model '{model}' does not exist or is not served by this gateway.")
+        raise UnknownModel(
+            f"No price is known for model '{model}', so it is not served. Price it with "
+            "POST /admin/prices or [[prices]] in the config file, or set unknown_models "
+            '("record" or "estimate:MODEL") on the provider that should serve it.'
+        )
 
     def price_of(self, route: Route, at: datetime) -> Price | None:
         """The price in effect for ``route`` at ``at``: its own name's, else its upstream's."""

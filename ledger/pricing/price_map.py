@@ -36,8 +36,7 @@ class ImportResult:
     # per million tokens: (name, field, as written, as kept).
     rounded: list[tuple[str, str, str, str]] = field(default_factory=list)
     # Every context tier of every entry, lowest threshold first, as (threshold, prices in
-    # USD per million by Ledger field). Price holds one long-context tier today (the
-    # lowest, applied to the Price); the whole list is kept for a Price of many tiers.
+    # USD per million by Ledger field), as written in the map; each Price holds them all.
     tiers: dict[str, list[tuple[int, dict[str, Decimal]]]] = field(default_factory=dict)
 
 
@@ -70,8 +69,8 @@ def parse_price_map(
     skipped. Numbers should be ``Decimal`` (use ``parse_price_map_text``); floats are
     read through ``str()`` as in ``price_from_mapping``. ``litellm_provider`` becomes
     the provider, with OpenAI's and Anthropic's spellings mapped to ``openai`` and
-    ``anthropic``. An ``_above_200k_tokens`` (or ``_above_128k_tokens``) price makes
-    a long-context tier above that many input tokens.
+    ``anthropic``. Every ``_above_Nk_tokens`` (or ``_above_Nm_tokens``) price makes a
+    context tier above that many input tokens, all of them kept (``Price.tiers``).
 
     An entry is refused, with the reason, when its input or output price is missing,
     negative or finer than Ledger can hold, or when it fails these unit checks:
@@ -165,19 +164,21 @@ def _price_from_entry(
         threshold = number * (1_000_000 if unit == "m" else 1_000 if unit == "k" else 1)
         by_threshold.setdefault(threshold, {})[_FIELDS[base_field]] = _per_token(key, value)
     tiers = sorted(by_threshold.items())
-    if tiers:
-        # Price holds one long-context tier: the lowest, so a request past it is never
-        # priced below what it crosses (see ImportResult.tiers for the rest).
-        threshold, tier_prices = tiers[0]
-        mapping["long_context_threshold"] = threshold
-        for ledger_field, value in tier_prices.items():
-            per_token[f"long_context_{ledger_field}"] = value
 
     if "input" not in per_token or "output" not in per_token:
         raise PriceError("no input or output price")
-    _check_units(per_token)
+    _check_units(
+        per_token
+        | {
+            f"{ledger_field} above {threshold} tokens": value
+            for threshold, tier_prices in tiers
+            for ledger_field, value in tier_prices.items()
+        }
+    )
     for ledger_field, value in per_token.items():
         mapping[ledger_field] = _per_million(name, ledger_field, value, rounded)
+    if tiers:
+        mapping["tiers"] = _tier_tables(name, mapping, tiers, rounded)
 
     service_tiers: dict[str, dict[str, Decimal]] = {}
     for suffix, tier in _SERVICE_TIERS.items():
@@ -197,6 +198,33 @@ def _price_from_entry(
         for threshold, tier_prices in tiers
     ]
     return price_from_mapping(mapping), per_million_tiers
+
+
+def _tier_tables(
+    name: str,
+    mapping: Mapping[str, Any],
+    tiers: list[tuple[int, dict[str, Decimal]]],
+    rounded: list[tuple[str, str, str, str]],
+) -> list[dict[str, Any]]:
+    """Every context tier as a ``price_from_mapping`` tier table (USD per million).
+
+    A price a tier leaves out keeps the tier below's (``_tiers_from_mapping``), except
+    the 1-hour write, which is never below the tier's own 5-minute write: the map
+    rarely prices a 1-hour write above a threshold, and the tier's dearer 5-minute
+    write is the nearer floor."""
+    # The 1-hour write below the first tier, with price_from_mapping's fallbacks.
+    below_1h = mapping.get("cache_write_1h", mapping.get("cache_write_5m", mapping["input"]))
+    tables: list[dict[str, Any]] = []
+    for threshold, tier_prices in tiers:
+        table: dict[str, Any] = {"threshold": threshold}
+        for ledger_field, value in tier_prices.items():
+            label = f"{ledger_field} above {threshold} tokens"
+            table[ledger_field] = _per_million(name, label, value, rounded)
+        if "cache_write_1h" not in table and "cache_write_5m" in table:
+            table["cache_write_1h"] = max(below_1h, table["cache_write_5m"])
+        below_1h = table.get("cache_write_1h", below_1h)
+        tables.append(table)
+    return tables
 
 
 def _per_million(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import anthropic
 import openai
@@ -78,14 +79,15 @@ def test_an_unknown_model_is_refused_with_one_entry_never_at_zero(gateway: LiveS
     client = openai.OpenAI(
         base_url=gateway.openai_base_url, api_key=gateway.team_key(), max_retries=0
     )
-    with pytest.raises(openai.NotFoundError) as caught:
+    with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
             model="gpt-imaginary-9", messages=[{"role": "user", "content": "Hi"}]
         )
     entries = gateway.wait_for_entries(1)
     assert [e["requested_model"] for e in entries] == ["gpt-imaginary-9"]
     assert entries[0]["status"] != "ok"
-    assert caught.value.status_code == 404
+    assert caught.value.status_code == 400
+    assert caught.value.code == "model_not_priced"
 
 
 def _with_unknown_models(settings, rule: str):
@@ -114,6 +116,37 @@ def test_unknown_models_record_serves_and_records_unpriced_with_usage(
         assert Decimal(entry["cost_usd"]) == 0
         names = {m.id for m in client.models.list().data}
         assert "local-llama-70b" not in names  # served, but not priced: not listed
+
+
+def test_unknown_models_record_is_refused_under_a_hard_budget_and_served_under_a_soft_one(
+    database_url: str, fake_upstream: FakeUpstream
+) -> None:
+    # Before: the request reserved and recorded $0, so unpriced spend escaped the budget.
+    settings = _with_unknown_models(gateway_settings(database_url, fake_upstream), "record")
+    with LiveServer(settings) as gateway:
+        capped, relaxed = gateway.team_key("capped"), gateway.team_key("relaxed")
+        for team, mode in (("capped", "hard"), ("relaxed", "soft")):
+            budget = {"team": team, "limit_usd": "100", "period": "monthly", "mode": mode}
+            assert gateway.admin.post("/admin/budgets", json=budget).status_code == 201
+
+        def ask(key: str) -> Any:
+            client = openai.OpenAI(base_url=gateway.openai_base_url, api_key=key, max_retries=0)
+            return client.chat.completions.with_raw_response.create(
+                model="local-llama-70b", messages=[{"role": "user", "content": "Hello there"}]
+            )
+
+        with pytest.raises(openai.BadRequestError) as caught:
+            ask(capped)
+        assert caught.value.code == "model_not_priced"
+        assert "hard budget" in caught.value.message and "local-llama-70b" in caught.value.message
+        refused = gateway.entry(caught.value.response.headers["x-ledger-request-id"])
+        assert (refused["status"], refused["http_status"]) == ("invalid_request", 400)
+        assert refused["requested_model"] == "local-llama-70b"
+
+        served = gateway.entry(ask(relaxed).headers["x-ledger-request-id"])
+        assert served["status"] == "unpriced"
+        assert served["usage"]["output_tokens"] > 0
+        assert len(gateway.entries()) == 2  # one entry each
 
 
 def test_unknown_models_estimate_prices_as_the_named_model(

@@ -12,6 +12,7 @@ from pathlib import Path
 from ledger.db.engine import create_engine
 from ledger.db.migrate import upgrade
 from tests.fake_upstream import FakeUpstream
+from tests.integration.test_cli import _ledger
 
 LEDGER = str(Path(sys.executable).parent / "ledger")
 _PYTHONPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
@@ -123,4 +124,36 @@ upstream_model = "no-such-model"
     assert "FAIL" in _row(out, "provider down") and "unreachable" in _row(out, "provider down")
     unpriced = _row(out, "model house-unpriced")
     assert "FAIL" in unpriced and "[[prices]]" in unpriced
+    assert "warn" in _row(out, "budgets") and "ledger db upgrade" in _row(out, "budgets")
     assert "sk-not-the-key" not in out + result.stderr
+
+
+def test_a_budget_on_an_unpriced_model_is_named_by_id_with_what_to_fix(
+    database_url: str, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    # Before: doctor did not look at budgets; this one could never count a cent.
+    _migrated(database_url)
+    _ledger(database_url, "teams", "create", "research")
+    _ledger(database_url, "budgets", "create", "--team", "research", "--limit", "50",
+            "--name", "research-monthly")  # fmt: skip
+    created = _ledger(database_url, "budgets", "create", "--team", "research",
+                      "--model", "acme-unpriced-9", "--limit", "10", "--name", "acme-cap")  # fmt: skip
+    budget_id = created.stdout.split()[2].rstrip(":")
+    config = tmp_path / "ledger.toml"
+    config.write_text(f'''
+database_url = "{database_url}"
+journal_dir = "{tmp_path / "journal"}"
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "{fake_upstream.openai_base_url}"
+api_key_env = "FAKE_KEY"
+''')
+    result = _doctor(config, FAKE_KEY=fake_upstream.api_key)
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    assert "FAIL" in _row(out, "budgets") and "1 of 2 budgets valid" in _row(out, "budgets")
+    bad = _row(out, f"budget {budget_id} acme-cap")
+    assert "FAIL" in bad and "acme-unpriced-9" in bad and "no price" in bad
+    assert "POST /admin/prices" in bad
+    assert "research-monthly" not in out  # a valid budget gets no row of its own

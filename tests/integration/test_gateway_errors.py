@@ -192,24 +192,20 @@ def slow_gateway(database_url: str, fake_upstream: FakeUpstream) -> Iterator[Liv
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_unknown_model_is_a_404_in_the_callers_protocol(
+def test_unknown_model_is_refused_400_model_not_priced_in_the_callers_protocol(
     gateway: LiveServer, key: str, protocol: str
 ) -> None:
+    # Before: 404 model_not_found, as if the name were mistyped rather than unpriced.
     error = _sdk_error(gateway, protocol, key, model="no-such-model-9")
-    assert isinstance(error, SDKS[protocol].NotFoundError)
-    message = _ledger_error(
-        error.response,
-        protocol,
-        404,
-        anthropic_type="not_found_error",
-        code="model_not_found",
-        param="model",
-    )
+    assert isinstance(error, SDKS[protocol].BadRequestError)
+    message = _ledger_error(error.response, protocol, 400, code="model_not_priced", param="model")
     assert "no-such-model-9" in message
+    assert "POST /admin/prices" in message and "unknown_models" in message
     entry = _entry(gateway, error.response)
-    _assert_refused(entry, 404, message)
+    _assert_refused(entry, 400, message)
     assert entry["requested_model"] == "no-such-model-9"
     assert entry["provider"] is None
+    assert len(gateway.entries()) == 1
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

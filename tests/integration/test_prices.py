@@ -82,8 +82,9 @@ def test_a_price_effective_in_the_future_does_not_change_todays_cost(
 
 def test_a_price_for_a_new_model_makes_it_servable(gateway: LiveServer) -> None:
     client = _client(gateway, gateway.team_key())
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError) as refused:
         _ask(client, "hello", model="acme-chat-1")
+    assert refused.value.code == "model_not_priced"
     _post_price(gateway, model="acme-chat-1", input="2.5", output="7.5")
     request_id, usage = _ask(client, "hello", model="acme-chat-1")
     assert Decimal(gateway.entry(request_id)["cost_usd"]) == _cost(usage, "2.5", "7.5")

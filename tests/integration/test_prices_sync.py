@@ -264,3 +264,42 @@ def test_a_price_tagged_for_another_provider_does_not_price_this_providers_reque
         entry = _ask_tokens(server, "gpt-4.1-mini", 1000)
     assert entry["provider"] == "openai"
     assert entry["cost_breakdown_usd"]["input"] == "0.000400000"  # OpenAI's $0.40 per million
+
+
+def test_every_context_tier_of_the_map_is_imported_and_the_highest_crossed_prices(
+    database_url: str, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    # Before: only the lowest tier (here 128k) was kept, so 600k input tokens were
+    # priced at $2 per million instead of the >512k tier's $4.
+    _import(
+        database_url,
+        tmp_path,
+        {
+            "acme-long": {
+                "litellm_provider": "openai",
+                "mode": "chat",
+                "input_cost_per_token": 1e-06,
+                "output_cost_per_token": 4e-06,
+                "input_cost_per_token_above_128k_tokens": 2e-06,
+                "output_cost_per_token_above_128k_tokens": 8e-06,
+                "input_cost_per_token_above_272k_tokens": 3e-06,
+                "input_cost_per_token_above_512k_tokens": 4e-06,
+                "output_cost_per_token_above_512k_tokens": 1.6e-05,
+            }
+        },
+    )
+    assert _listed(database_url, "acme-long", "import")["tiers"] == (
+        ">128000: 2.000000000/8.000000000; >272000: 3.000000000/8.000000000; "
+        ">512000: 4.000000000/16.000000000"
+    )
+    with LiveServer(gateway_settings(database_url, fake_upstream)) as server:
+        middle = _ask_tokens(server, "acme-long", 300_000)
+        highest = _ask_tokens(server, "acme-long", 600_000)
+    # The 272k tier leaves output out: it keeps the 128k tier's $8.
+    assert middle["cost_breakdown_usd"]["input"] == "0.900000000"
+    assert highest["usage"]["input_tokens"] == 600_000
+    assert highest["cost_breakdown_usd"]["input"] == "2.400000000"
+    assert highest["usage"]["output_tokens"] > 0
+    assert _nanos(highest["cost_breakdown_usd"]["output"]) == cost_of_tokens(
+        highest["usage"]["output_tokens"], 16 * 10**9
+    )
