@@ -53,6 +53,12 @@ GATEWAY_POLICY = {
     "createEmbedding": "billed",
     "createCompletion": "billed",
     "createResponse": "billed",
+    # Calls about a stored response: nothing is billed, but each is one entry at $0.
+    "getResponse": "stored",
+    "deleteResponse": "stored",
+    "cancelResponse": "stored",
+    "listResponseInputItems": "stored",
+    "countResponseInputTokens": "stored",
 }
 HOSTILE = [
     "' OR 1=1 --",
@@ -212,11 +218,10 @@ def test_no_gateway_route_reaches_the_provider_unauthenticated_unbudgeted_or_unr
         headers = {"anthropic-version": "2023-06-01"}
         if key is not None:
             headers["authorization"] = f"Bearer {key}"
-        if route.method == "GET":
-            return http.get(
-                gateway.url + _fill(route.path, {"model_id": "gpt-4.1-mini"}), headers=headers
-            )
-        return http.post(gateway.url + route.path, json=_body(route.path, marker), headers=headers)
+        url = gateway.url + _fill(route.path, {"model_id": "gpt-4.1-mini", "response_id": marker})
+        if route.method in ("GET", "DELETE"):
+            return http.request(route.method, url, headers=headers)
+        return http.post(url, json=_body(route.path, marker), headers=headers)
 
     for route in gateway_routes:
         policy = GATEWAY_POLICY[route.operation_id or ""]
@@ -227,6 +232,14 @@ def test_no_gateway_route_reaches_the_provider_unauthenticated_unbudgeted_or_unr
             assert response.status_code == 401, (route, response.text)
             assert _upstream_calls(fake_upstream, marker) == 0, route
         assert len(gateway.entries()) == before, f"{route}: an entry without a key"
+
+        if policy == "stored":
+            # Whatever the provider answers about a response id, the call is one $0 entry.
+            for key in (spent["key"], free_key):
+                response = call(route, key, f"m-{uuid.uuid4().hex}")
+                entry = gateway.entry(response.headers["x-ledger-request-id"])
+                assert entry["cost_usd"] == ZERO_USD, (route, entry)
+            continue
 
         marker = f"m-{uuid.uuid4().hex}"
         response = call(route, spent["key"], marker)
@@ -265,7 +278,7 @@ def test_no_route_of_any_kind_forwards_an_unauthenticated_request(
     values = {"request_id": "req_x", "month": "2020-01", "budget_id": "1", "key_id": "1"}
     values |= {"team_id": "1"}
     values |= {"file_path": "dashboard.css", "path": "openapi.json"}
-    values |= {"model_id": "gpt-4.1-mini", "rest": "files"}
+    values |= {"model_id": "gpt-4.1-mini", "rest": "files", "response_id": "resp_x"}
     for route in _routes(create_app(gateway.settings, announce=False)):
         marker = f"m-{uuid.uuid4().hex}"
         response = http.request(
