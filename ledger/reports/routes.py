@@ -41,7 +41,7 @@ from ledger.openapi import (
     instant,
     key_errors,
 )
-from ledger.reports import closing, present
+from ledger.reports import closing, focus, present
 from ledger.reports.budgets import budget_statuses, recent_alerts
 from ledger.reports.months import InvalidMonth
 from ledger.reports.render import FORMATS
@@ -264,6 +264,42 @@ class ReportsController(Controller):
                 "x-content-sha256": report.sha256,
                 "etag": f'"{report.sha256}"',
             },
+        )
+
+    @get(
+        "/focus/{month:str}",
+        operation_id="getFocusExport",
+        responses=answers(dict[str, Any], "openai", *KEY_ERRORS, 400),
+        operation_class=documented(content={200: {**CSV}}),
+    )
+    async def focus_export(
+        self,
+        month: MONTH,
+        principal: Principal,
+        sessions: async_sessionmaker[AsyncSession],
+        report_settings: Settings,
+        fmt: str = _format(*focus.FORMATS),
+    ) -> Response[bytes]:
+        """The month's spend as FinOps FOCUS 1.2 rows (CSV or Parquet); admin only.
+
+        Σ BilledCost is the monthly report's cost total; a closed month exports its
+        frozen figures. Header ``X-Ledger-Month-Status`` (open or closed).
+        """
+        _check_format(fmt, tuple(focus.FORMATS))
+        if not principal.is_admin:
+            raise PermissionDenied("the FOCUS export covers every team: it needs an admin key")
+        async with _engine(sessions).connect() as connection:
+            try:
+                export = await focus.focus_file(
+                    connection, month, report_settings.reporting_timezone, fmt
+                )
+            except InvalidMonth as exc:
+                raise InvalidRequest(str(exc), param="month") from exc
+        return _file(
+            export.content,
+            export.media_type,
+            f"ledger-focus-{month}.{fmt}",
+            **{"x-ledger-month-status": "closed" if export.closed else "open"},
         )
 
     @get("/me", operation_id="getReportPrincipal", responses=key_errors())
