@@ -10,8 +10,8 @@ touched. The adjustments go through the ledger writer's unit of work, so budgets
 spend, rollups and reports follow, and an adjustment dated in a closed month becomes a
 late line of the next open month, as every late entry does.
 
-An adjustment's request id is derived from the original's and the price version it
-re-rates to, so re-rating twice writes nothing; an entry whose adjustments already
+An adjustment's request id is derived from the original's, the price version it
+re-rates to and the cost it brings it to, so re-rating twice writes nothing; an entry whose adjustments already
 bring it to the price in effect is skipped. Entries recorded as ``unpriced``
 (``unknown_models = "record"``) are priced this way once their price exists.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -120,7 +120,7 @@ async def rerate(
         if not any(difference):
             unchanged += 1
             continue
-        adjustments.append(_adjustment(original, price, difference))
+        adjustments.append(_adjustment(original, price, target, difference))
     written: list[str] = []
     for start in range(0, len(adjustments), _BATCH):
         written += await write_entries(engine, adjustments[start : start + _BATCH])
@@ -135,10 +135,16 @@ async def rerate(
     )
 
 
-def adjustment_request_id(original_request_id: str, price_id: int | None) -> str:
-    """The adjustment's id: the same original re-rated to the same version, the same id."""
-    digest = hashlib.sha256(f"{original_request_id}\x00{price_id}".encode()).hexdigest()
-    return f"adj_{digest[:40]}"
+def adjustment_request_id(
+    original_request_id: str, price_id: int | None, target: Sequence[int]
+) -> str:
+    """The adjustment's id: the same original re-rated to the same version, the same id.
+
+    The target cost is part of it: a price version replaced in place (the same model,
+    start and origin posted again) keeps its id but may charge differently.
+    """
+    text = "\x00".join([original_request_id, str(price_id), *map(str, target)])
+    return f"adj_{hashlib.sha256(text.encode()).hexdigest()[:40]}"
 
 
 def _was_priced(row: Any) -> bool:
@@ -175,10 +181,12 @@ def _usage_of(row: Any) -> Usage:
     )
 
 
-def _adjustment(original: Any, price: Price, difference: list[int]) -> LedgerEntry:
+def _adjustment(
+    original: Any, price: Price, target: list[int], difference: list[int]
+) -> LedgerEntry:
     parts = dict(zip(BUCKETS, difference, strict=True))
     return LedgerEntry(
-        request_id=adjustment_request_id(original.request_id, price.id),
+        request_id=adjustment_request_id(original.request_id, price.id, target),
         kind="adjustment",
         corrects_request_id=original.request_id,
         # Dated as the original: it lands in the same day, month and budget period (a

@@ -10,17 +10,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import openai
 import pytest
 from click.testing import CliRunner
 
 from ledger.cli import main
-from ledger.db.rerate import adjustment_request_id
 from ledger.money import format_usd, usd_to_nanos
 from tests.conftest import gateway_settings
 from tests.fake_upstream import FakeUpstream
 from tests.integration.reports_support import (
+    REPORTING_TIMEZONE,
     entry,
     report_server,
     team_with_key,
@@ -112,9 +113,15 @@ def test_rerating_adds_exactly_the_difference_and_leaves_the_originals_untouched
     assert answer["difference_usd"] == format_usd(sum(differences.values()))
     assert sum(differences.values()) > 0
 
+    adjustments = {
+        a["corrects_request_id"]: a
+        for a in (gateway.entry(request_id) for request_id in answer["adjustment_request_ids"])
+    }
+    assert set(adjustments) == set(ids)
     for original in originals:
         assert gateway.entry(original["request_id"]) == original  # never rewritten
-        adjustment = gateway.entry(adjustment_request_id(original["request_id"], price_id))
+        adjustment = adjustments[original["request_id"]]
+        assert adjustment["price_id"] == price_id
         assert adjustment["kind"] == "adjustment"
         assert adjustment["corrects_request_id"] == original["request_id"]
         assert adjustment["started_at"] == original["started_at"]
@@ -224,3 +231,34 @@ def test_unpriced_entries_are_priced_when_their_price_arrives(
         assert gateway.entry(original["request_id"]) == original
         again = _rerate(gateway, "local-llama-70b", before, datetime.now(UTC))
         assert again["entries"] == 0
+
+
+def test_a_lowered_price_gives_negative_adjustments_that_budgets_and_reports_subtract(
+    server: LiveServer, database_url: str
+) -> None:
+    team, key, _ = team_with_key(server, "research")
+    budget = server.admin.post(
+        "/admin/budgets", json={"team": "research", "limit_usd": "1000.00", "mode": "soft"}
+    )
+    assert budget.status_code == 201, budget.text
+    started = datetime.now(UTC) - timedelta(minutes=5)
+    original = entry(started, team_id=team, key_id=key, model=MODEL, input_tokens=1000,
+                     output_tokens=100, cost_nanos=560_000)  # fmt: skip
+    original.input_cost_nanos, original.output_cost_nanos = 400_000, 160_000
+    write_entries(database_url, [original])
+    status = server.admin.get(f"/admin/budgets/{budget.json()['id']}/status").json()
+    assert usd_to_nanos(status["spent_usd"]) == 560_000
+
+    lowered = server.admin.post(
+        "/admin/prices",
+        json={"model": MODEL, "provider": "openai", "input": "0.20", "cached_input": "0.05",
+              "output": "0.80", "effective_from": (started - timedelta(days=1)).isoformat()},
+    )  # fmt: skip
+    assert lowered.status_code == 201, lowered.text
+    answer = _rerate(server, MODEL, started - timedelta(hours=1), datetime.now(UTC))
+    assert (answer["entries"], answer["difference_usd"]) == (1, format_usd(-280_000))
+    status = server.admin.get(f"/admin/budgets/{budget.json()['id']}/status").json()
+    assert usd_to_nanos(status["spent_usd"]) == 280_000
+    month = started.astimezone(ZoneInfo(REPORTING_TIMEZONE)).strftime("%Y-%m")
+    assert _month_total(server, month) == 280_000
+    assert _rerate(server, MODEL, started - timedelta(hours=1), datetime.now(UTC))["entries"] == 0
