@@ -16,6 +16,7 @@ from zoneinfo import available_timezones
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.di import Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.static_files import create_static_files_router
 from sqlalchemy import select
@@ -38,6 +39,7 @@ from ledger.openapi import (
     admin_errors,
     answers,
     documented,
+    errors,
     instant,
     key_errors,
 )
@@ -269,8 +271,13 @@ class ReportsController(Controller):
     @get(
         "/focus/{month:str}",
         operation_id="getFocusExport",
-        responses=answers(dict[str, Any], "openai", *KEY_ERRORS, 400),
-        operation_class=documented(content={200: {**CSV}}),
+        responses={
+            200: ResponseSpec(
+                str, description="OK", media_type="text/csv", generate_examples=False
+            ),
+            **errors("openai", *KEY_ERRORS, 400, 403),
+        },
+        operation_class=documented(content={200: {focus.FORMATS["parquet"]: None}}),
     )
     async def focus_export(
         self,
