@@ -6,8 +6,8 @@ one row per ``late`` line of the monthly report (entries of closed months report
 here). Σ BilledCost is the monthly report's ``cost_usd`` total exactly, and
 Σ x_MarkupCost its ``markup_usd``: the monthly report rounds a markup per team and
 model line, so each line's markup is spread over its rows and the rounding rest given
-to the line's last row. A closed month exports its frozen report: one row per line of
-the frozen document, charged over the whole month.
+to the line's last row. Closing a month freezes these files with its report; a month
+closed before the export existed exports one row per line of its frozen report.
 
 BilledCost, EffectiveCost, ListCost and ContractedCost are the same figure: Ledger
 prices at list price and knows no discounts. Money is a decimal string in CSV and a
@@ -35,6 +35,8 @@ from ledger.reports.months import local_midnight, month_bounds, month_label, par
 from ledger.reports.timebuckets import zone
 
 FORMATS = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
+# The formats' names among a closed month's snapshots (``month_snapshots.format``).
+SNAPSHOT = {"csv": "fcsv", "parquet": "fparquet"}
 MONEY_COLUMNS = (
     "BilledCost",
     "EffectiveCost",
@@ -103,7 +105,12 @@ class FocusExport:
 async def focus_rows(
     connection: AsyncConnection, month: str, timezone: str
 ) -> list[dict[str, Any]]:
-    """The FOCUS rows of ``month`` (``YYYY-MM``): money in nanos, times aware, tags JSON."""
+    """The FOCUS rows of ``month`` (``YYYY-MM``): money in nanos, times aware, tags JSON.
+
+    Closing a month freezes its FOCUS files with its report (``focus_file`` reads them);
+    for a month closed before the export existed, the rows are its frozen report's lines,
+    one per team and model over the whole month.
+    """
     first = parse_month(month)
     label = month_label(first)
     closed = await connection.scalar(select(ClosedMonth.timezone).where(ClosedMonth.month == label))
@@ -115,14 +122,26 @@ async def focus_rows(
 async def focus_file(
     connection: AsyncConnection, month: str, timezone: str, fmt: str
 ) -> FocusExport:
-    """The FOCUS export of ``month`` as ``csv`` or ``parquet``."""
+    """The FOCUS export of ``month`` as ``csv`` or ``parquet``; a closed month's frozen bytes."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}")
     label = month_label(parse_month(month))
     closed = await connection.scalar(select(ClosedMonth.month).where(ClosedMonth.month == label))
+    if closed is not None:
+        frozen = await connection.scalar(
+            select(MonthSnapshot.content).where(
+                MonthSnapshot.month == label, MonthSnapshot.format == SNAPSHOT[fmt]
+            )
+        )
+        if frozen is not None:
+            return FocusExport(bytes(frozen), FORMATS[fmt], True)
     rows = await focus_rows(connection, month, timezone)
-    data = to_csv(rows) if fmt == "csv" else to_parquet(rows)
-    return FocusExport(data, FORMATS[fmt], closed is not None)
+    return FocusExport(render(rows, fmt), FORMATS[fmt], closed is not None)
+
+
+def render(rows: list[dict[str, Any]], fmt: str) -> bytes:
+    """The rows as a ``csv`` or ``parquet`` file."""
+    return to_csv(rows) if fmt == "csv" else to_parquet(rows)
 
 
 # -- rows of an open month --------------------------------------------------------------

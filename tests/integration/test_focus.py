@@ -15,13 +15,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import delete
 
 from ledger.cli import main
+from ledger.db.tables import MonthSnapshot
 from ledger.money import usd_to_nanos
 from tests.integration.reports_support import (
     REPORTING_TIMEZONE,
     entry,
     report_server,
+    run_with_engine,
     team_with_key,
     write_entries,
 )
@@ -156,10 +159,12 @@ def test_a_closed_month_exports_its_frozen_figures_and_late_entries_the_next_mon
     server: LiveServer, database_url: str
 ) -> None:
     teams = _seed(server, database_url)
+    open_csv = _get(server, f"/api/reports/focus/{OCTOBER}", format="csv").content
     assert server.admin.post(f"/admin/months/{OCTOBER}/close").status_code == 200
     frozen = _monthly_total(server, OCTOBER)
     before = _get(server, f"/api/reports/focus/{OCTOBER}", format="csv")
     assert before.headers["x-ledger-month-status"] == "closed"
+    assert before.content == open_csv  # frozen at close, day by day as it was
 
     # A late entry for October changes neither October's report nor its export...
     write_entries(
@@ -173,6 +178,21 @@ def test_a_closed_month_exports_its_frozen_figures_and_late_entries_the_next_mon
     assert _csv_sum(rows, "BilledCost") == frozen["cost"]
     assert _csv_sum(rows, "x_MarkupCost") == frozen["markup"]
     assert _parquet_sum(_parquet(server, OCTOBER), "BilledCost") == frozen["cost"]
+
+    # A month closed before the export existed has no frozen FOCUS files: its export is
+    # its frozen report's lines, which add up the same.
+    async def forget_focus_snapshots(engine: Any) -> None:
+        async with engine.begin() as connection:
+            await connection.execute(
+                delete(MonthSnapshot).where(MonthSnapshot.format.in_(["fcsv", "fparquet"]))
+            )
+
+    run_with_engine(database_url, forget_focus_snapshots)
+    lines = _csv_rows(server, OCTOBER)
+    assert _csv_sum(lines, "BilledCost") == frozen["cost"]
+    assert _csv_sum(lines, "x_MarkupCost") == frozen["markup"]
+    assert {row["ChargePeriodStart"] for row in lines} == {"2025-10-01T00:00:00+02:00"}
+    assert _parquet_sum(_parquet(server, OCTOBER), "x_MarkupCost") == frozen["markup"]
 
     # ...it is an adjustment row of November, which adds up to November's report.
     november = _csv_rows(server, "2025-11")
