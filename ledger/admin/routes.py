@@ -22,7 +22,7 @@ from ledger.db.rerate import rerate as rerate_entries
 from ledger.errors import InvalidRequest
 from ledger.http import parse_instant
 from ledger.money import format_usd
-from ledger.openapi import ROW_ID, admin_errors
+from ledger.openapi import DATE_TIME_PATTERN, ROW_ID, admin_errors
 from ledger.pricing import PriceError, price_from_mapping
 
 # One model name or glob: no comma, no space or control character. Spelled out, because
@@ -60,8 +60,12 @@ class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class RerateIn(msgspec.Struct, forbid_unknown_fields=True):
     model: Annotated[str, msgspec.Meta(pattern=_MODEL_PATTERN)]
-    since: Annotated[str, msgspec.Meta(description="RFC 3339 date-time, inclusive")]
-    until: Annotated[str, msgspec.Meta(description="RFC 3339 date-time, exclusive")]
+    since: Annotated[
+        str, msgspec.Meta(pattern=DATE_TIME_PATTERN, description="RFC 3339, inclusive")
+    ]
+    until: Annotated[
+        str, msgspec.Meta(pattern=DATE_TIME_PATTERN, description="RFC 3339, exclusive")
+    ]
 
 
 class AllowedModelsIn(msgspec.Struct, forbid_unknown_fields=True):
