@@ -462,6 +462,59 @@ def prices_list(ctx: click.Context) -> None:
         )
 
 
+@prices.command("rerate")
+@click.option("--model", required=True, help="The model whose entries are re-rated.")
+@click.option("--since", required=True, help="Start, inclusive: an ISO date or date-time (UTC).")
+@click.option("--until", required=True, help="End, exclusive: an ISO date or date-time (UTC).")
+@click.pass_context
+def prices_rerate(ctx: click.Context, model: str, since: str, until: str) -> None:
+    """Price the model's entries again at the versions now in effect for their time.
+
+    One adjustment entry per entry whose cost changes; running it twice writes nothing.
+    """
+    from ledger.db.engine import create_engine
+    from ledger.db.migrate import upgrade
+    from ledger.db.prices import load_registry, sync_prices
+    from ledger.db.rerate import rerate
+    from ledger.money import format_usd
+
+    settings = _settings(ctx)
+    start, end = _instant(since, "--since"), _instant(until, "--until")
+    if end <= start:
+        raise click.BadParameter("must be after --since", param_hint="--until")
+
+    async def go() -> Any:
+        engine = create_engine(settings.database_url, null_pool=True)
+        try:
+            await upgrade(engine)
+            await sync_prices(engine, settings.price_overrides)
+            registry = await load_registry(engine)
+            return await rerate(engine, registry.price_at, model, start, end)
+        finally:
+            await engine.dispose()
+
+    result = _run(go)
+    click.echo(
+        f"{result.entries} entries re-rated, difference {format_usd(result.difference_nanos)} USD"
+        f" ({result.unchanged} unchanged, {result.without_price} without a price)"
+    )
+
+
+def _instant(text: str, param: str) -> Any:
+    from datetime import UTC, date, datetime
+
+    try:
+        if len(text) == len("2025-01-01"):
+            day = date.fromisoformat(text)
+            return datetime(day.year, day.month, day.day, tzinfo=UTC)
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"not an ISO date or date-time: {text!r}", param_hint=param
+        ) from exc
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 @prices.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Report what would change, write nothing.")

@@ -17,9 +17,12 @@ from ledger.admin.identity import Authenticator, Principal
 from ledger.auth import provide_admin
 from ledger.config import ConfigError, Settings, provider_for_price
 from ledger.db.prices import LivePrices, insert_prices, list_price_rows
+from ledger.db.rerate import RerateResult
+from ledger.db.rerate import rerate as rerate_entries
 from ledger.errors import InvalidRequest
+from ledger.http import parse_instant
 from ledger.money import format_usd
-from ledger.openapi import ROW_ID, admin_errors
+from ledger.openapi import DATE_TIME_PATTERN, ROW_ID, admin_errors
 from ledger.pricing import PriceError, price_from_mapping
 
 # One model name or glob: no comma, no space or control character. Spelled out, because
@@ -65,6 +68,16 @@ class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
     team: Annotated[str, msgspec.Meta(min_length=1)]
     name: Annotated[str, msgspec.Meta(max_length=100)] = "default"
     allowed_models: AllowedModels | None = None  # narrows the team's, never widens it
+
+
+class RerateIn(msgspec.Struct, forbid_unknown_fields=True):
+    model: Annotated[str, msgspec.Meta(pattern=_MODEL_PATTERN)]
+    since: Annotated[
+        str, msgspec.Meta(pattern=DATE_TIME_PATTERN, description="RFC 3339, inclusive")
+    ]
+    until: Annotated[
+        str, msgspec.Meta(pattern=DATE_TIME_PATTERN, description="RFC 3339, exclusive")
+    ]
 
 
 class AllowedModelsIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -219,6 +232,37 @@ class AdminController(Controller):
     async def list_prices(self, admin: Principal, prices: LivePrices) -> dict[str, Any]:
         rows = await list_price_rows(prices.engine)
         return {"data": [price_row_out(row) for row in rows]}
+
+    @post("/rerate", operation_id="rerate", status_code=200, responses=admin_errors(400))
+    async def rerate(self, data: RerateIn, admin: Principal, prices: LivePrices) -> dict[str, Any]:
+        """Re-rate the entries of ``model`` started in ``[since, until)`` at the prices now
+        in effect for their time: one adjustment entry per entry whose cost changes.
+
+        Twice is a no-op. The answer says how many entries moved and by how much.
+        """
+        since = parse_instant(data.since, "since")
+        until = parse_instant(data.until, "until")
+        assert since is not None and until is not None
+        if until <= since:
+            raise InvalidRequest("until must be after since", param="until")
+        await prices.reload()  # a correction made through another process counts too
+        result = await rerate_entries(prices.engine, prices.price_at, data.model, since, until)
+        return rerate_out(data.model, since, until, result)
+
+
+def rerate_out(
+    model: str, since: datetime, until: datetime, result: RerateResult
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "entries": result.entries,
+        "difference_usd": format_usd(result.difference_nanos),
+        "unchanged": result.unchanged,
+        "without_price": result.without_price,
+        "adjustment_request_ids": result.adjustment_ids,
+    }
 
 
 def price_out(price: Any) -> dict[str, Any]:

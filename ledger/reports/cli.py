@@ -77,6 +77,42 @@ def report_monthly(ctx: click.Context, month_label: str, fmt: str, output: str |
         sys.stdout.flush()
 
 
+@report.command("focus")
+@click.argument("month_label", metavar="YYYY-MM")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True
+)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to a file.")
+@click.pass_context
+def report_focus(ctx: click.Context, month_label: str, fmt: str, output: str | None) -> None:
+    """The month's spend as FinOps FOCUS 1.2 rows; a closed month exports its frozen figures.
+
+    Parquet needs --output.
+    """
+    from ledger.reports.focus import focus_file
+    from ledger.reports.months import InvalidMonth
+
+    settings = _settings(ctx)
+    if fmt == "parquet" and output is None:
+        raise click.UsageError("Parquet is a binary file: pass --output focus.parquet")
+
+    async def go(engine: Any) -> Any:
+        async with engine.connect() as connection:
+            return await focus_file(connection, month_label, settings.reporting_timezone, fmt)
+
+    try:
+        result = _with_engine(settings, go)
+    except InvalidMonth as exc:
+        raise click.BadParameter(str(exc), param_hint="YYYY-MM") from exc
+    if output:
+        Path(output).write_bytes(result.content)
+        state = "closed" if result.closed else "open"
+        click.echo(f"wrote {output} ({state})", err=True)
+    else:
+        sys.stdout.buffer.write(result.content)
+        sys.stdout.flush()
+
+
 @report.command("verify-rollups")
 @click.option("--since", type=click.DateTime(), help="UTC start (default: the first entry).")
 @click.option("--until", type=click.DateTime(), help="UTC end (default: after the last entry).")

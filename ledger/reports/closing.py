@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.db.tables import ClosedMonth, LateAdjustment, MonthSnapshot, Timestamp
 from ledger.errors import Conflict
-from ledger.reports import monthly, render
+from ledger.reports import focus, monthly, render
 from ledger.reports.months import month_bounds, month_label, parse_month
 from ledger.reports.rollups import LOCK_ROLLUPS, verify_rollups
 from ledger.reports.timebuckets import zone
@@ -163,6 +163,9 @@ async def close_month(
             late = await monthly.pending_late_adjustments(connection, label)
             document = await monthly.monthly_document(connection, first, timezone, closed_at=now)
             files = {fmt: render.render(document, fmt) for fmt in render.FORMATS}
+            # The FOCUS export's rows are frozen with the report, in the same snapshot.
+            rows = await focus.focus_rows(connection, label, timezone)
+            files |= {focus.SNAPSHOT[fmt]: focus.render(rows, fmt) for fmt in focus.FORMATS}
             digests = {fmt: hashlib.sha256(data).hexdigest() for fmt, data in files.items()}
             await connection.execute(
                 insert(ClosedMonth).values(
@@ -180,7 +183,7 @@ async def close_month(
                     {
                         "month": label,
                         "format": fmt,
-                        "media_type": render.FORMATS[fmt],
+                        "media_type": _media_type(fmt),
                         "content": data,
                         "sha256": digests[fmt],
                     }
@@ -199,6 +202,12 @@ async def close_month(
                     .values(reported_in=label)
                 )
     return ClosedMonthInfo(label, timezone, start, end, now, digests["json"])
+
+
+def _media_type(fmt: str) -> str:
+    if fmt in render.FORMATS:
+        return render.FORMATS[fmt]
+    return next(focus.FORMATS[f] for f, name in focus.SNAPSHOT.items() if name == fmt)
 
 
 async def list_closed_months(connection: AsyncConnection) -> list[ClosedMonthInfo]:

@@ -16,6 +16,7 @@ from zoneinfo import available_timezones
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.di import Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.static_files import create_static_files_router
 from sqlalchemy import select
@@ -38,11 +39,12 @@ from ledger.openapi import (
     admin_errors,
     answers,
     documented,
+    errors,
     instant,
     key_errors,
 )
 from ledger.providers.admin_reports import ReportUnavailable
-from ledger.reports import closing, present, reconciliation
+from ledger.reports import closing, focus, present, reconciliation
 from ledger.reports.budgets import budget_statuses, recent_alerts
 from ledger.reports.months import InvalidMonth
 from ledger.reports.render import FORMATS
@@ -299,6 +301,47 @@ class ReportsController(Controller):
             )
         report["totals"] = reconciliation.totals_by_provider(report)
         return Response(report, media_type=MediaType.JSON)
+
+    @get(
+        "/focus/{month:str}",
+        operation_id="getFocusExport",
+        responses={
+            200: ResponseSpec(
+                str, description="OK", media_type="text/csv", generate_examples=False
+            ),
+            **errors("openai", *KEY_ERRORS, 400, 403),
+        },
+        operation_class=documented(content={200: {focus.FORMATS["parquet"]: None}}),
+    )
+    async def focus_export(
+        self,
+        month: MONTH,
+        principal: Principal,
+        sessions: async_sessionmaker[AsyncSession],
+        report_settings: Settings,
+        fmt: str = _format(*focus.FORMATS),
+    ) -> Response[bytes]:
+        """The month's spend as FinOps FOCUS 1.2 rows (CSV or Parquet); admin only.
+
+        Σ BilledCost is the monthly report's cost total; a closed month exports its
+        frozen figures. Header ``X-Ledger-Month-Status`` (open or closed).
+        """
+        _check_format(fmt, tuple(focus.FORMATS))
+        if not principal.is_admin:
+            raise PermissionDenied("the FOCUS export covers every team: it needs an admin key")
+        async with _engine(sessions).connect() as connection:
+            try:
+                export = await focus.focus_file(
+                    connection, month, report_settings.reporting_timezone, fmt
+                )
+            except InvalidMonth as exc:
+                raise InvalidRequest(str(exc), param="month") from exc
+        return _file(
+            export.content,
+            export.media_type,
+            f"ledger-focus-{month}.{fmt}",
+            **{"x-ledger-month-status": "closed" if export.closed else "open"},
+        )
 
     @get("/me", operation_id="getReportPrincipal", responses=key_errors())
     async def me(self, principal: Principal) -> dict[str, Any]:
