@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from fractions import Fraction
 from importlib import resources
@@ -47,9 +47,18 @@ class Dimensions:
     as_of: str
     multipliers: tuple[Multiplier, ...]
     tool_fees: tuple[ToolFee, ...]
+    # Answers by their question: every priced request asks, and the table never changes
+    # (the keys are priced model names, as many as the catalog has).
+    _answers: dict[tuple[str, ...], Any] = field(default_factory=dict, compare=False, repr=False)
 
     def multiplier(self, provider: str, dimension: str, value: str, model: str) -> Fraction | None:
         """The factor for ``dimension == value`` on ``model``; the last matching row wins."""
+        key = ("multiplier", provider, dimension, value, model)
+        if key not in self._answers:
+            self._answers[key] = self._multiplier(provider, dimension, value, model)
+        return self._answers[key]  # type: ignore[no-any-return]
+
+    def _multiplier(self, provider: str, dimension: str, value: str, model: str) -> Fraction | None:
         for row in reversed(self.multipliers):
             if (row.provider, row.dimension, row.value) == (provider, dimension, value) and (
                 _matches(model, row.models)
@@ -58,6 +67,12 @@ class Dimensions:
         return None
 
     def tool_fee(self, provider: str, tool: str, model: str) -> ToolFee | None:
+        key = ("tool_fee", provider, tool, model)
+        if key not in self._answers:
+            self._answers[key] = self._tool_fee(provider, tool, model)
+        return self._answers[key]  # type: ignore[no-any-return]
+
+    def _tool_fee(self, provider: str, tool: str, model: str) -> ToolFee | None:
         for row in reversed(self.tool_fees):
             if (row.provider, row.tool) == (provider, tool) and _matches(model, row.models):
                 return row
@@ -65,9 +80,12 @@ class Dimensions:
 
     def per_request_tools(self, provider: str, model: str) -> list[ToolFee]:
         """Tools a model calls on every request (OpenAI's search-preview models)."""
-        tools = {row.tool for row in self.tool_fees if row.provider == provider}
-        fees = (self.tool_fee(provider, tool, model) for tool in sorted(tools))
-        return [fee for fee in fees if fee is not None and fee.per_request]
+        key = ("per_request_tools", provider, model)
+        if key not in self._answers:
+            tools = {row.tool for row in self.tool_fees if row.provider == provider}
+            fees = (self.tool_fee(provider, tool, model) for tool in sorted(tools))
+            self._answers[key] = tuple(fee for fee in fees if fee is not None and fee.per_request)
+        return list(self._answers[key])
 
 
 def parse_factor(value: object) -> Fraction:
