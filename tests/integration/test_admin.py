@@ -244,7 +244,7 @@ def test_no_plaintext_key_is_stored_anywhere_in_the_database(
         client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "fault=http_400"}]
         )
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="no-such-model", messages=MESSAGES)
     seed = httpx.post(
         gateway.url + "/api/v7/llm/chat/completions",
