@@ -16,7 +16,7 @@ figure a change must move.
                                                          # first event of streamed ones
 
 ``--scenario`` picks the endpoint (``chat``: ``/v1/chat/completions``; ``responses``:
-``/v1/responses``; ``embeddings``: a hook, see ``SCENARIOS``). ``--streams N`` then
+``/v1/responses``; ``embeddings``: ``/v1/embeddings``, not streamed). ``--streams N`` then
 times N sequential streamed requests of the scenario per server (``load.py stream``):
 the first event's and the whole stream's latency, client-side.
 
@@ -62,9 +62,7 @@ from servers import (  # noqa: E402
 from upstream import NginxUpstream  # noqa: E402
 
 # Each scenario: its path (after /v1, both at Ledger and at the pass-through's /json or
-# /sse prefix) and its body, non-streamed and streamed. POST /v1/embeddings is not on
-# main yet (another branch adds it): its scenario is the hook to fill in then (a
-# ``/json/v1/embeddings`` location in bench/upstream.py and its body here).
+# /sse prefix) and its body, non-streamed and streamed (None: the endpoint has no stream).
 SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None]] = {
     "chat": (
         "/chat/completions",
@@ -75,6 +73,11 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None]] = {
         "/responses",
         {"model": JSON_MODEL, "input": SMALL_PROMPT[-1]["content"]},
         {"model": SSE_MODEL, "input": SMALL_PROMPT[-1]["content"], "stream": True},
+    ),
+    "embeddings": (
+        "/embeddings",
+        {"model": JSON_MODEL, "input": SMALL_PROMPT[-1]["content"]},
+        None,
     ),
 }
 
@@ -183,7 +186,7 @@ def main() -> None:
     parser.add_argument("--load-cpus", default=str((os.cpu_count() or 1) - 1))
     parser.add_argument("--py-spy", metavar="PREFIX", help="py-spy --gil raw profiles")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--scenario", choices=[*SCENARIOS, "embeddings"], default="chat")
+    parser.add_argument("--scenario", choices=list(SCENARIOS), default="chat")
     parser.add_argument("--streams", type=int, default=0, help="streamed requests to time")
     parser.add_argument(
         "--lean-passthrough",
@@ -199,9 +202,9 @@ def main() -> None:
         help="one more Ledger per database, with these environment variables (repeatable)",
     )
     args = parser.parse_args()
-    if args.scenario not in SCENARIOS:
-        parser.error(f"the {args.scenario} scenario needs its endpoint on main (see SCENARIOS)")
     path, plain, streamed = SCENARIOS[args.scenario]
+    if args.streams and streamed is None:
+        parser.error(f"the {args.scenario} scenario has no stream to time")
 
     work = Path(tempfile.mkdtemp(prefix="ledger-ab-"))
     body = work / "body.json"

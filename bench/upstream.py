@@ -16,6 +16,7 @@ Locations (the same paths under each prefix, so a base URL picks the behaviour):
 - ``/sse/v1/messages``             an Anthropic event stream at once
 - ``/json/v1/messages/count_tokens``
 - ``/json/v1/responses``           an OpenAI Responses ``response`` with ``usage``
+- ``/json/v1/embeddings``          an embeddings ``list`` with ``usage``
 - ``/sse/v1/responses``            a whole Responses event stream at once (``response.created``
   … ``response.completed`` with its usage)
 
@@ -154,6 +155,19 @@ def chat_stream_events() -> list[bytes]:
     usage = json.loads(chat_completion())["usage"]
     events.append({**chunk({}, None), "choices": [], "usage": usage})
     return [b"data: " + _compact(event) + b"\n\n" for event in events] + [b"data: [DONE]\n\n"]
+
+
+def embeddings_response() -> bytes:
+    """The fixed embeddings reply: one 256-dimension vector and its prompt tokens."""
+    vector = [round(0.001 * (i % 97), 3) for i in range(256)]
+    return _compact(
+        {
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": vector}],
+            "model": "bench-embedding",
+            "usage": {"prompt_tokens": 12, "total_tokens": 12},
+        }
+    )
 
 
 def responses_response() -> bytes:
@@ -370,6 +384,10 @@ http {{
         location = /json/v1/messages/count_tokens {{
             default_type application/json;
             return 200 {_quoted(count)};
+        }}
+        location = /json/v1/embeddings {{
+            default_type application/json;
+            return 200 {_quoted(embeddings_response())};
         }}
         location = /json/v1/responses {{
             default_type application/json;
