@@ -152,7 +152,8 @@ def test_an_idle_server_with_its_scheduler_running_logs_nothing_at_info(
             idle = _json_lines(file.read())
     ticks = [line for line in idle if line["logger"] == "ledger.scheduler"]
     probes = [line for line in idle if line["logger"] == "ledger.access"]
-    assert len(probes) == 8 and all(line["level"] == "debug" for line in probes)
+    # At least the 8 probes sent here (the start-up readiness probe's line may land late).
+    assert len(probes) >= 8 and all(line["level"] == "debug" for line in probes)
     # The jobs did run, every second, with nothing to do ...
     assert len({line["message"].split(":")[0] for line in ticks}) >= 3, ticks
     assert all(line["level"] == "debug" for line in ticks)
